@@ -1,0 +1,1 @@
+"""Benchmarks behind `nmt bench ...`; each prints its figures (and --json)."""

@@ -1,0 +1,62 @@
+"""The `nmt` command line: one subcommand per module in `nmt.commands`.
+
+Each command module defines `add_arguments(parser)` and `run(args) -> int | None`, and a
+one-line module docstring used as its help text. User errors (`nmt.errors.UserError`) are
+printed as one line on stderr with exit status 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from nmt.errors import UserError
+
+# subcommand name -> module; modules are imported only when the command line is parsed.
+COMMANDS = {
+    "prepare": "nmt.commands.prepare",
+    "train": "nmt.commands.train",
+    "translate": "nmt.commands.translate",
+    "evaluate": "nmt.commands.evaluate",
+    "average": "nmt.commands.average",
+    "bench": "nmt.commands.bench",
+}
+
+
+def _first_line(doc: Optional[str]) -> str:
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def build_parser(commands: dict = COMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmt", description="RevNMT: translation with reversible recurrent networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in commands.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # command not built yet
+        help_text = _first_line(module.__doc__)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.run(args)
+    except UserError as error:
+        print(f"nmt {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_status)
+    except KeyboardInterrupt:
+        print(f"nmt {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(status or 0)

@@ -1,0 +1,1 @@
+"""CLI subcommands; see nmt.cli for the contract each module follows."""
