@@ -1,0 +1,185 @@
+"""The information buffer: exact storage of the bits that forgetting destroys.
+
+Multiplying a fixed-point state h by a gate n / 2**R loses about log2(2**R / n) bits per element.
+The buffer keeps them, per element, in a natural number N coded like rANS: one forget step is a
+bijection of (h, N),
+
+    forward:  s = h mod 2**R;  h = h div 2**R;  N = N * 2**R + s;  q = N mod n;  N = N div n;  h = h * n + q
+    reverse:  q = h mod n;     h = h div n;     N = N * n + q;     s = N mod 2**R;  N = N div 2**R;  h = h * 2**R + s
+
+so N grows by the information-theoretic minimum, -log2(n / 2**R) bits. N is kept as a small head
+in [L, 2**w * L) with L = 2**R; before a step, heads that would overflow spill their low w bits as
+one word (where N >= n * 2**w). After a reverse step, exactly the heads that spilled are below L
+and take their word back, so no flags are stored. The words of one step form one compact 1-D
+chunk (masked_select), kept in a LIFO list; every forward step pushes one chunk (maybe empty) and
+every reverse step pops one.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from nmt.reversible.fixed_point import FORGET_RADIX, WORD_BITS
+
+_HEAD_BITS = 32  # heads are stored as int32 between steps
+_INT64_BITS = 63  # value bits of a signed int64
+
+
+class InformationBuffer:
+    """Per-element buffer of forgotten bits, shared by every state tensor of one shape.
+
+    Args:
+        shape: the element grid, e.g. (batch, half_hidden); narrower tensors use its first columns.
+        word_bits: width w of spilled words (w >= forget_radix: one spill per step suffices).
+        forget_radix: R, gates are n / 2**R with n in [1, 2**R].
+        keep_words: False drops spilled words (inference): forward values are unchanged and
+            memory stays O(elements), but the buffer can no longer be reversed.
+    """
+
+    def __init__(self, shape: Tuple[int, ...], *, device=None, word_bits: int = WORD_BITS,
+                 forget_radix: int = FORGET_RADIX, keep_words: bool = True):
+        _check_settings(word_bits, forget_radix)
+        self.shape = tuple(int(size) for size in shape)
+        if not self.shape or any(size <= 0 for size in self.shape):
+            raise ValueError(f"buffer shape must be non-empty and positive, got {shape}")
+        self.word_bits = word_bits
+        self.forget_radix = forget_radix
+        self.keep_words = keep_words
+        self.lower = 2**forget_radix  # L
+        self.head = torch.full(self.shape, self.lower, dtype=torch.int32, device=device)
+        self._chunks: List[Tensor] = []
+        self.reset_counts()
+
+    # -- the bijection ---------------------------------------------------------------------------
+
+    def forget(self, h: Tensor, n: Tensor, *, tag: str = "") -> Tensor:
+        """h * n / 2**R (exactly invertible given the buffer). h, n: int64 of the buffer's shape,
+        or narrower in the last dimension (then the first columns are used)."""
+        head = self._head_view(h)
+        radix, word = self.forget_radix, self.word_bits
+        state = head.to(torch.int64)
+        spill = state >= (n << word)
+        if self.keep_words:
+            chunk = torch.masked_select(state & ((1 << word) - 1), spill)
+            self._chunks.append((chunk - 2 ** (word - 1)).to(torch.int16))
+        self._count(spill, n, tag)
+        state = torch.where(spill, state >> word, state)
+        state = (state << radix) | (h & ((1 << radix) - 1))
+        out = (h >> radix) * n + torch.remainder(state, n)
+        head.copy_(torch.div(state, n, rounding_mode="floor"))
+        return out
+
+    def unforget(self, h: Tensor, n: Tensor) -> Tensor:
+        """The exact inverse of `forget` (pops the words the matching forward step pushed)."""
+        if not self.keep_words:
+            raise RuntimeError("this buffer dropped its words (keep_words=False); it cannot reverse")
+        if not self._chunks:
+            raise RuntimeError("information buffer is empty: more reverse steps than forward steps")
+        head = self._head_view(h)
+        radix, word = self.forget_radix, self.word_bits
+        state = head.to(torch.int64) * n + torch.remainder(h, n)
+        out = (torch.div(h, n, rounding_mode="floor") << radix) | (state & ((1 << radix) - 1))
+        state = state >> radix
+        refill = state < self.lower
+        words = torch.zeros_like(state)
+        words.masked_scatter_(refill, self._chunks.pop().to(torch.int64) + 2 ** (word - 1))
+        head.copy_(torch.where(refill, (state << word) | words, state))
+        return out
+
+    # -- state and accounting -------------------------------------------------------------------
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def num_elements(self) -> int:
+        return math.prod(self.shape)
+
+    def is_initial(self) -> bool:
+        """True when every head is back at L and no words are left: a full reversal was exact."""
+        return not self._chunks and bool((self.head == self.lower).all())
+
+    def reset_counts(self) -> None:
+        """Start counting pushed words and optimal bits afresh (e.g. per training step)."""
+        self._pushed: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.int64))
+        self._log2_gate: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+
+    def pushed_words(self, tag: Optional[str] = None) -> int:
+        return int(sum(self._select(self._pushed, tag)))
+
+    def optimal_bits(self, tag: Optional[str] = None) -> float:
+        """Sum of -log2(n / 2**R) over every element of every forget step counted."""
+        return float(sum(self._select(self._log2_gate, tag)))
+
+    def head_bits(self) -> int:
+        return _HEAD_BITS * self.num_elements
+
+    def used_bits(self, tag: Optional[str] = None) -> int:
+        """Bits this buffer holds: words pushed under `tag`, plus the heads when tag is None."""
+        head = self.head_bits() if tag is None else 0
+        return head + self.word_bits * self.pushed_words(tag)
+
+    def tags(self) -> List[str]:
+        return sorted(self._pushed)
+
+    def clone(self) -> "InformationBuffer":
+        other = copy.copy(self)
+        other.head = self.head.clone()
+        other._chunks = [chunk.clone() for chunk in self._chunks]
+        other._pushed = copy.deepcopy(self._pushed)
+        other._log2_gate = copy.deepcopy(self._log2_gate)
+        return other
+
+    def equal(self, other: "InformationBuffer") -> bool:
+        """Same heads and the same stack of words."""
+        return (torch.equal(self.head, other.head) and len(self._chunks) == len(other._chunks)
+                and all(torch.equal(a, b) for a, b in zip(self._chunks, other._chunks)))
+
+    def reorder(self, index: Tensor) -> None:
+        """Select rows of the heads (beam search over a buffer that keeps no words)."""
+        if self.keep_words:
+            raise RuntimeError("only a buffer without words (keep_words=False) can be reordered")
+        self.head = self.head.index_select(0, index)
+        self.shape = tuple(self.head.shape)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _head_view(self, h: Tensor) -> Tensor:
+        if h.dtype != torch.int64:
+            raise ValueError(f"buffer expects an int64 fixed-point state, got {h.dtype}")
+        if h.shape[:-1] != self.shape[:-1] or h.shape[-1] > self.shape[-1] or h.dim() != len(self.shape):
+            raise ValueError(f"state of shape {tuple(h.shape)} does not fit a buffer of shape {self.shape}")
+        if h.shape[-1] == self.shape[-1]:
+            return self.head
+        return self.head[..., : h.shape[-1]]
+
+    def _count(self, spill: Tensor, n: Tensor, tag: str) -> None:
+        self._pushed[tag] = self._pushed[tag] + spill.sum()
+        lost = self.forget_radix - torch.log2(n.to(torch.float64))
+        self._log2_gate[tag] = self._log2_gate[tag] + lost.sum()
+
+    @staticmethod
+    def _select(counts: Dict[str, Tensor], tag: Optional[str]):
+        if tag is None:
+            return list(counts.values()) or [0]
+        return [counts[tag]] if tag in counts else [0]
+
+
+def _check_settings(word_bits: int, forget_radix: int) -> None:
+    """Reject radix settings that would need two spills per step or overflow the integers."""
+    if not 1 <= forget_radix <= 16:
+        raise ValueError(f"forget_radix={forget_radix} must be between 1 and 16")
+    if word_bits < forget_radix:
+        raise ValueError(f"word_bits={word_bits} must be >= forget_radix={forget_radix} "
+                         "(one spilled word per step must suffice)")
+    if word_bits + forget_radix > _HEAD_BITS - 1:
+        raise ValueError(f"word_bits + forget_radix = {word_bits + forget_radix} exceeds "
+                         f"{_HEAD_BITS - 1}: the head would overflow its int32 storage")
+    if word_bits + 2 * forget_radix > _INT64_BITS:
+        raise ValueError("word_bits + 2 * forget_radix exceeds 63 bits: int64 intermediates overflow")
