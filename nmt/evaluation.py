@@ -1,0 +1,58 @@
+"""Corpus scores with sacreBLEU: BLEU and chrF on detokenized, cased text, with their signatures."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+from sacrebleu.metrics import BLEU, CHRF
+
+from nmt.errors import UserError
+
+
+@dataclass
+class Scores:
+    """Corpus-level BLEU and chrF; the signatures say exactly how they were computed."""
+
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+    num_sentences: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        return (f"BLEU = {self.bleu:.2f}  ({self.bleu_signature})\n"
+                f"chrF = {self.chrf:.2f}  ({self.chrf_signature})")
+
+
+def score_corpus(hypotheses: Sequence[str], references: Sequence[str], *,
+                 lowercase: bool = False) -> Scores:
+    """sacreBLEU corpus BLEU (13a tokenization) and chrF of detokenized `hypotheses`."""
+    hypotheses, references = list(hypotheses), list(references)
+    if len(hypotheses) != len(references):
+        raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    bleu_metric = BLEU(lowercase=lowercase)
+    chrf_metric = CHRF(lowercase=lowercase)
+    bleu = bleu_metric.corpus_score(hypotheses, [references])
+    chrf = chrf_metric.corpus_score(hypotheses, [references])
+    return Scores(bleu=bleu.score, chrf=chrf.score,
+                  bleu_signature=str(bleu_metric.get_signature()),
+                  chrf_signature=str(chrf_metric.get_signature()),
+                  num_sentences=len(hypotheses))
+
+
+def read_lines(path) -> List[str]:
+    """Lines of a UTF-8 text file (plain or .gz) without their newlines; UserError if missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if path.suffix == ".gz":
+        import gzip
+        opener = lambda: gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="\n")
+    else:
+        opener = lambda: open(path, "r", encoding="utf-8", errors="replace", newline="\n")
+    with opener() as stream:
+        return [line.rstrip("\n").rstrip("\r") for line in stream]
