@@ -1,0 +1,250 @@
+"""RevGRU and RevLSTM cells (MacKay et al. 2018): exact fixed-point steps that can be undone.
+
+The hidden state is split in halves h1, h2 (and c1, c2 for the LSTM), each updated from the other;
+the second half reads the *new* first half. Every state-multiplying gate is quantised to n / 2**R
+and applied through the information buffer, and every additive update is rounded from float32 math
+that `reverse` recomputes bit for bit (one gate function serves both directions).
+
+A state is a tuple of int64 fixed-point tensors, (h1, h2) or (h1, h2, c1, c2), each
+(batch, half) with halves of ceil(H/2) and floor(H/2) units. Beside the exact path, `step` carries
+float32 views of the state with gradients (straight through the rounding), which is what the
+sequence runner differentiates.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from nmt.reversible.buffer import InformationBuffer
+from nmt.reversible.fixed_point import (
+    FORGET_RADIX, check_max_forget_bits, forget_gate, from_fixed, scaled_update, straight_through,
+    to_fixed,
+)
+
+State = Tuple[Tensor, ...]  # int64 fixed-point halves, each (batch, half)
+Values = Tuple[Tensor, ...]  # float32 views of the same halves, possibly with gradients
+
+_IDENTITY_GATE = 2**FORGET_RADIX  # n / 2**R == 1: the buffer leaves the element alone
+STORAGE_PRECISIONS = (32, 16)
+
+
+def round_to_storage(value: Tensor, precision: int) -> Tensor:
+    """The fixed-point state of a stored unit: value rounded to `precision` bits, then to the grid.
+
+    At 16 bits the value goes through float16 first; every result is both on the fixed-point grid
+    and exactly representable in float16, so storage and state agree bit for bit.
+    """
+    if precision == 16:
+        value = value.detach().to(torch.float16).to(torch.float32)
+    return to_fixed(value)
+
+
+def _real_rows(mask: Optional[Tensor], tensor: Tensor) -> Tensor:
+    """mask (batch,) -> (batch, 1) broadcastable over units (all True when mask is None)."""
+    if mask is None:
+        return torch.ones(tensor.shape[0], 1, dtype=torch.bool, device=tensor.device)
+    return mask.view(-1, 1)
+
+
+def _effective(n: Tensor, update: Tensor, real: Tensor, stored_units: int) -> Tuple[Tensor, Tensor]:
+    """Gates and scaled updates as applied: identity on padded rows and on stored units."""
+    n = torch.where(real, n, torch.full_like(n, _IDENTITY_GATE))
+    if stored_units:
+        n = n.clone()
+        n[:, :stored_units] = _IDENTITY_GATE
+    step = torch.where(real, scaled_update(update), torch.zeros((), dtype=torch.int64, device=n.device))
+    return n, step
+
+
+def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor, *,
+               buffer: Optional[InformationBuffer], mask: Optional[Tensor],
+               next_exact: Optional[Tensor] = None, stored_units: int = 0, precision: int = 32,
+               tag: str = "") -> Tuple[Tensor, Tensor]:
+    """One half-state update h <- z * h + update, exact and differentiable.
+
+    h: int64 (batch, units); value: its float view; z_q, n: the quantised gate (float, int64);
+    update: (1 - z) * g in float32. Exact: forget(h, n) + round(update * 2**23) on real rows,
+    h on padded rows; the first `stored_units` units skip the buffer and take
+    round_to_storage(z * h + update) instead (the runner keeps them). With `next_exact` given the
+    buffer is not touched and that result is used (recomputing a step for its gradient).
+    Returns (exact, float view whose gradient flows to z * value + update).
+    """
+    real = _real_rows(mask, h)
+    surrogate = torch.where(real, z_q * value + update, value)
+    if next_exact is None:
+        n_applied, step = _effective(n, update, real, stored_units)
+        next_exact = buffer.forget(h, n_applied, tag=tag) + step
+        if stored_units:
+            kept = round_to_storage(surrogate[:, :stored_units], precision)
+            next_exact[:, :stored_units] = torch.where(real, kept, h[:, :stored_units])
+    return next_exact, straight_through(surrogate, from_fixed(next_exact))
+
+
+def undo_step(h_next: Tensor, n: Tensor, update: Tensor, *, buffer: InformationBuffer,
+              mask: Optional[Tensor], restored: Optional[Tensor] = None) -> Tensor:
+    """The exact inverse of `gated_step`; `restored` (batch, k) int64 gives the stored units."""
+    real = _real_rows(mask, h_next)
+    stored_units = 0 if restored is None else restored.shape[1]
+    n_applied, step = _effective(n, update, real, stored_units)
+    h = buffer.unforget(h_next - step, n_applied)
+    if stored_units:
+        h[:, :stored_units] = torch.where(real, restored, h_next[:, :stored_units])
+    return h
+
+
+class ReversibleCell(nn.Module):
+    """Shared shape bookkeeping of the reversible cells.
+
+    Args:
+        input_size: features of x (batch, input_size).
+        hidden_size: H >= 2, split into halves of ceil(H/2) and floor(H/2) units.
+        max_forget_bits: k in MAX_FORGET_CHOICES: at most k bits forgotten per unit per step.
+    """
+
+    state_parts = 2  # number of int64 halves in a state
+
+    def __init__(self, input_size: int, hidden_size: int, *, max_forget_bits: Optional[int] = 3):
+        super().__init__()
+        check_max_forget_bits(max_forget_bits)
+        if input_size < 1:
+            raise ValueError(f"input_size must be positive, got {input_size}")
+        if hidden_size < 2:
+            raise ValueError(f"hidden_size must be at least 2 (two halves), got {hidden_size}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.max_forget_bits = max_forget_bits
+        self.half_sizes = ((hidden_size + 1) // 2, hidden_size // 2)
+
+    def forward(self, x: Tensor, state: State, buffer: InformationBuffer, mask: Optional[Tensor],
+                *, stored_units: int = 0, precision: int = 32, tag: str = "") -> State:
+        """One exact step (no gradient). x: (batch, input); mask: (batch,) bool, True = real step."""
+        with torch.no_grad():
+            values = tuple(from_fixed(part) for part in state)
+            new_state, _ = self.step(x, state, values, buffer, mask, stored_units=stored_units,
+                                     precision=precision, tag=tag)
+        return new_state
+
+    def step(self, x: Tensor, state: State, values: Values, buffer: Optional[InformationBuffer],
+             mask: Optional[Tensor], *, next_state: Optional[State] = None, stored_units: int = 0,
+             precision: int = 32, tag: str = "") -> Tuple[State, Values]:
+        """One step on the exact state and its float views; returns (state, values)."""
+        raise NotImplementedError
+
+    def reverse(self, x: Tensor, state: State, buffer: InformationBuffer, mask: Optional[Tensor],
+                *, restored: Optional[Tensor] = None) -> State:
+        """Undo one `forward` step exactly; `restored` (batch, k) int64 are the stored units of h1."""
+        raise NotImplementedError
+
+    def initial_state(self, batch: int, device=None) -> State:
+        """The all-zero state."""
+        return tuple(torch.zeros(batch, size, dtype=torch.int64, device=device)
+                     for size in self.half_sizes * (self.state_parts // 2))
+
+    def split(self, hidden: Tensor) -> Tuple[Tensor, Tensor]:
+        """(batch, H) -> the two halves (batch, ceil(H/2)), (batch, floor(H/2))."""
+        return hidden[:, : self.half_sizes[0]], hidden[:, self.half_sizes[0]:]
+
+
+class RevGRUCell(ReversibleCell):
+    """RevGRU: [z_i, r_i] = sigmoid(W_i [x, h_j]); g_i = tanh(U_i [x, r_i * h_j]);
+    h_i <- z_i * h_i + (1 - z_i) * g_i, for (i, j) = (1, 2) then (2, 1) with the new h1."""
+
+    state_parts = 2
+
+    def __init__(self, input_size: int, hidden_size: int, *, max_forget_bits: Optional[int] = 3):
+        super().__init__(input_size, hidden_size, max_forget_bits=max_forget_bits)
+        first, second = self.half_sizes
+        self.gates = nn.ModuleList([nn.Linear(input_size + second, first + second),
+                                    nn.Linear(input_size + first, second + first)])
+        self.candidates = nn.ModuleList([nn.Linear(input_size + second, first),
+                                         nn.Linear(input_size + first, second)])
+
+    def half_update(self, half: int, x: Tensor, other: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The gate function of one half, shared by forward and reverse: (z_q, n, (1 - z_q) * g)."""
+        own = self.half_sizes[half]
+        logits = self.gates[half](torch.cat([x, other], dim=-1))
+        z_q, n = forget_gate(logits[:, :own], self.max_forget_bits)
+        reset = torch.sigmoid(logits[:, own:])
+        candidate = torch.tanh(self.candidates[half](torch.cat([x, reset * other], dim=-1)))
+        return z_q, n, (1.0 - z_q) * candidate
+
+    def step(self, x, state, values, buffer, mask, *, next_state=None, stored_units=0,
+             precision=32, tag=""):
+        exact, floats = list(state), list(values)
+        for half in (0, 1):
+            z_q, n, update = self.half_update(half, x, floats[1 - half])
+            exact[half], floats[half] = gated_step(
+                exact[half], floats[half], z_q, n, update, buffer=buffer, mask=mask,
+                next_exact=None if next_state is None else next_state[half],
+                stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
+        return tuple(exact), tuple(floats)
+
+    def reverse(self, x, state, buffer, mask, *, restored=None):
+        exact = list(state)
+        with torch.no_grad():
+            for half in (1, 0):
+                _, n, update = self.half_update(half, x, from_fixed(exact[1 - half]))
+                exact[half] = undo_step(exact[half], n, update, buffer=buffer, mask=mask,
+                                        restored=restored if half == 0 else None)
+        return tuple(exact)
+
+
+class RevLSTMCell(ReversibleCell):
+    """RevLSTM: [f_i, i_i, o_i, p_i] = sigmoid(W_i [x, h_j]); g_i = tanh(U_i [x, h_j]);
+    c_i <- f_i * c_i + i_i * g_i;  h_i <- p_i * h_i + (1 - p_i) * o_i * tanh(c_i),
+    for (i, j) = (1, 2) then (2, 1) with the new h1. f and p are the limited, quantised gates.
+    State: (h1, h2, c1, c2)."""
+
+    state_parts = 4
+
+    def __init__(self, input_size: int, hidden_size: int, *, max_forget_bits: Optional[int] = 3):
+        super().__init__(input_size, hidden_size, max_forget_bits=max_forget_bits)
+        first, second = self.half_sizes
+        self.gates = nn.ModuleList([nn.Linear(input_size + second, 5 * first),
+                                    nn.Linear(input_size + first, 5 * second)])
+
+    def half_gates(self, half: int, x: Tensor, other: Tensor):
+        """Gate function of one half (forward and reverse): (f_q, n_f, i * g, o, p_q, n_p)."""
+        own = self.half_sizes[half]
+        forget, inp, out, keep, cand = self.gates[half](torch.cat([x, other], dim=-1)).split(own, -1)
+        f_q, n_f = forget_gate(forget, self.max_forget_bits)
+        p_q, n_p = forget_gate(keep, self.max_forget_bits)
+        return f_q, n_f, torch.sigmoid(inp) * torch.tanh(cand), torch.sigmoid(out), p_q, n_p
+
+    @staticmethod
+    def hidden_update(p_q: Tensor, out_gate: Tensor, cell_value: Tensor) -> Tensor:
+        return (1.0 - p_q) * out_gate * torch.tanh(cell_value)
+
+    def step(self, x, state, values, buffer, mask, *, next_state=None, stored_units=0,
+             precision=32, tag=""):
+        exact, floats = list(state), list(values)
+        for half in (0, 1):
+            f_q, n_f, cell_update, out_gate, p_q, n_p = self.half_gates(half, x, floats[1 - half])
+            c = 2 + half
+            exact[c], floats[c] = gated_step(
+                exact[c], floats[c], f_q, n_f, cell_update, buffer=buffer, mask=mask,
+                next_exact=None if next_state is None else next_state[c], tag=tag)
+            exact[half], floats[half] = gated_step(
+                exact[half], floats[half], p_q, n_p, self.hidden_update(p_q, out_gate, floats[c]),
+                buffer=buffer, mask=mask,
+                next_exact=None if next_state is None else next_state[half],
+                stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
+        return tuple(exact), tuple(floats)
+
+    def reverse(self, x, state, buffer, mask, *, restored=None):
+        exact = list(state)
+        with torch.no_grad():
+            for half in (1, 0):
+                c = 2 + half
+                _, n_f, cell_update, out_gate, p_q, n_p = self.half_gates(
+                    half, x, from_fixed(exact[1 - half]))
+                exact[half] = undo_step(
+                    exact[half], n_p, self.hidden_update(p_q, out_gate, from_fixed(exact[c])),
+                    buffer=buffer, mask=mask, restored=restored if half == 0 else None)
+                exact[c] = undo_step(exact[c], n_f, cell_update, buffer=buffer, mask=mask)
+        return tuple(exact)
+
+
+CELLS = {"revgru": RevGRUCell, "revlstm": RevLSTMCell}
