@@ -4,7 +4,7 @@ Layout (a dict of tensors and plain containers, so `torch.load(path, weights_onl
 
     format_version  int
     config          the run's config as a plain dict (`Config.to_dict()`)
-    tokenizers      {name: uint8 tensor of the sentencepiece model file} ("joint" or "src"/"tgt")
+    tokenizer       uint8 tensor of `Tokenizer.to_bytes()` (the sentencepiece model(s))
     vocab_sizes     {"src": int, "tgt": int}
     model           the model's state_dict
     step, epoch     training progress when written
@@ -31,7 +31,7 @@ import torch
 from nmt.errors import UserError
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "config", "tokenizers", "vocab_sizes", "model", "step", "epoch")
+REQUIRED_KEYS = ("format_version", "config", "tokenizer", "vocab_sizes", "model", "step", "epoch")
 STEP_CHECKPOINT = re.compile(r"^step-(\d+)\.pt$")
 
 

@@ -56,3 +56,35 @@ def read_lines(path) -> List[str]:
         opener = lambda: open(path, "r", encoding="utf-8", errors="replace", newline="\n")
     with opener() as stream:
         return [line.rstrip("\n").rstrip("\r") for line in stream]
+
+
+# --- scoring a model on a split ------------------------------------------------------------------
+
+def corpus_loss(model, src_ids, tgt_ids, *, batch_size: int, device) -> dict:
+    """Teacher-forced per-token NLL (no label smoothing) and perplexity over a tokenized corpus."""
+    import math
+
+    import torch
+
+    from nmt.data.batching import make_eval_batches
+
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in make_eval_batches(src_ids, tgt_ids, batch_size=batch_size):
+                output = model.training_loss(batch.to(device), label_smoothing=0.0)
+                total_nll += float(output.nll)
+                total_tokens += int(batch.num_tgt_tokens)
+    finally:
+        model.train(was_training)
+    loss = total_nll / max(total_tokens, 1)
+    return {"loss": loss, "ppl": math.exp(min(loss, 100.0))}
+
+
+def evaluate_translator(translator, src_lines: Sequence[str], references: Sequence[str], *,
+                        lowercase: bool = False):
+    """(Scores, hypotheses) of translating `src_lines` against detokenized `references`."""
+    hypotheses = translator.translate_texts(src_lines)
+    return score_corpus(hypotheses, references, lowercase=lowercase), hypotheses

@@ -17,7 +17,7 @@ def make_payload(step=10, seed=0):
     optimizer.step()
     return {
         "config": {"name": "toy", "train": {"lr": 0.01, "max_steps": None}},
-        "tokenizers": {"joint": ckpt.bytes_to_tensor(b"\x00sentencepiece\xffbytes")},
+        "tokenizer": ckpt.bytes_to_tensor(b"\x00sentencepiece\xffbytes"),
         "vocab_sizes": {"src": 7, "tgt": 3},
         "model": model.state_dict(),
         "step": step, "epoch": 1, "best_score": None,
@@ -31,7 +31,7 @@ def test_round_trip_loads_with_weights_only(tmp_path):
     raw = torch.load(path, weights_only=True)  # no pickled objects anywhere
     assert raw["format_version"] == ckpt.FORMAT_VERSION
     loaded = ckpt.load_checkpoint(path)
-    assert ckpt.tensor_to_bytes(loaded["tokenizers"]["joint"]) == b"\x00sentencepiece\xffbytes"
+    assert ckpt.tensor_to_bytes(loaded["tokenizer"]) == b"\x00sentencepiece\xffbytes"
     for key, value in payload["model"].items():
         assert torch.equal(loaded["model"][key], value)
     assert loaded["config"] == payload["config"]

@@ -1,0 +1,178 @@
+"""Train a model from a config (runs `nmt prepare` first when the run has no tokenizer).
+
+Everything goes to the config's `run_dir`: config.yaml, spm/, train.log, metrics.jsonl,
+tensorboard/, checkpoints/step-N.pt (last `train.keep_last`), latest.pt and best.pt (best
+validation BLEU). Validation (loss, BLEU, chrF on the `data.valid` split) decodes greedily for
+speed; `nmt evaluate` scores with the configured beam. `--resume` continues from the newest
+loadable checkpoint of the run exactly where it stopped (same batches, same random numbers).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+from nmt import checkpoint as ckpt
+from nmt.config import Config, check_data_files, load_config
+from nmt.data.batching import TokenBatchSampler, collate
+from nmt.data.corpus import encode_parallel, load_split, read_parallel
+from nmt.device import resolve_device
+from nmt.errors import UserError
+from nmt.evaluation import corpus_loss, score_corpus
+from nmt.models.build import build_model
+from nmt.optim import LearningRateSchedule, build_optimizer
+from nmt.stats import TrainingStats
+from nmt.training import Trainer
+from nmt.translation import DecodeOptions, Translator
+
+NO_LIMIT = 1 << 30
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/reference.yaml)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in the config's run_dir from its newest loadable "
+                             "checkpoint (a corrupted newest one is skipped with a warning)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (log lines still go to stderr and train.log)")
+
+
+def run(args) -> int:
+    configure_logging()
+    config = load_config(args.config)
+    train_from_config(config, resume=args.resume, progress=False if args.no_progress else None)
+    return 0
+
+
+def configure_logging() -> None:
+    """Warnings of nmt.* loggers (e.g. repaired input lines) as `warning: ...` lines on stderr."""
+    logger = logging.getLogger("nmt")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+        numpy.random.seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class EpochBatches:
+    """The batches of one epoch, collated on access (a Sequence the Trainer indexes)."""
+
+    def __init__(self, corpus, index_batches: List[List[int]]):
+        self.corpus = corpus
+        self.index_batches = index_batches
+
+    def __len__(self) -> int:
+        return len(self.index_batches)
+
+    def __getitem__(self, position: int):
+        chosen = self.index_batches[position]
+        corpus = self.corpus
+        return collate([corpus.src[i] for i in chosen], [corpus.tgt[i] for i in chosen],
+                       [corpus.indices[i] for i in chosen])
+
+
+def check_resume_compatible(saved: dict, config: Config, path) -> None:
+    """The model and data sections must match the checkpoint's; train/decode may change."""
+    current = config.to_dict()
+    for section in ("model", "data"):
+        differing = _differing_keys(saved.get(section, {}), current[section], section)
+        differing = [key for key in differing if key not in ("data.dir", "data.eval_batch_size")]
+        if differing:
+            raise UserError(f"--resume: {', '.join(differing)} differ(s) from checkpoint {path}; "
+                            f"start a new run_dir to change them")
+
+
+def _differing_keys(old, new, prefix: str) -> List[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys(list(old) + list(new)))
+        return [k for key in keys for k in _differing_keys(old.get(key), new.get(key), f"{prefix}.{key}")]
+    return [] if old == new else [prefix]
+
+
+def make_validator(config: Config, tokenizer, device: torch.device):
+    """`validate(model) -> dict` on the `data.valid` split: loss/ppl, greedy BLEU and chrF."""
+    src_path, tgt_path = check_data_files(config, ["valid"])["valid"]
+    src_lines, references = read_parallel(src_path, tgt_path)
+    corpus = encode_parallel(src_lines, references, tokenizer)
+    options = DecodeOptions.from_config(config, beam_size=1, nbest=1,
+                                        batch_size=config.data.eval_batch_size)
+    options.max_src_len = NO_LIMIT
+
+    def validate(model) -> dict:
+        scores = corpus_loss(model, corpus.src, corpus.tgt, batch_size=config.data.eval_batch_size,
+                             device=device)
+        translator = Translator(model, tokenizer, options=options, device=device)
+        found = translator.translate_ids(corpus.src)
+        hypotheses = [tokenizer.decode_tgt(best[0][0]) if best else "" for best in found]
+        bleu = score_corpus(hypotheses, references)
+        scores.update(bleu=bleu.bleu, chrf=bleu.chrf, bleu_signature=bleu.bleu_signature,
+                      chrf_signature=bleu.chrf_signature, note="greedy")
+        return scores
+
+    return validate
+
+
+def train_from_config(config: Config, *, resume: bool = False, progress=None,
+                      echo: bool = True) -> dict:
+    """Prepare, build and train; returns the summary record."""
+    from nmt.commands.prepare import SPM_DIR, prepare_tokenizer, write_config_copy
+
+    run_dir = Path(config.run_dir)
+    payload = None
+    if resume:
+        payload = ckpt.load_latest_good(run_dir)
+        if payload is None:
+            raise UserError(f"--resume: {ckpt.checkpoint_dir(run_dir)} has no checkpoints to resume from")
+        check_resume_compatible(payload["config"], config, payload["path"])
+    elif ckpt.step_checkpoints(run_dir):
+        raise UserError(f"run_dir {run_dir} already has checkpoints: use --resume to continue it, "
+                        f"or choose a new run_dir")
+    check_data_files(config, ["train", "valid"])
+    tokenizer, _ = prepare_tokenizer(config)
+    if payload is not None and ckpt.tensor_to_bytes(payload["tokenizer"]) != tokenizer.to_bytes():
+        raise UserError(f"--resume: {run_dir / SPM_DIR} is not the tokenizer of {payload['path']}")
+    write_config_copy(config)
+    device = resolve_device(config.train.device)
+    seed_everything(config.train.seed)
+
+    train_corpus = load_split(config, "train", tokenizer)
+    if len(train_corpus) == 0:
+        raise UserError(f"data.train: no training pair has at most data.max_len="
+                        f"{config.data.max_len} tokens on both sides")
+    sampler = TokenBatchSampler([len(s) for s in train_corpus.src], [len(t) for t in train_corpus.tgt],
+                                batch_tokens=config.data.batch_tokens, seed=config.train.seed)
+    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size).to(device)
+    optimizer = build_optimizer(model.parameters(), config.train)
+    schedule = LearningRateSchedule.from_config(optimizer, config.train)
+    stats = TrainingStats(run_dir, log_every=config.train.log_every,
+                          initial_step=payload["step"] if payload else 0,
+                          total_steps=config.train.max_steps, progress=progress, echo=echo)
+    static_payload = {"config": config.to_dict(), "tokenizer": ckpt.bytes_to_tensor(tokenizer.to_bytes()),
+                      "vocab_sizes": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size}}
+    trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule, train_cfg=config.train,
+                      run_dir=run_dir, stats=stats,
+                      epoch_batches=lambda epoch: EpochBatches(train_corpus, sampler.batches_for_epoch(epoch - 1)),
+                      validate=make_validator(config, tokenizer, device),
+                      static_payload=static_payload, device=device)
+    parameters = sum(p.numel() for p in model.parameters())
+    stats.message(f"{config.name}: {parameters} parameters on {device}; {len(train_corpus)} training "
+                  f"pairs ({train_corpus.num_skipped} skipped by data.max_len), "
+                  f"{len(sampler.batches_for_epoch(0))} batches per epoch")
+    if payload is not None:
+        trainer.restore(payload)  # last: it also restores the random number generators
+        stats.message(f"resumed from {payload['path']} at step {payload['step']}")
+    return trainer.train()

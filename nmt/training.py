@@ -1,0 +1,214 @@
+"""The training loop: updates, validation, checkpoints, early stopping and exact resume.
+
+The loop is written against small interfaces so it can be tested with toy models:
+
+- `model` follows the Model contract (`training_loss(batch, label_smoothing=...) -> LossOutput`).
+- `epoch_batches(epoch) -> list[Batch]` returns the batches of epoch `epoch` (1-based), the same
+  list every time it is called with the same epoch (seeded shuffling). The sampler position saved
+  in checkpoints is `(epoch, batches of it already done)`, so resuming regenerates the epoch and
+  skips what was done.
+- `validate(model) -> dict` with at least `loss` and `bleu` (see `nmt.validation`).
+- `static_payload` is the part of every checkpoint that never changes during a run (config dict,
+  tokenizer bytes, vocabulary sizes).
+
+Resume restores model, optimizer, LR schedule, early-stopping counters, sampler position and the
+python/torch RNG states, so a resumed run computes the same losses as one never stopped.
+`max_minutes` counts training wall time across resumes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, List, Optional
+
+import torch
+
+from nmt import checkpoint as ckpt
+from nmt.errors import UserError
+from nmt.optim import LearningRateSchedule
+from nmt.stats import TrainingStats
+
+
+@dataclass
+class TrainingState:
+    """Progress counters that go into checkpoints (plain numbers only)."""
+
+    step: int = 0
+    epoch: int = 1                 # the epoch being trained (1-based)
+    batch_in_epoch: int = 0        # batches of `epoch` already used
+    best_bleu: Optional[float] = None
+    best_step: Optional[int] = None
+    validations_without_improvement: int = 0
+    last_valid_step: int = -1
+    elapsed_seconds: float = 0.0   # training wall time before this process started
+    history: List[dict] = field(default_factory=list)  # (step, bleu) of each validation
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingState":
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
+
+
+class Trainer:
+    """Runs updates until max_epochs, max_steps, max_minutes or early stopping says stop."""
+
+    def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 schedule: LearningRateSchedule, train_cfg, run_dir, stats: TrainingStats,
+                 epoch_batches: Callable[[int], Iterable], validate: Callable[[torch.nn.Module], dict],
+                 static_payload: dict, device: torch.device = torch.device("cpu")):
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.cfg = train_cfg
+        self.run_dir = run_dir
+        self.stats = stats
+        self.epoch_batches = epoch_batches
+        self.validate_fn = validate
+        self.static_payload = static_payload
+        self.device = device
+        self.state = TrainingState()
+        self._started = time.perf_counter()
+
+    # --- resume ----------------------------------------------------------------------------------
+
+    def restore(self, payload: dict) -> None:
+        """Loads a step checkpoint's model and resume state (RNG last, just before training)."""
+        training = payload.get("training")
+        if not training:
+            raise UserError(f"checkpoint {payload.get('path', '')}: has no resume state "
+                            f"(averaged or best-only checkpoint)")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.schedule.load_state_dict(training["lr_schedule"])
+        self.state = TrainingState.from_dict(training["state"])
+        self.schedule.set_step(self.state.step)
+        ckpt.restore_rng_state(training["rng"])
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def elapsed_minutes(self) -> float:
+        return (self.state.elapsed_seconds + time.perf_counter() - self._started) / 60.0
+
+    def train(self) -> dict:
+        """Trains to a stop condition; returns the summary record (also in metrics.jsonl)."""
+        cfg, state = self.cfg, self.state
+        reason = None
+        try:
+            while reason is None:
+                if state.epoch > cfg.max_epochs:
+                    reason = "max_epochs"
+                    break
+                batches = list(self.epoch_batches(state.epoch))
+                if not batches:
+                    raise UserError("the training data gives no batches (all pairs filtered out? "
+                                    "check data.max_len and data.batch_tokens)")
+                while state.batch_in_epoch < len(batches) and reason is None:
+                    self._update(batches[state.batch_in_epoch])
+                    reason = self._after_update()
+                if state.batch_in_epoch >= len(batches):
+                    finished = state.epoch
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    if reason is None or state.last_valid_step != state.step:
+                        reason = self._validate_and_save(epoch=finished) or reason
+                    else:
+                        self._save_step_checkpoint()  # same step, new position: start of next epoch
+        except KeyboardInterrupt:
+            self.stats.message(f"interrupted at step {state.step}: writing a checkpoint")
+            self._save_step_checkpoint()
+            self.stats.close()
+            raise
+        return self._finish(reason)
+
+    def _update(self, batch) -> None:
+        state = self.state
+        self.model.train()
+        batch = batch.to(self.device)
+        lr = self.schedule.set_step(state.step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        output = self.model.training_loss(batch, label_smoothing=self.cfg.label_smoothing)
+        (output.loss / batch.num_tgt_tokens).backward()
+        if self.cfg.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.optimizer.step()
+        state.step += 1
+        state.batch_in_epoch += 1
+        self.stats.train_step(state.step, epoch=state.epoch, loss_sum=float(output.loss.detach()),
+                              nll_sum=float(output.nll), num_tokens=int(batch.num_tgt_tokens),
+                              lr=lr, memory=getattr(output, "memory", None))
+
+    def _after_update(self) -> Optional[str]:
+        """Mid-epoch checks: periodic validation and the stop conditions."""
+        cfg, state = self.cfg, self.state
+        reason = None
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            reason = "max_steps"
+        elif cfg.max_minutes and self.elapsed_minutes() >= cfg.max_minutes:
+            reason = "max_minutes"
+        if reason or (cfg.valid_every and state.step % cfg.valid_every == 0):
+            reason = self._validate_and_save(epoch=state.epoch) or reason
+        return reason
+
+    def _validate_and_save(self, *, epoch: int) -> Optional[str]:
+        """Validates, updates schedule/best/early stopping, writes checkpoints; may say stop."""
+        cfg, state = self.cfg, self.state
+        self.stats.flush_window(state.step, epoch=epoch, lr=self.schedule.lr)
+        self.model.eval()
+        with torch.no_grad():
+            scores = dict(self.validate_fn(self.model))
+        state.last_valid_step = state.step
+        bleu = float(scores["bleu"])
+        improved = state.best_bleu is None or bleu > state.best_bleu
+        if improved:
+            state.best_bleu, state.best_step = bleu, state.step
+            state.validations_without_improvement = 0
+        else:
+            state.validations_without_improvement += 1
+        state.history.append({"step": state.step, "bleu": bleu})
+        if self.schedule.on_validation(scores, state.step):
+            self.stats.message(f"learning rate decayed to {self.schedule.base_lr:.3e}")
+        scores.update(best_bleu=state.best_bleu, lr=self.schedule.lr)
+        self.stats.validation(state.step, epoch=epoch, scores=scores)
+        self._save_step_checkpoint()
+        if improved:
+            ckpt.save_checkpoint(ckpt.best_checkpoint_path(self.run_dir), self._payload(resume=False))
+        self.stats.restart_clock()
+        patience = cfg.early_stopping_patience
+        if patience is not None and state.validations_without_improvement >= patience:
+            self.stats.message(f"early stopping: no BLEU improvement in {patience} validations")
+            return "early_stopping"
+        return None
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def _payload(self, *, resume: bool) -> dict:
+        state = self.state
+        payload = dict(self.static_payload, model=self.model.state_dict(), step=state.step,
+                       epoch=state.epoch, best_score=state.best_bleu, training=None)
+        if resume:
+            saved_state = state.to_dict()
+            saved_state["elapsed_seconds"] = self.elapsed_minutes() * 60.0
+            payload["training"] = {
+                "optimizer": self.optimizer.state_dict(),
+                "lr_schedule": self.schedule.state_dict(),
+                "state": saved_state,
+                "rng": ckpt.capture_rng_state(),
+            }
+        return payload
+
+    def _save_step_checkpoint(self) -> None:
+        path = ckpt.save_checkpoint(ckpt.step_checkpoint_path(self.run_dir, self.state.step),
+                                    self._payload(resume=True))
+        ckpt.point_latest_at(self.run_dir, path)
+        ckpt.prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
+
+    def _finish(self, reason: str) -> dict:
+        state = self.state
+        summary = self.stats.summary(
+            stop_reason=reason, steps=state.step, epochs_completed=state.epoch - 1,
+            wall_minutes=round(self.elapsed_minutes(), 3), best_bleu=state.best_bleu,
+            best_step=state.best_step, bleu_curve=state.history)
+        self.stats.close()
+        return summary
