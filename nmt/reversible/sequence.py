@@ -1,0 +1,277 @@
+"""A multi-layer reversible RNN over whole sequences, in two named memory modes.
+
+- `MemoryMode.REFERENCE`: plain autograd over the fixed-point steps; stores every activation.
+  The correctness reference.
+- `MemoryMode.REVERSIBLE`: an autograd Function that keeps only the final state, the information
+  buffer and the attention storage; backward reverses the sequence step by step (top layer first
+  inside each step), re-runs each step with grad and backpropagates it (see `backprop.py`).
+
+Both modes run the same steps, so losses are bit-identical and gradients agree to float rounding.
+Inputs are floats (batch, T, input) or token ids (batch, T) with an embedding module, looked up
+again step by step in reverse. Masks are (batch, T) bool, True on real steps (a prefix of each row).
+A per-step readout hook, readout(h_t (batch, H), t, *extras) -> scalar, is summed in forward time
+order; in reversible mode it is evaluated once, while step t is reversed.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from nmt.reversible.accounting import MemoryAccount, count_memory
+from nmt.reversible.buffer import InformationBuffer
+from nmt.reversible.cells import CELLS, State, Values
+from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
+from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
+
+InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
+
+
+class MemoryMode(enum.Enum):
+    REFERENCE = "reference"
+    REVERSIBLE = "reversible"
+
+
+@dataclass
+class SequenceOutput:
+    """What a run returns.
+
+    final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable unless a readout ran in
+        reversible mode (then the readout carries all gradients).
+    final_state: the exact int64 state per layer (tuples of halves).
+    stored: (batch, T, units) float32 attention storage (zero on padded steps), or None.
+    readout: the summed per-step readout (scalar), or None.
+    """
+
+    final: InitialState
+    final_state: List[State]
+    stored: Optional[Tensor]
+    readout: Optional[Tensor]
+    buffer: InformationBuffer
+    memory: MemoryAccount
+
+
+class StepInputs:
+    """The first layer's input at step t: inputs[:, t], or embedding(ids[:, t]), times a fixed
+    per-sequence dropout mask (batch, input) if given. Nothing (batch, T, input) is built."""
+
+    def __init__(self, inputs: Tensor, embedding: Optional[nn.Module], dropout: Optional[Tensor]):
+        self.inputs, self.embedding, self.dropout = inputs, embedding, dropout
+
+    def at(self, t: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """(x_t, leaf): with leaf=True float inputs are cut from their graph as a grad leaf."""
+        source = None
+        if self.embedding is not None:
+            x = self.embedding(self.inputs[:, t])
+        else:
+            x = self.inputs[:, t]
+            if leaf:
+                x = source = x.detach().requires_grad_(self.inputs.requires_grad)
+        if self.dropout is not None:
+            x = x * self.dropout
+        return x, source
+
+
+@dataclass
+class Plan:
+    """Everything one run needs besides its tensors; shared with the reversible Function."""
+
+    rnn: "ReversibleRNN"
+    inputs: StepInputs
+    mask: Tensor  # (batch, T) bool
+    buffer: InformationBuffer
+    tag: str
+    readout: Optional[Callable] = None
+    num_extras: int = 0
+    parameters: List[Tensor] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return self.mask.shape[1]
+
+
+class ReversibleRNN(nn.Module):
+    """A stack of RevGRU or RevLSTM cells run over sequences.
+
+    Args:
+        cell: "revgru" or "revlstm".
+        input_size, hidden_size: features of the first layer's input and of every state (H >= 2).
+        num_layers: stacked layers; layer l > 0 reads layer l-1's new state.
+        max_forget_bits: k in {1, 2, 3, 5, None}.
+        storage: optional AttentionStorage of the top layer (slice or proj).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
+                 max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell {cell!r} is not one of {', '.join(CELLS)}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        self.cell_name = cell
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.cells = nn.ModuleList([
+            CELLS[cell](input_size if layer == 0 else hidden_size, hidden_size,
+                        max_forget_bits=max_forget_bits)
+            for layer in range(num_layers)])
+        self.storage = storage
+        if storage is not None:
+            storage.check_fits(self.half_size)
+        self.projection = (nn.Linear(hidden_size, storage.units)
+                           if storage is not None and storage.kind is StorageKind.PROJ else None)
+
+    @property
+    def half_size(self) -> int:
+        return (self.hidden_size + 1) // 2
+
+    @property
+    def state_parts(self) -> int:
+        return self.cells[0].state_parts
+
+    @property
+    def stored_slice(self) -> int:
+        """Units of the top layer's h1 kept out of the buffer (slice storage), else 0."""
+        if self.storage is not None and self.storage.kind is StorageKind.SLICE:
+            return self.storage.units
+        return 0
+
+    def new_buffer(self, batch: int, *, device=None, keep_words: bool = True) -> InformationBuffer:
+        """A buffer of shape (batch, ceil(H/2)) for both halves, h and c, and every layer."""
+        return InformationBuffer((batch, self.half_size), device=device, keep_words=keep_words)
+
+    # -- one step of the whole stack ------------------------------------------------------------
+
+    def step(self, x: Tensor, state: List[State], values: List[Values],
+             buffer: Optional[InformationBuffer], mask: Tensor, *,
+             next_state: Optional[List[State]] = None, tag: str = ""):
+        """All layers at one step; returns (state, values, stored_t or None)."""
+        new_state, new_values = [], []
+        layer_input = x
+        for layer, cell in enumerate(self.cells):
+            top = layer == self.num_layers - 1
+            exact, floats = cell.step(
+                layer_input, state[layer], values[layer], buffer, mask,
+                next_state=None if next_state is None else next_state[layer],
+                stored_units=self.stored_slice if top else 0,
+                precision=self.storage.precision if self.storage is not None else 32, tag=tag)
+            new_state.append(exact)
+            new_values.append(floats)
+            layer_input = torch.cat(floats[:2], dim=-1)
+        return new_state, new_values, self.stored_value(new_values[-1], mask)
+
+    def stored_value(self, top_values: Values, mask: Tensor) -> Optional[Tensor]:
+        """What the storage keeps of the top layer's new state (batch, units), zero on padding."""
+        if self.storage is None:
+            return None
+        if self.storage.kind is StorageKind.SLICE:
+            value = top_values[0][:, : self.storage.units]
+        else:
+            value = rounded_projection(self.projection(torch.cat(top_values[:2], dim=-1)),
+                                       self.storage.precision)
+        return torch.where(mask.view(-1, 1), value, torch.zeros((), device=value.device))
+
+    def reverse_step(self, x: Tensor, state: List[State], buffer: InformationBuffer, mask: Tensor,
+                     *, restored: Optional[Tensor] = None) -> List[State]:
+        """Undo `step` exactly, top layer first; `restored` (batch, k) int64: the previous slice."""
+        with torch.no_grad():
+            inputs = [x] + [from_fixed(torch.cat(state[layer][:2], dim=-1))
+                            for layer in range(self.num_layers - 1)]
+            previous = list(state)
+            for layer in reversed(range(self.num_layers)):
+                top = layer == self.num_layers - 1
+                previous[layer] = self.cells[layer].reverse(
+                    inputs[layer], state[layer], buffer, mask, restored=restored if top else None)
+        return previous
+
+    # -- whole sequences ------------------------------------------------------------------------
+
+    def forward(self, inputs: Tensor, mask: Optional[Tensor] = None, *,
+                mode: MemoryMode = MemoryMode.REVERSIBLE,
+                initial_state: Optional[InitialState] = None,
+                buffer: Optional[InformationBuffer] = None,
+                embedding: Optional[nn.Module] = None, input_dropout: Optional[Tensor] = None,
+                readout: Optional[Callable] = None, readout_extras: Sequence[Tensor] = (),
+                tag: str = "") -> SequenceOutput:
+        """Run the stack over (batch, T, input) floats or (batch, T) ids (with `embedding`).
+
+        readout: fn(h_t (batch, H) float, t, *readout_extras) -> scalar; if it is an nn.Module its
+            parameters get gradients; a plain function must receive trainable tensors through
+            `readout_extras`.
+        buffer: shared with other runs of the same batch, or None for a fresh one.
+        """
+        from nmt.reversible.backprop import run_reversible
+        from nmt.reversible.validation import check_run
+
+        mask = check_run(self, inputs, mask, mode=mode, initial_state=initial_state,
+                         buffer=buffer, embedding=embedding, input_dropout=input_dropout,
+                         readout=readout, readout_extras=readout_extras)
+        batch = inputs.shape[0]
+        if buffer is None:
+            buffer = self.new_buffer(batch, device=inputs.device,
+                                     keep_words=mode is MemoryMode.REVERSIBLE)
+        readout_params = list(readout.parameters()) if isinstance(readout, nn.Module) else []
+        plan = Plan(rnn=self, inputs=StepInputs(inputs, embedding, input_dropout), mask=mask,
+                    buffer=buffer, tag=tag, readout=readout, num_extras=len(readout_extras),
+                    parameters=_unique(list(self.parameters()) + readout_params
+                                       + (list(embedding.parameters()) if embedding else [])))
+        initial = self.initial_halves(initial_state, batch, inputs.device)
+        if mode is MemoryMode.REFERENCE:
+            final_state, final_values, stored, total = self._run_reference(plan, initial, readout_extras)
+        else:
+            final_state, final_values, stored, total = run_reversible(plan, initial, readout_extras)
+        memory = count_memory(self, mask, buffer, tag=tag)
+        return SequenceOutput(final=self.join(final_values), final_state=final_state,
+                              stored=stored, readout=total, buffer=buffer, memory=memory)
+
+    def _run_reference(self, plan: Plan, initial: List[Values], extras: Sequence[Tensor]):
+        state = [tuple(to_fixed(part) for part in layer) for layer in initial]
+        values = [tuple(straight_through(part, from_fixed(exact)) for part, exact in zip(layer, ex))
+                  for layer, ex in zip(initial, state)]
+        stored, losses = [], []
+        for t in range(plan.steps):
+            x, _ = plan.inputs.at(t)
+            state, values, stored_t = self.step(x, state, values, plan.buffer, plan.mask[:, t],
+                                                tag=plan.tag)
+            stored.append(stored_t)
+            if plan.readout is not None:
+                losses.append(plan.readout(torch.cat(values[-1][:2], dim=-1), t, *extras))
+        stored = torch.stack(stored, dim=1) if self.storage is not None else None
+        total = torch.stack(losses).sum() if plan.readout is not None else None
+        return state, values, stored, total
+
+    # -- state layouts --------------------------------------------------------------------------
+
+    def initial_halves(self, initial_state: Optional[InitialState], batch: int,
+                       device) -> List[Values]:
+        """Float halves per layer, (h1, h2[, c1, c2]) each (batch, half); zeros when None."""
+        if initial_state is None:
+            return [tuple(torch.zeros(batch, size, device=device)
+                          for size in self.cells[0].half_sizes * (self.state_parts // 2))
+                    for _ in range(self.num_layers)]
+        tensors = initial_state if isinstance(initial_state, tuple) else (initial_state,)
+        halves = []
+        for layer in range(self.num_layers):
+            parts = []
+            for tensor in tensors:
+                parts.extend(self.cells[layer].split(tensor[layer].float()))
+            halves.append(tuple(parts))
+        return halves
+
+    def join(self, values: List[Values]) -> InitialState:
+        """Per-layer float halves -> (layers, batch, H), or (h, c) for RevLSTM."""
+        h = torch.stack([torch.cat(layer[:2], dim=-1) for layer in values])
+        if self.state_parts == 2:
+            return h
+        return h, torch.stack([torch.cat(layer[2:], dim=-1) for layer in values])
+
+
+def _unique(tensors: List[Tensor]) -> List[Tensor]:
+    seen, out = set(), []
+    for tensor in tensors:
+        if id(tensor) not in seen and tensor.requires_grad:
+            seen.add(id(tensor))
+            out.append(tensor)
+    return out
