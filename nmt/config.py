@@ -398,7 +398,9 @@ def _validate_data(data: DataConfig) -> None:
     _at_least(data.eval_batch_size, 1, "data.eval_batch_size")
     tokenizer = data.tokenizer
     _at_least(tokenizer.vocab_size, 8, "data.tokenizer.vocab_size")
-    _at_least(tokenizer.input_sentence_size, 1, "data.tokenizer.input_sentence_size")
+    if tokenizer.input_sentence_size < 0 or 0 < tokenizer.input_sentence_size <= 100:
+        raise ConfigError("data.tokenizer.input_sentence_size: must be 0 (use every sentence) or "
+                          f"more than 100 (sentencepiece's minimum), got {tokenizer.input_sentence_size}")
     if not 0.0 < tokenizer.character_coverage <= 1.0:
         raise ConfigError("data.tokenizer.character_coverage: must be in (0, 1], "
                           f"got {tokenizer.character_coverage}")

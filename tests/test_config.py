@@ -101,6 +101,8 @@ BAD_VALUES = [
     ({"data": {"tokenizer": {"model_type": "wordpiece"}}},
      "data.tokenizer.model_type: 'wordpiece' is not one of unigram, bpe, char, word"),
     ({"train": {"lr": "fast"}}, "train.lr: expected a number"),
+    ({"data": {"tokenizer": {"input_sentence_size": 50}}},
+     "data.tokenizer.input_sentence_size: must be 0 (use every sentence) or more than 100"),
     ({"train": {"max_epochs": 2.5}}, "train.max_epochs: expected an integer"),
     ({"train": {"max_epochs": True}}, "train.max_epochs: expected an integer"),
     ({"model": {"tie_embeddings": "maybe"}}, "model.tie_embeddings: expected true or false"),
