@@ -111,7 +111,7 @@ class Trainer:
                     finished = state.epoch
                     state.epoch += 1
                     state.batch_in_epoch = 0
-                    if reason is None or state.last_valid_step != state.step:
+                    if state.last_valid_step != state.step:
                         reason = self._validate_and_save(epoch=finished) or reason
                     else:
                         self._save_step_checkpoint()  # same step, new position: start of next epoch

@@ -1,0 +1,108 @@
+"""Resume continues the same loss curve: in-process interruption and a SIGKILLed `nmt train`."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import nmt.stats
+from nmt import checkpoint as ckpt
+from nmt.commands.train import train_from_config
+from nmt.config import config_from_dict
+from nmt.errors import UserError
+from nmt.stats import read_metrics
+from training.toy import toy_config, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train_losses(run_dir) -> dict:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir, "train")}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_on_the_same_curve(tmp_path, monkeypatch):
+    reference = config_from_dict(toy_config(tmp_path / "a", max_steps=14, valid_every=5))
+    train_from_config(reference, progress=False, echo=False)
+    expected = train_losses(reference.run_dir)
+    assert sorted(expected) == list(range(1, 15))
+
+    config = config_from_dict(toy_config(tmp_path / "b", max_steps=14, valid_every=5))
+    original = nmt.stats.TrainingStats.train_step
+
+    def die_at_step_12(self, step, **kwargs):
+        if step == 12:  # after the step-10 checkpoint, before the next one
+            raise Killed()
+        return original(self, step, **kwargs)
+
+    monkeypatch.setattr(nmt.stats.TrainingStats, "train_step", die_at_step_12)
+    with pytest.raises(Killed):
+        train_from_config(config, progress=False, echo=False)
+    monkeypatch.setattr(nmt.stats.TrainingStats, "train_step", original)
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint_path(config.run_dir))["step"] == 10
+
+    summary = train_from_config(config, resume=True, progress=False, echo=False)
+    assert summary["steps"] == 14
+    resumed = train_losses(config.run_dir)
+    assert sorted(resumed) == list(range(1, 15))  # records of the lost steps 11 were dropped
+    for step in range(1, 15):
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-6), step
+    valid = {r["step"]: r["loss"] for r in read_metrics(config.run_dir, "valid")}
+    assert valid == pytest.approx({r["step"]: r["loss"] for r in read_metrics(reference.run_dir, "valid")})
+
+
+def test_fresh_run_refuses_a_run_dir_with_checkpoints(tmp_path):
+    config = config_from_dict(toy_config(tmp_path, max_steps=2, valid_every=2))
+    train_from_config(config, progress=False, echo=False)
+    with pytest.raises(UserError, match="--resume"):
+        train_from_config(config, progress=False, echo=False)
+
+
+def test_resume_rejects_a_changed_model(tmp_path):
+    values = toy_config(tmp_path, max_steps=2, valid_every=2)
+    train_from_config(config_from_dict(values), progress=False, echo=False)
+    values["model"]["decoder"]["hidden"] = 8
+    with pytest.raises(UserError, match="model.decoder.hidden"):
+        train_from_config(config_from_dict(values), resume=True, progress=False, echo=False)
+
+
+def test_sigkilled_nmt_train_resumes_on_the_same_curve(tmp_path):
+    """`nmt train` killed with SIGKILL after a checkpoint, resumed: same loss at a later step."""
+    final_step = 24
+    reference = config_from_dict(toy_config(tmp_path / "ref", max_steps=final_step, valid_every=4))
+    train_from_config(reference, progress=False, echo=False)
+    expected = train_losses(reference.run_dir)
+
+    # the killed run would go on for much longer; its resume stops at the reference's last step
+    values = toy_config(tmp_path / "run", max_steps=5000, valid_every=4)
+    config_path = write_config(tmp_path, values)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    command = [sys.executable, "-m", "nmt", "train", str(config_path), "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    run_dir = Path(values["run_dir"])
+    deadline = time.time() + 120
+    while not ckpt.step_checkpoints(run_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    killed_at = ckpt.load_checkpoint(ckpt.latest_checkpoint_path(run_dir))["step"]
+    assert 4 <= killed_at < final_step
+
+    values["train"]["max_steps"] = final_step
+    write_config(tmp_path, values)
+    result = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed from" in result.stderr
+    resumed = train_losses(run_dir)
+    assert sorted(resumed) == list(range(1, final_step + 1))
+    assert abs(resumed[final_step] - expected[final_step]) < 1e-5
+    for step in range(killed_at + 1, final_step + 1):
+        assert abs(resumed[step] - expected[step]) < 1e-5, step
