@@ -1,0 +1,164 @@
+"""Reversible mode gives the reference mode's loss bit for bit and its gradients to rounding."""
+import pytest
+import torch
+from torch import nn
+
+from nmt.reversible.sequence import MemoryMode, ReversibleRNN
+from nmt.reversible.storage import AttentionStorage
+
+STORAGES = {
+    "none": None,
+    "slice32": AttentionStorage("slice", 3, 32),
+    "slice16": AttentionStorage("slice", 3, 16),
+    "proj32": AttentionStorage("proj", 4, 32),
+    "proj16": AttentionStorage("proj", 4, 16),
+}
+BATCH, STEPS, INPUT, HIDDEN = 4, 9, 5, 9
+LENGTHS = torch.tensor([9, 6, 3, 1])
+
+
+def _mask():
+    return torch.arange(STEPS)[None] < LENGTHS[:, None]
+
+
+def _assert_grads_close(reference, reversible, names):
+    for name, a, b in zip(names, reference, reversible):
+        assert a is not None and b is not None, f"no gradient for {name}"
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def _grads_of(tensors):
+    grads = [t.grad.clone() if t.grad is not None else None for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return grads
+
+
+def _initial(cell, generator):
+    h = (torch.rand(2, BATCH, HIDDEN, generator=generator) - 0.5).requires_grad_()
+    if cell == "revgru":
+        return h, [h]
+    c = (torch.rand(2, BATCH, HIDDEN, generator=generator) - 0.5).requires_grad_()
+    return (h, c), [h, c]
+
+
+@pytest.mark.parametrize("storage", list(STORAGES))
+@pytest.mark.parametrize("cell", ["revgru", "revlstm"])
+def test_loss_is_bit_identical_and_gradients_agree(cell, storage):
+    """Two layers, padding, float inputs and initial state with gradients, storage in the loss."""
+    torch.manual_seed(30)
+    generator = torch.Generator().manual_seed(31)
+    rnn = ReversibleRNN(cell, INPUT, HIDDEN, num_layers=2, max_forget_bits=2,
+                        storage=STORAGES[storage])
+    inputs = (torch.randn(BATCH, STEPS, INPUT, generator=generator) * 2).requires_grad_()
+    initial, initial_leaves = _initial(cell, generator)
+    final_weight = torch.randn(2, BATCH, HIDDEN, generator=generator)
+    stored_weight = torch.randn(BATCH, STEPS, 4, generator=generator)
+    leaves = [inputs] + initial_leaves + list(rnn.parameters())
+    names = ["inputs"] + ["initial h", "initial c"][: len(initial_leaves)] + [
+        name for name, _ in rnn.named_parameters()]
+    results = {}
+    for mode in MemoryMode:
+        out = rnn(inputs, _mask(), mode=mode, initial_state=initial)
+        final = out.final if cell == "revgru" else out.final[0] + out.final[1]
+        loss = (final * final_weight).sum()
+        if out.stored is not None:
+            loss = loss + (out.stored * stored_weight[..., : out.stored.shape[2]]).sum()
+        loss.backward()
+        results[mode] = (loss.detach(), out.stored, _grads_of(leaves), out.buffer)
+    (ref_loss, ref_stored, ref_grads, _), (rev_loss, rev_stored, rev_grads, buffer) = (
+        results[MemoryMode.REFERENCE], results[MemoryMode.REVERSIBLE])
+    assert torch.equal(ref_loss, rev_loss)
+    if ref_stored is not None:
+        assert torch.equal(ref_stored.detach(), rev_stored.detach())
+        assert bool((rev_stored[3, 1:] == 0).all()), "padded steps store zeros"
+    _assert_grads_close(ref_grads, rev_grads, names)
+    assert all(g.abs().sum() > 0 for g in ref_grads[:3]), "degenerate test: zero gradients"
+    assert buffer.is_initial(), "backward did not reverse the buffer completely"
+
+
+@pytest.mark.parametrize("storage", ["slice32", "slice16", "proj16"])
+def test_gradient_reaching_stored_values_flows_into_the_recurrence(storage):
+    torch.manual_seed(32)
+    rnn = ReversibleRNN("revgru", INPUT, HIDDEN, num_layers=2, storage=STORAGES[storage])
+    inputs = torch.randn(BATCH, STEPS, INPUT).requires_grad_()
+    grads = {}
+    for mode in MemoryMode:
+        out = rnn(inputs, _mask(), mode=mode)
+        (out.stored ** 2).sum().backward()  # the final state takes no part in the loss
+        grads[mode] = _grads_of([inputs] + list(rnn.cells[0].parameters()))
+    assert all(g.abs().sum() > 0 for g in grads[MemoryMode.REVERSIBLE])
+    _assert_grads_close(grads[MemoryMode.REFERENCE], grads[MemoryMode.REVERSIBLE],
+                        ["inputs"] + [n for n, _ in rnn.cells[0].named_parameters()])
+
+
+class _Readout(nn.Module):
+    """A per-step loss with attention over extra tensors, like a decoder's (batch-summed NLL)."""
+
+    def __init__(self, hidden, keys, vocab, targets):
+        super().__init__()
+        self.query = nn.Linear(hidden, keys)
+        self.out = nn.Linear(hidden + keys, vocab)
+        self.targets = targets
+
+    def forward(self, h, t, context, context_mask, tgt_mask):
+        scores = (context @ self.query(h).unsqueeze(-1)).squeeze(-1)
+        weights = torch.softmax(scores.masked_fill(~context_mask, -1e9), -1)
+        attended = (weights.unsqueeze(-1) * context).sum(1)
+        logits = self.out(torch.tanh(torch.cat([h, attended], -1)))
+        nll = nn.functional.cross_entropy(logits, self.targets[:, t], reduction="none")
+        return (nll * tgt_mask[:, t]).sum()
+
+
+@pytest.mark.parametrize("cell", ["revgru", "revlstm"])
+def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell):
+    """Token ids + embeddings + fixed dropout masks, a proj-storing encoder, a decoder with a
+    per-step readout attending over the encoder's storage and starting from its final state."""
+    torch.manual_seed(33)
+    vocab, emb = 13, 6
+    src = torch.randint(0, vocab, (BATCH, STEPS))
+    tgt = torch.randint(0, vocab, (BATCH, 7))
+    src_mask = _mask()
+    tgt_mask = torch.arange(7)[None] < torch.tensor([7, 2, 5, 4])[:, None]
+    encoder = ReversibleRNN(cell, emb, HIDDEN, storage=AttentionStorage("proj", 4, 16))
+    decoder = ReversibleRNN(cell, emb, HIDDEN, num_layers=2)
+    src_embedding, tgt_embedding = nn.Embedding(vocab, emb), nn.Embedding(vocab, emb)
+    readout = _Readout(HIDDEN, 4, vocab, tgt)
+    dropout = (torch.rand(BATCH, emb) > 0.3).float() / 0.7
+    modules = [encoder, decoder, src_embedding, tgt_embedding, readout]
+    params = [p for m in modules for p in m.parameters()]
+    names = [f"{type(m).__name__}.{n}" for m in modules for n, _ in m.named_parameters()]
+    results = {}
+    for mode in MemoryMode:
+        buffer = encoder.new_buffer(BATCH, keep_words=mode is MemoryMode.REVERSIBLE)
+        enc = encoder(src, src_mask, mode=mode, embedding=src_embedding, input_dropout=dropout,
+                      buffer=buffer, tag="encoder")
+        initial = enc.final.expand(2, -1, -1) if cell == "revgru" else tuple(
+            part.expand(2, -1, -1) for part in enc.final)
+        dec = decoder(tgt, tgt_mask, mode=mode, embedding=tgt_embedding, initial_state=initial,
+                      buffer=buffer, readout=readout, tag="decoder",
+                      readout_extras=(enc.stored, src_mask, tgt_mask.float()))
+        dec.readout.backward()
+        results[mode] = (dec.readout.detach(), _grads_of(params), buffer)
+        if mode is MemoryMode.REVERSIBLE:
+            assert buffer.pushed_words("encoder") > 0 and buffer.pushed_words("decoder") > 0
+            assert buffer.is_initial()
+    assert torch.equal(results[MemoryMode.REFERENCE][0], results[MemoryMode.REVERSIBLE][0])
+    _assert_grads_close(results[MemoryMode.REFERENCE][1], results[MemoryMode.REVERSIBLE][1], names)
+    assert all(g.abs().sum() > 0 for g in results[MemoryMode.REVERSIBLE][1])
+
+
+def test_parameter_gradients_arrive_through_normal_accumulation():
+    """Post-accumulate hooks (what DistributedDataParallel relies on) fire once per parameter."""
+    torch.manual_seed(34)
+    rnn = ReversibleRNN("revlstm", INPUT, HIDDEN, num_layers=2)
+    fired = []
+    for name, param in rnn.named_parameters():
+        param.register_post_accumulate_grad_hook(lambda p, name=name: fired.append(name))
+    out = rnn(torch.randn(BATCH, STEPS, INPUT), _mask(), mode=MemoryMode.REVERSIBLE)
+    out.final[0].sum().backward()
+    assert sorted(fired) == sorted(name for name, _ in rnn.named_parameters())
+    first = [p.grad.clone() for p in rnn.parameters()]
+    out = rnn(torch.randn(BATCH, STEPS, INPUT), _mask(), mode=MemoryMode.REVERSIBLE)
+    out.final[0].sum().backward()  # accumulates like any autograd graph
+    assert all(not torch.equal(p.grad, g) for p, g in zip(rnn.parameters(), first))
