@@ -22,12 +22,12 @@ def label_smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, *,
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
-    real = targets != PAD_ID
-    log_probs, targets = log_probs[real], targets[real]
-    nll = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1).sum()
+    real = (targets != PAD_ID).to(log_probs.dtype)  # weights, not indexing: no (tokens, vocab) copy
+    target_log_probs = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+    nll = -(target_log_probs * real).sum()
     if smoothing == 0.0:
         return nll, nll.detach()
     vocab = log_probs.size(1)
-    non_pad_sum = log_probs.sum(dim=1) - log_probs[:, PAD_ID]
-    uniform = -non_pad_sum.sum() / (vocab - 1)
+    non_pad_mean = (log_probs.sum(dim=1) - log_probs[:, PAD_ID]) / (vocab - 1)
+    uniform = -(non_pad_mean * real).sum()
     return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach()
