@@ -53,16 +53,21 @@ def run(args) -> int:
 
 
 def tokenizer_settings(config: Config) -> dict:
-    """What the tokenizer depends on: reuse it only if all of this is unchanged."""
+    """What the tokenizer depends on: reuse it only if all of this is unchanged.
+
+    Training files are identified by name and size, not by directory, so a run moved to another
+    machine (another MULTI30K_DIR) keeps its tokenizer.
+    """
     data = config.data
-    return {"tokenizer": asdict(data.tokenizer), "dir": str(Path(data.dir).resolve()),
-            "train": data.train, "src": data.src, "tgt": data.tgt}
+    src_path, tgt_path = check_data_files(config, ["train"])["train"]
+    files = [{"name": path.name, "bytes": path.stat().st_size} for path in (src_path, tgt_path)]
+    return {"tokenizer": asdict(data.tokenizer), "train_files": files}
 
 
 def prepare_tokenizer(config: Config, *, force: bool = False) -> tuple:
     """Load `{run_dir}/spm` if trained with the same settings, else train it; -> (Tokenizer, trained)."""
     spm_dir = Path(config.run_dir) / SPM_DIR
-    settings = tokenizer_settings(config)
+    settings = tokenizer_settings(config)  # also checks that the training files exist
     settings_path = spm_dir / SPM_SETTINGS
     if Tokenizer.exists(spm_dir) and not force:
         try:
@@ -71,9 +76,9 @@ def prepare_tokenizer(config: Config, *, force: bool = False) -> tuple:
             previous = None
         if previous == settings:
             return Tokenizer.load(spm_dir), False
-        raise UserError(f"{spm_dir}: a tokenizer trained with other data.tokenizer/data settings is "
-                        f"already there; use --force to retrain it (existing checkpoints keep theirs)")
-    check_data_files(config, ["train"])
+        raise UserError(f"{spm_dir}: holds a tokenizer trained with other data.tokenizer settings or "
+                        f"training files; retrain it with `nmt prepare --force CONFIG` (checkpoints "
+                        f"keep their own) or choose another run_dir")
     tokenizer = train_tokenizer(config.data, spm_dir)
     settings_path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return tokenizer, True

@@ -64,10 +64,24 @@ def test_prepare_trains_reuses_and_refuses_to_clobber(tmp_path, capsys):
     write_config(tmp_path, vocab_size=290)
     assert run_cli(["prepare", str(config_path)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "use --force to retrain" in error
+    assert error.count("\n") == 1 and "retrain it with `nmt prepare --force CONFIG`" in error
     assert Tokenizer.load(run_dir / "spm").to_bytes() == model_bytes  # nothing lost
     assert run_cli(["prepare", "--force", str(config_path)]) == 0
     assert Tokenizer.load(run_dir / "spm").src_vocab_size <= 290
+    capsys.readouterr()
+
+    # the same files elsewhere (another machine, another data.dir): the tokenizer is reused
+    (tmp_path / "data").rename(tmp_path / "moved")
+    config_path.write_text(config_path.read_text().replace(str(tmp_path / "data"),
+                                                           str(tmp_path / "moved")))
+    assert run_cli(["prepare", str(config_path)]) == 0
+    assert "reused joint unigram" in capsys.readouterr().out
+    # changed training data: refused again
+    with open(tmp_path / "moved" / "train.de", "a", encoding="utf-8") as handle:
+        handle.write("ein neuer satz\n")
+    with open(tmp_path / "moved" / "train.en", "a", encoding="utf-8") as handle:
+        handle.write("a new sentence\n")
+    assert run_cli(["prepare", str(config_path)]) == 2
 
 
 def test_prepare_names_missing_and_mismatched_files(tmp_path, capsys):
