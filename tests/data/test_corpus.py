@@ -128,3 +128,13 @@ def test_load_split_filters_training_only(tmp_path):
     assert isinstance(train, EncodedCorpus)
     assert (len(train), train.num_skipped, train.indices) == (1, 1, [0])
     assert (len(valid), valid.num_skipped) == (2, 0)
+
+
+def test_multi30k_reads_cleanly(multi30k_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="nmt.data"):
+        for prefix, count in (("train", 29000), ("val", 1014), ("test_2016_flickr", 1000)):
+            src, tgt = read_parallel(multi30k_dir / f"{prefix}.en.gz", multi30k_dir / f"{prefix}.de.gz")
+            assert len(src) == len(tgt) == count
+            assert all(line.strip() for line in src + tgt)
+    assert caplog.records == []
+    assert src[0] == "A man in an orange hat starring at something."
