@@ -140,3 +140,20 @@ def test_read_chunks_splits_and_keeps_last_partial_line(tmp_path):
         chunks = list(read_chunks(stream, 2))
     assert [line for chunk in chunks for line in chunk] == [b"a", b"b", b"", b"c", b"d"]
     assert all(len(chunk) <= 2 for chunk in chunks)
+
+
+def test_bench_translate_reports_speeds_and_bleu(checkpoint, capsys):
+    import json as json_module
+
+    from nmt.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "translate", "--checkpoint", str(checkpoint),
+                                      "--split", "test", "--beam-size", "2", "--batch-size", "5",
+                                      "--limit", "7", "--json"])
+    assert args.run(args) == 0
+    result = json_module.loads(capsys.readouterr().out)
+    assert result["sentences"] == 7 and result["beam_size"] == 2 and result["batch_size"] == 5
+    assert result["decode_sentences_per_sec"] > 0 and result["end_to_end_sentences_per_sec"] > 0
+    # end to end includes everything the decoding loop does, and start-up
+    assert result["end_to_end_seconds"] >= result["decode_seconds"]
+    assert 0 <= result["bleu"] <= 100
