@@ -44,6 +44,10 @@ class SequenceOutput:
     final_state: the exact int64 state per layer (tuples of halves).
     stored: (batch, T, units) float32 attention storage (zero on padded steps), or None.
     readout: the summed per-step readout (scalar), or None.
+    memory: counted bits of this run (accounting.py).
+    kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
+        ({"buffer", "stored", "state"}; the buffer's figure includes other runs sharing it);
+        empty in reference mode.
     """
 
     final: InitialState
@@ -52,6 +56,7 @@ class SequenceOutput:
     readout: Optional[Tensor]
     buffer: InformationBuffer
     memory: MemoryAccount
+    kept_bytes: dict = field(default_factory=dict)
 
 
 class StepInputs:
@@ -87,6 +92,9 @@ class Plan:
     readout: Optional[Callable] = None
     num_extras: int = 0
     parameters: List[Tensor] = field(default_factory=list)
+    initial_state: Optional[List[State]] = None  # set by the reversible forward
+    final_state: Optional[List[State]] = None
+    kept_bytes: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -224,7 +232,8 @@ class ReversibleRNN(nn.Module):
             final_state, final_values, stored, total = run_reversible(plan, initial, readout_extras)
         memory = count_memory(self, mask, buffer, tag=tag)
         return SequenceOutput(final=self.join(final_values), final_state=final_state,
-                              stored=stored, readout=total, buffer=buffer, memory=memory)
+                              stored=stored, readout=total, buffer=buffer, memory=memory,
+                              kept_bytes=plan.kept_bytes)
 
     def _run_reference(self, plan: Plan, initial: List[Values], extras: Sequence[Tensor]):
         state = [tuple(to_fixed(part) for part in layer) for layer in initial]
