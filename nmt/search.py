@@ -21,7 +21,8 @@ beam size 1 is exactly greedy). A sentence is done when no live beam can still b
 the `nbest` best finished hypotheses: log-probs only decrease, so a live beam with log-prob s can
 at best reach s / max(lp(L)) over the final lengths L it can still reach (up to max_len + 1).
 With alpha > 0 that keeps searching after the best beam ends if a longer hypothesis could still
-win. Sentences leave the batch when done, so a translation never depends on its batch.
+win. Sentences leave the batch when done, so a translation never depends on its batch. An n-best
+list is shorter than `nbest` only if fewer hypotheses can exist (tiny vocabulary and max_len).
 """
 from __future__ import annotations
 

@@ -259,9 +259,10 @@ def test_beam_size_one_is_greedy(alpha, cell):
         assert torch.equal(g.attention, b.attention)
 
 
-def _teacher_forced_log_prob(model, src, length, tokens):
+def _teacher_forced_log_prob(model, src, tokens):
+    """Summed log-prob of tokens + EOS for one unpadded source sentence (src_len,)."""
     with torch.no_grad():
-        encoder_output = model.encode(src.unsqueeze(0)[:, :length], torch.tensor([length]))
+        encoder_output = model.encode(src.unsqueeze(0), torch.tensor([src.size(0)]))
         state = model.init_decoder_state(encoder_output)
         total = 0.0
         for prev, target in zip([BOS_ID] + tokens, tokens + [EOS_ID]):
@@ -278,7 +279,7 @@ def test_beam_hypotheses_carry_their_own_log_probs_and_attention():
     for row, hypotheses in enumerate(nbests):
         for h in hypotheses:
             n = int(lengths[row])
-            reference = _teacher_forced_log_prob(model, src[row], n, h.tokens)
+            reference = _teacher_forced_log_prob(model, src[row, :n], h.tokens)
             assert h.log_prob == pytest.approx(reference, abs=1e-4)
             assert h.score == pytest.approx(h.log_prob / ((5 + len(h.tokens) + 1) / 6))
             assert h.attention.shape == (len(h.tokens) + 1, n)

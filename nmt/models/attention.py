@@ -22,7 +22,7 @@ class LuongAttention(nn.Module):
         """(batch, src_len, context_size) -> keys (batch, src_len, query_size)."""
         return self.key_projection(context)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
                 mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Attend with several queries per sentence at once.
 
@@ -36,8 +36,8 @@ class LuongAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1)
         return torch.bmm(weights, values), weights
 
-    def step(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+    def step(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
              mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One query per sentence: (batch, query_size) -> (batch, context_size), (batch, src_len)."""
-        context, weights = self(query.unsqueeze(1), keys, values, mask)
+        context, weights = self(query.unsqueeze(1), keys, values, mask=mask)
         return context.squeeze(1), weights.squeeze(1)

@@ -139,7 +139,7 @@ class RNNDecoder(nn.Module):
     def _attentional(self, top: torch.Tensor, encoder_output: EncoderOutput):
         """top (batch, len, hidden) -> a (batch, len, hidden), weights (batch, len, src_len)."""
         context, weights = self.attention(top, encoder_output.keys, encoder_output.context,
-                                          encoder_output.mask)
+                                          mask=encoder_output.mask)
         attentional = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))
         return self.output_dropout(attentional), weights
 

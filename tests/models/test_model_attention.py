@@ -18,7 +18,7 @@ def test_padding_gets_exactly_zero_weight_and_rows_sum_to_one():
     lengths = torch.tensor([6, 4, 1, 3])
     mask = length_mask(lengths, 6)
     values[~mask] = 1e4  # huge padding values must still get no weight
-    _, weights = attention(queries, attention.project_keys(values), values, mask)
+    _, weights = attention(queries, attention.project_keys(values), values, mask=mask)
     assert torch.equal(weights[~mask.unsqueeze(1).expand_as(weights)],
                        torch.zeros(int((~mask).sum()) * 3))
     assert torch.allclose(weights.sum(-1), torch.ones(4, 3), atol=1e-6)
@@ -31,7 +31,7 @@ def test_matches_luong_general_formula_computed_by_hand():
     queries, values = _inputs(seed=1)
     lengths = torch.tensor([6, 2, 5, 4])
     mask = length_mask(lengths, 6)
-    contexts, weights = attention(queries, attention.project_keys(values), values, mask)
+    contexts, weights = attention(queries, attention.project_keys(values), values, mask=mask)
     W = attention.key_projection.weight  # (query, context)
     for b in range(4):
         n = int(lengths[b])
@@ -48,9 +48,9 @@ def test_padding_length_does_not_change_a_sentence():
     queries, values = _inputs(seed=2, batch=1, src_len=4)
     padded = torch.cat([values, torch.randn(1, 5, 7)], dim=1)
     short, _ = attention(queries, attention.project_keys(values), values,
-                         torch.ones(1, 4, dtype=torch.bool))
+                         mask=torch.ones(1, 4, dtype=torch.bool))
     long, _ = attention(queries, attention.project_keys(padded), padded,
-                        length_mask(torch.tensor([4]), 9))
+                        mask=length_mask(torch.tensor([4]), 9))
     assert torch.allclose(short, long, atol=1e-6)
 
 
@@ -60,6 +60,6 @@ def test_single_step_equals_sequence_form():
     queries, values = _inputs(seed=3)
     mask = length_mask(torch.tensor([6, 5, 2, 3]), 6)
     keys = attention.project_keys(values)
-    contexts, weights = attention(queries, keys, values, mask)
-    context, weight = attention.step(queries[:, 1], keys, values, mask)
+    contexts, weights = attention(queries, keys, values, mask=mask)
+    context, weight = attention.step(queries[:, 1], keys, values, mask=mask)
     assert torch.allclose(context, contexts[:, 1]) and torch.allclose(weight, weights[:, 1])
