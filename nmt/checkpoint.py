@@ -46,6 +46,7 @@ def save_checkpoint(path, payload: dict) -> Path:
     payload["checksum"] = content_checksum(payload)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temp_name, 0o666 & ~_current_umask())  # mkstemp's 0600 would hide it from others
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
             stream.flush()
@@ -56,6 +57,12 @@ def save_checkpoint(path, payload: dict) -> Path:
             os.unlink(temp_name)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path, *, map_location="cpu") -> dict:

@@ -95,6 +95,7 @@ class Trainer:
         """Trains to a stop condition; returns the summary record (also in metrics.jsonl)."""
         cfg, state = self.cfg, self.state
         reason = None
+        self.stats.restart_clock()  # tokens/s counts training, not start-up
         try:
             while reason is None:
                 if state.epoch > cfg.max_epochs:

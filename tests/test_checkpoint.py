@@ -1,3 +1,4 @@
+import os
 import random
 import subprocess
 import sys
@@ -36,6 +37,9 @@ def test_round_trip_loads_with_weights_only(tmp_path):
         assert torch.equal(loaded["model"][key], value)
     assert loaded["config"] == payload["config"]
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
 
 
 def test_missing_file_is_one_line_user_error(tmp_path):

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import nmt.stats
 from nmt import checkpoint as ckpt
@@ -27,13 +28,18 @@ class Killed(Exception):
     pass
 
 
-def test_interrupted_run_resumes_on_the_same_curve(tmp_path, monkeypatch):
-    reference = config_from_dict(toy_config(tmp_path / "a", max_steps=14, valid_every=5))
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_interrupted_run_resumes_on_the_same_curve(tmp_path, monkeypatch, device):
+    reference = config_from_dict(toy_config(tmp_path / "a", max_steps=14, valid_every=5, device=device))
     train_from_config(reference, progress=False, echo=False)
     expected = train_losses(reference.run_dir)
     assert sorted(expected) == list(range(1, 15))
 
-    config = config_from_dict(toy_config(tmp_path / "b", max_steps=14, valid_every=5))
+    config = config_from_dict(toy_config(tmp_path / "b", max_steps=14, valid_every=5, device=device))
     original = nmt.stats.TrainingStats.train_step
 
     def die_at_step_12(self, step, **kwargs):
