@@ -110,6 +110,8 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *,
                   max_len_offset: int = 10, return_attention: bool = False) -> List[Hypothesis]:
     """The most probable next token at every step. src (batch, src_len) -> one per sentence."""
     batch = src.size(0)
+    if batch == 0:
+        return []
     encoder_output = model.encode(src, src_lengths)
     state = model.init_decoder_state(encoder_output)
     limits = max_output_lengths(src_lengths, max_len_ratio=max_len_ratio,
@@ -120,6 +122,7 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *,
     tokens: List[List[int]] = [[] for _ in range(batch)]
     attention: List[list] = [[] for _ in range(batch)]
     results: List[Optional[Hypothesis]] = [None] * batch
+    src_len = src_lengths.tolist()
     step = 0
     while sentence.numel():
         step += 1
@@ -127,12 +130,13 @@ def greedy_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *,
         if log_prob_sums is None:
             log_prob_sums = log_probs.new_zeros(batch)
         log_probs = _allowed_log_probs(log_probs, step > limits[sentence])
-        log_prob_sums, prev = (log_prob_sums.unsqueeze(1) + log_probs).max(dim=1)
+        best = (log_prob_sums.unsqueeze(1) + log_probs).topk(1, dim=1)  # as beam search ranks
+        log_prob_sums, prev = best.values.squeeze(1), best.indices.squeeze(1)
         step_attention = _step_attention(state) if return_attention else None
         ended = prev == EOS_ID
         for row, (index, token) in enumerate(zip(sentence.tolist(), prev.tolist())):
             if return_attention:
-                attention[index].append(step_attention[row, :int(src_lengths[index])])
+                attention[index].append(step_attention[row, :src_len[index]])
             if token != EOS_ID:
                 tokens[index].append(token)
                 continue
@@ -175,6 +179,8 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
     """Beam search (see the module docstring). src (batch, src_len) -> n-best list per sentence."""
     check_search_options(beam_size, nbest)
     batch, k, device = src.size(0), beam_size, src.device
+    if batch == 0:
+        return []
     alpha = length_penalty
     encoder_output = model.encode(src, src_lengths)
     state = model.init_decoder_state(encoder_output)
@@ -185,6 +191,7 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
                                 max_len_offset=max_len_offset)
     sentence = torch.arange(batch, device=device)  # original index of each active sentence
     finished = [_FinishedHypotheses(nbest) for _ in range(batch)]
+    src_len = src_lengths.tolist()
     prev = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     scores = None  # (active, k) summed log-probs of live beams; -inf marks an empty slot
     history = torch.zeros(batch, k, 0, dtype=torch.long, device=device)
@@ -217,7 +224,7 @@ def beam_search(model, src: torch.Tensor, src_lengths: torch.Tensor, *, beam_siz
             total = float(top_scores[position, slot])
             attention = None
             if return_attention:
-                attention = attention_history[position, slot, :, :int(src_lengths[index])].clone()
+                attention = attention_history[position, slot, :, :src_len[index]].clone()
             finished[index].add(Hypothesis(
                 tokens=history[position, slot, :-1].tolist(), log_prob=total,
                 score=total / gnmt_length_penalty(step, alpha), attention=attention))

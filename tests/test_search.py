@@ -308,3 +308,10 @@ def test_search_options_come_from_the_decode_section():
                                           max_len_ratio=2.0, max_len_offset=4))
     assert options == dict(beam_size=3, nbest=2, length_penalty=0.6, max_len_ratio=2.0,
                            max_len_offset=4)
+
+
+def test_an_empty_batch_gives_empty_results():
+    src, lengths = torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    model = _random_model()
+    assert search(model, src, lengths, beam_size=1) == []
+    assert search(model, src, lengths, beam_size=3, nbest=2) == []
