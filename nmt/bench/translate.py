@@ -17,10 +17,12 @@ import torch
 
 from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
 from nmt.device import resolve_device
+from nmt.commands.helptext import describe
 from nmt.errors import UserError
 
 
 def add_arguments(parser) -> None:
+    describe(parser, __doc__)
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint to translate with")
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="data split (default: test)")
     parser.add_argument("--data-dir", metavar="DIR",

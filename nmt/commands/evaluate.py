@@ -11,11 +11,13 @@ import json
 
 from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
 from nmt.device import resolve_device
+from nmt.commands.helptext import describe
 from nmt.errors import UserError
 from nmt.evaluation import read_lines, score_corpus
 
 
 def add_arguments(parser) -> None:
+    describe(parser, __doc__)
     parser.add_argument("--checkpoint", metavar="CKPT", help="checkpoint to translate with")
     parser.add_argument("--split", choices=("test", "valid"), help="with --checkpoint: which split")
     parser.add_argument("--data-dir", metavar="DIR",

@@ -21,6 +21,7 @@ from nmt.config import Config, check_data_files, load_config
 from nmt.data.batching import TokenBatchSampler, collate
 from nmt.data.corpus import encode_parallel, load_split, read_parallel
 from nmt.device import resolve_device
+from nmt.commands.helptext import describe
 from nmt.errors import UserError
 from nmt.evaluation import corpus_loss, score_corpus
 from nmt.models.build import build_model
@@ -33,6 +34,7 @@ NO_LIMIT = 1 << 30
 
 
 def add_arguments(parser) -> None:
+    describe(parser, __doc__)
     parser.add_argument("config", help="YAML config (see configs/reference.yaml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the config's run_dir from its newest loadable "

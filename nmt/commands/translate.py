@@ -12,10 +12,12 @@ from __future__ import annotations
 import sys
 
 from nmt.device import resolve_device
+from nmt.commands.helptext import describe
 from nmt.errors import UserError
 
 
 def add_arguments(parser) -> None:
+    describe(parser, __doc__)
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="checkpoint file (e.g. RUN_DIR/best.pt or an averaged one)")
     parser.add_argument("--input", metavar="FILE", help="text to translate (default: stdin)")
