@@ -31,6 +31,7 @@ def add_arguments(parser) -> None:
                         help="bits per stored value")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (median)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -41,6 +42,11 @@ def run(args) -> int:
     for name in ("layers", "hidden", "batch", "steps", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise UserError(f"--device {args.device}: {error}".splitlines()[0]) from None
     torch.manual_seed(args.seed)
     max_forget_bits = None if args.max_forget_bits == "none" else int(args.max_forget_bits)
     input_size = args.input_size or args.hidden
@@ -54,10 +60,12 @@ def run(args) -> int:
     except ValueError as error:
         raise UserError(str(error)) from None
 
-    inputs = torch.randn(args.batch, args.steps, input_size)
+    rnn.to(device)
+    inputs = torch.randn(args.batch, args.steps, input_size, device=device)
     reversal = check_reversal(rnn, inputs, seed=args.seed)
-    final_weight = torch.randn(args.layers, args.batch, args.hidden)
-    stored_weight = torch.randn(args.batch, args.steps, storage.units) if storage else None
+    final_weight = torch.randn(args.layers, args.batch, args.hidden, device=device)
+    stored_weight = (torch.randn(args.batch, args.steps, storage.units, device=device)
+                     if storage else None)
 
     def forward_backward(mode):
         leaf = inputs.clone().requires_grad_()
@@ -74,8 +82,10 @@ def run(args) -> int:
     for mode in MemoryMode:
         durations = []
         for _ in range(args.repeats):
+            _synchronize(device)
             start = time.perf_counter()
             results[mode] = forward_backward(mode)
+            _synchronize(device)
             durations.append(time.perf_counter() - start)
         times[mode] = statistics.median(durations)
     (ref_loss, ref_grads, _), (rev_loss, rev_grads, rev_out) = (
@@ -90,7 +100,7 @@ def run(args) -> int:
     memory = rev_out.memory
     report = {
         "cell": args.cell, "layers": args.layers, "hidden": args.hidden, "batch": args.batch,
-        "steps": args.steps, "max_forget_bits": args.max_forget_bits,
+        "steps": args.steps, "max_forget_bits": args.max_forget_bits, "device": str(device),
         "storage": None if storage is None else f"{storage.kind.value} {storage.units}",
         "precision": args.precision,
         "reversal_exact": reversal.exact, "buffer_restored": reversal.buffer_initial,
@@ -108,13 +118,18 @@ def run(args) -> int:
     return 0 if reversal.exact and reversal.buffer_initial and report["loss_identical"] else 1
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _print_report(report: dict) -> None:
     yes = {True: "yes", False: "NO"}
     storage = report["storage"] or "none"
     print(f"{report['cell']} layers={report['layers']} hidden={report['hidden']} "
           f"batch={report['batch']} steps={report['steps']} "
           f"max_forget_bits={report['max_forget_bits']} storage={storage} "
-          f"precision={report['precision']}")
+          f"precision={report['precision']} device={report['device']}")
     print(f"bit-exact reversal:       {yes[report['reversal_exact']]} "
           f"(buffer restored: {yes[report['buffer_restored']]})")
     print(f"loss bit-identical:       {yes[report['loss_identical']]}")

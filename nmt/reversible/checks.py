@@ -25,7 +25,7 @@ def check_reversal(rnn, inputs: Tensor, mask: Optional[Tensor] = None, *, seed: 
     changed state goes unnoticed with probability about 2**-60) so memory stays O(batch x T).
     """
     batch, steps = inputs.shape[:2]
-    mask = torch.ones(batch, steps, dtype=torch.bool) if mask is None else mask
+    mask = torch.ones(batch, steps, dtype=torch.bool, device=inputs.device) if mask is None else mask
     generator = torch.Generator().manual_seed(seed)
     weights = torch.randint(-2**62, 2**62, (rnn.half_size,), generator=generator) | 1
 
