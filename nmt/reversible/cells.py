@@ -50,12 +50,10 @@ def _real_rows(mask: Optional[Tensor], tensor: Tensor) -> Tensor:
 
 def _effective(n: Tensor, update: Tensor, real: Tensor, stored_units: int) -> Tuple[Tensor, Tensor]:
     """Gates and scaled updates as applied: identity on padded rows and on stored units."""
-    n = torch.where(real, n, torch.full_like(n, _IDENTITY_GATE))
+    n = torch.where(real, n, _IDENTITY_GATE)
     if stored_units:
-        n = n.clone()
         n[:, :stored_units] = _IDENTITY_GATE
-    step = torch.where(real, scaled_update(update), torch.zeros((), dtype=torch.int64, device=n.device))
-    return n, step
+    return n, torch.where(real, scaled_update(update), 0)
 
 
 def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor, *,
@@ -72,14 +70,17 @@ def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor,
     Returns (exact, float view whose gradient flows to z * value + update).
     """
     real = _real_rows(mask, h)
-    surrogate = torch.where(real, z_q * value + update, value)
+    surrogate = None
+    if value.requires_grad or z_q.requires_grad or update.requires_grad or stored_units:
+        surrogate = torch.where(real, z_q * value + update, value)
     if next_exact is None:
         n_applied, step = _effective(n, update, real, stored_units)
         next_exact = buffer.forget(h, n_applied, tag=tag) + step
         if stored_units:
             kept = round_to_storage(surrogate[:, :stored_units], precision)
             next_exact[:, :stored_units] = torch.where(real, kept, h[:, :stored_units])
-    return next_exact, straight_through(surrogate, from_fixed(next_exact))
+    exact_value = from_fixed(next_exact)
+    return next_exact, exact_value if surrogate is None else straight_through(surrogate, exact_value)
 
 
 def undo_step(h_next: Tensor, n: Tensor, update: Tensor, *, buffer: InformationBuffer,
