@@ -22,10 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from nmt.reversible.accounting import MemoryAccount, count_memory
+from nmt.reversible.backprop import run_reversible
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.cells import CELLS, State, Values
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
+from nmt.reversible.validation import check_run
 
 InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
 
@@ -209,27 +211,27 @@ class ReversibleRNN(nn.Module):
             parameters get gradients; a plain function must receive trainable tensors through
             `readout_extras`.
         buffer: shared with other runs of the same batch, or None for a fresh one.
-        """
-        from nmt.reversible.backprop import run_reversible
-        from nmt.reversible.validation import check_run
 
+        Under torch.no_grad() nothing will be reversed, so the reversible mode just runs the
+        steps (same values; a fresh buffer then drops its words).
+        """
         mask = check_run(self, inputs, mask, mode=mode, initial_state=initial_state,
                          buffer=buffer, embedding=embedding, input_dropout=input_dropout,
                          readout=readout, readout_extras=readout_extras)
         batch = inputs.shape[0]
+        reversing = mode is MemoryMode.REVERSIBLE and torch.is_grad_enabled()
         if buffer is None:
-            buffer = self.new_buffer(batch, device=inputs.device,
-                                     keep_words=mode is MemoryMode.REVERSIBLE)
+            buffer = self.new_buffer(batch, device=inputs.device, keep_words=reversing)
         readout_params = list(readout.parameters()) if isinstance(readout, nn.Module) else []
         plan = Plan(rnn=self, inputs=StepInputs(inputs, embedding, input_dropout), mask=mask,
                     buffer=buffer, tag=tag, readout=readout, num_extras=len(readout_extras),
                     parameters=_unique(list(self.parameters()) + readout_params
                                        + (list(embedding.parameters()) if embedding else [])))
         initial = self.initial_halves(initial_state, batch, inputs.device)
-        if mode is MemoryMode.REFERENCE:
-            final_state, final_values, stored, total = self._run_reference(plan, initial, readout_extras)
-        else:
+        if reversing:
             final_state, final_values, stored, total = run_reversible(plan, initial, readout_extras)
+        else:
+            final_state, final_values, stored, total = self._run_reference(plan, initial, readout_extras)
         memory = count_memory(self, mask, buffer, tag=tag)
         return SequenceOutput(final=self.join(final_values), final_state=final_state,
                               stored=stored, readout=total, buffer=buffer, memory=memory,

@@ -18,6 +18,8 @@ def check_run(rnn, inputs: Tensor, mask: Optional[Tensor], *, mode, initial_stat
     if not isinstance(inputs, Tensor):
         raise ValueError(f"inputs must be a tensor, got {type(inputs).__name__}")
     if embedding is not None:
+        if not isinstance(embedding, torch.nn.Module):
+            raise ValueError(f"embedding must be an nn.Module, got {type(embedding).__name__}")
         if inputs.dim() != 2 or inputs.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token-id inputs must be (batch, T) integers, got "
                              f"{tuple(inputs.shape)} {inputs.dtype}")

@@ -162,3 +162,21 @@ def test_parameter_gradients_arrive_through_normal_accumulation():
     out = rnn(torch.randn(BATCH, STEPS, INPUT), _mask(), mode=MemoryMode.REVERSIBLE)
     out.final[0].sum().backward()  # accumulates like any autograd graph
     assert all(not torch.equal(p.grad, g) for p, g in zip(rnn.parameters(), first))
+
+
+def test_without_grad_the_reversible_mode_runs_the_same_steps_and_keeps_no_words():
+    torch.manual_seed(35)
+    rnn = ReversibleRNN("revgru", INPUT, HIDDEN, num_layers=2, storage=STORAGES["proj16"])
+    readout = nn.Linear(HIDDEN, 1)
+    inputs = torch.randn(BATCH, STEPS, INPUT)
+
+    def step_loss(h, t):
+        return readout(h).sum()
+
+    with_grad = rnn(inputs, _mask(), mode=MemoryMode.REVERSIBLE, readout=step_loss)
+    with torch.no_grad():
+        without = rnn(inputs, _mask(), mode=MemoryMode.REVERSIBLE, readout=step_loss)
+    assert torch.equal(with_grad.readout.detach(), without.readout)
+    assert torch.equal(with_grad.stored, without.stored)
+    assert without.buffer.num_chunks == 0 and not without.buffer.keep_words
+    assert without.memory == with_grad.memory

@@ -26,6 +26,8 @@ def test_wrong_input_shapes(rnn):
     _raises("embedding width 3 does not match input_size 4",
             lambda: rnn(torch.zeros(3, 7, dtype=torch.long), embedding=nn.Embedding(9, 3)))
     _raises("at least one sequence and one step", lambda: rnn(torch.randn(3, 0, 4)))
+    _raises("embedding must be an nn.Module",
+            lambda: rnn(torch.zeros(3, 7, dtype=torch.long), embedding=lambda ids: ids))
 
 
 def test_bad_masks(rnn):
