@@ -51,7 +51,8 @@ def _forward_pass(plan, flat_initial: Sequence[Tensor]):
         for t in range(plan.steps):
             x, _ = plan.inputs.at(t)
             values = [tuple(from_fixed(part) for part in layer) for layer in state]
-            state, _, stored_t = rnn.step(x, state, values, plan.buffer, mask[:, t], tag=plan.tag)
+            state, _, stored_t = rnn.step(x, state, values, plan.buffer, mask[:, t], tag=plan.tag,
+                                          layer_dropout=plan.layer_dropout)
             if stored is not None:
                 stored[:, t] = stored_t.to(stored.dtype)
     plan.final_state = state
@@ -78,11 +79,13 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
         with torch.no_grad():
             x, _ = plan.inputs.at(t)
             previous = rnn.reverse_step(x, state, plan.buffer, mask[:, t],
-                                        restored=_restored_slice(plan, stored, t))
+                                        restored=_restored_slice(plan, stored, t),
+                                        layer_dropout=plan.layer_dropout)
         with torch.enable_grad():
             leaves = [tuple(from_fixed(part).requires_grad_() for part in layer) for layer in previous]
             x, x_leaf = plan.inputs.at(t, leaf=True)
-            _, values, stored_t = rnn.step(x, previous, leaves, None, mask[:, t], next_state=state)
+            _, values, stored_t = rnn.step(x, previous, leaves, None, mask[:, t], next_state=state,
+                                           layer_dropout=plan.layer_dropout)
             outputs, out_grads = _flatten(values), list(grads)
             if stored_t is not None and grad_stored is not None:
                 outputs.append(stored_t)

@@ -93,6 +93,7 @@ class Plan:
     tag: str
     readout: Optional[Callable] = None
     num_extras: int = 0
+    layer_dropout: Optional[Tensor] = None  # (layers - 1, batch, H) fixed masks between layers
     parameters: List[Tensor] = field(default_factory=list)
     initial_state: Optional[List[State]] = None  # set by the reversible forward
     final_state: Optional[List[State]] = None
@@ -156,12 +157,17 @@ class ReversibleRNN(nn.Module):
 
     def step(self, x: Tensor, state: List[State], values: List[Values],
              buffer: Optional[InformationBuffer], mask: Tensor, *,
-             next_state: Optional[List[State]] = None, tag: str = ""):
-        """All layers at one step; returns (state, values, stored_t or None)."""
+             next_state: Optional[List[State]] = None, tag: str = "",
+             layer_dropout: Optional[Tensor] = None):
+        """All layers at one step; returns (state, values, stored_t or None).
+
+        layer_dropout: (layers - 1, batch, H) masks multiplied into the input of layers 1.. ."""
         new_state, new_values = [], []
         layer_input = x
         for layer, cell in enumerate(self.cells):
             top = layer == self.num_layers - 1
+            if layer > 0 and layer_dropout is not None:
+                layer_input = layer_input * layer_dropout[layer - 1]
             exact, floats = cell.step(
                 layer_input, state[layer], values[layer], buffer, mask,
                 next_state=None if next_state is None else next_state[layer],
@@ -184,11 +190,14 @@ class ReversibleRNN(nn.Module):
         return torch.where(mask.view(-1, 1), value, torch.zeros((), device=value.device))
 
     def reverse_step(self, x: Tensor, state: List[State], buffer: InformationBuffer, mask: Tensor,
-                     *, restored: Optional[Tensor] = None) -> List[State]:
+                     *, restored: Optional[Tensor] = None,
+                     layer_dropout: Optional[Tensor] = None) -> List[State]:
         """Undo `step` exactly, top layer first; `restored` (batch, k) int64: the previous slice."""
         with torch.no_grad():
             inputs = [x] + [from_fixed(torch.cat(state[layer][:2], dim=-1))
                             for layer in range(self.num_layers - 1)]
+            if layer_dropout is not None:
+                inputs = [x] + [value * drop for value, drop in zip(inputs[1:], layer_dropout)]
             previous = list(state)
             for layer in reversed(range(self.num_layers)):
                 top = layer == self.num_layers - 1
@@ -203,6 +212,7 @@ class ReversibleRNN(nn.Module):
                 initial_state: Optional[InitialState] = None,
                 buffer: Optional[InformationBuffer] = None,
                 embedding: Optional[nn.Module] = None, input_dropout: Optional[Tensor] = None,
+                layer_dropout: Optional[Tensor] = None,
                 readout: Optional[Callable] = None, readout_extras: Sequence[Tensor] = (),
                 tag: str = "") -> SequenceOutput:
         """Run the stack over (batch, T, input) floats or (batch, T) ids (with `embedding`).
@@ -210,6 +220,8 @@ class ReversibleRNN(nn.Module):
         readout: fn(h_t (batch, H) float, t, *readout_extras) -> scalar; if it is an nn.Module its
             parameters get gradients; a plain function must receive trainable tensors through
             `readout_extras`.
+        input_dropout: (batch, input) mask for the first layer's input, fixed for the sequence;
+        layer_dropout: (layers - 1, batch, H) masks for the inputs of the layers above.
         buffer: shared with other runs of the same batch, or None for a fresh one.
 
         Under torch.no_grad() nothing will be reversed, so the reversible mode just runs the
@@ -217,7 +229,7 @@ class ReversibleRNN(nn.Module):
         """
         mask = check_run(self, inputs, mask, mode=mode, initial_state=initial_state,
                          buffer=buffer, embedding=embedding, input_dropout=input_dropout,
-                         readout=readout, readout_extras=readout_extras)
+                         layer_dropout=layer_dropout, readout=readout, readout_extras=readout_extras)
         batch = inputs.shape[0]
         reversing = mode is MemoryMode.REVERSIBLE and torch.is_grad_enabled()
         if buffer is None:
@@ -225,6 +237,7 @@ class ReversibleRNN(nn.Module):
         readout_params = list(readout.parameters()) if isinstance(readout, nn.Module) else []
         plan = Plan(rnn=self, inputs=StepInputs(inputs, embedding, input_dropout), mask=mask,
                     buffer=buffer, tag=tag, readout=readout, num_extras=len(readout_extras),
+                    layer_dropout=layer_dropout,
                     parameters=_unique(list(self.parameters()) + readout_params
                                        + (list(embedding.parameters()) if embedding else [])))
         initial = self.initial_halves(initial_state, batch, inputs.device)
@@ -245,7 +258,7 @@ class ReversibleRNN(nn.Module):
         for t in range(plan.steps):
             x, _ = plan.inputs.at(t)
             state, values, stored_t = self.step(x, state, values, plan.buffer, plan.mask[:, t],
-                                                tag=plan.tag)
+                                                tag=plan.tag, layer_dropout=plan.layer_dropout)
             stored.append(stored_t)
             if plan.readout is not None:
                 losses.append(plan.readout(torch.cat(values[-1][:2], dim=-1), t, *extras))

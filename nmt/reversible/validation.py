@@ -8,7 +8,8 @@ from torch import Tensor
 
 
 def check_run(rnn, inputs: Tensor, mask: Optional[Tensor], *, mode, initial_state, buffer,
-              embedding, input_dropout: Optional[Tensor], readout, readout_extras: Sequence) -> Tensor:
+              embedding, input_dropout: Optional[Tensor], layer_dropout: Optional[Tensor] = None,
+              readout, readout_extras: Sequence) -> Tensor:
     """Validate a ReversibleRNN.forward call; returns the (batch, T) bool mask (all True if None)."""
     from nmt.reversible.sequence import MemoryMode
 
@@ -47,6 +48,10 @@ def check_run(rnn, inputs: Tensor, mask: Optional[Tensor], *, mode, initial_stat
     if input_dropout is not None and tuple(input_dropout.shape) != (batch, rnn.input_size):
         raise ValueError(f"input_dropout mask must be (batch, input) = ({batch}, {rnn.input_size}), "
                          f"got {tuple(input_dropout.shape)}")
+    expected = (rnn.num_layers - 1, batch, rnn.hidden_size)
+    if layer_dropout is not None and tuple(layer_dropout.shape) != expected:
+        raise ValueError(f"layer_dropout masks must be (layers - 1, batch, H) = {expected}, "
+                         f"got {tuple(layer_dropout.shape)}")
     if readout_extras and readout is None:
         raise ValueError("readout_extras were given without a readout")
     if readout is not None and not callable(readout):

@@ -112,8 +112,9 @@ class _Readout(nn.Module):
 
 @pytest.mark.parametrize("cell", ["revgru", "revlstm"])
 def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell):
-    """Token ids + embeddings + fixed dropout masks, a proj-storing encoder, a decoder with a
-    per-step readout attending over the encoder's storage and starting from its final state."""
+    """Token ids + embeddings + fixed dropout masks (input and between layers), a proj-storing
+    encoder, a decoder with a per-step readout attending over the encoder's storage and starting
+    from its final state."""
     torch.manual_seed(33)
     vocab, emb = 13, 6
     src = torch.randint(0, vocab, (BATCH, STEPS))
@@ -125,6 +126,7 @@ def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell):
     src_embedding, tgt_embedding = nn.Embedding(vocab, emb), nn.Embedding(vocab, emb)
     readout = _Readout(HIDDEN, 4, vocab, tgt)
     dropout = (torch.rand(BATCH, emb) > 0.3).float() / 0.7
+    layer_dropout = (torch.rand(1, BATCH, HIDDEN) > 0.3).float() / 0.7
     modules = [encoder, decoder, src_embedding, tgt_embedding, readout]
     params = [p for m in modules for p in m.parameters()]
     names = [f"{type(m).__name__}.{n}" for m in modules for n, _ in m.named_parameters()]
@@ -136,7 +138,7 @@ def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell):
         initial = enc.final.expand(2, -1, -1) if cell == "revgru" else tuple(
             part.expand(2, -1, -1) for part in enc.final)
         dec = decoder(tgt, tgt_mask, mode=mode, embedding=tgt_embedding, initial_state=initial,
-                      buffer=buffer, readout=readout, tag="decoder",
+                      buffer=buffer, readout=readout, tag="decoder", layer_dropout=layer_dropout,
                       readout_extras=(enc.stored, src_mask, tgt_mask.float()))
         dec.readout.backward()
         results[mode] = (dec.readout.detach(), _grads_of(params), buffer)

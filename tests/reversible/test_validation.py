@@ -80,6 +80,8 @@ def test_bad_initial_state_buffer_mode_and_readout(rnn):
             lambda: rnn(x, readout_extras=(torch.zeros(1),)))
     _raises(r"input_dropout mask must be \(batch, input\)",
             lambda: rnn(x, input_dropout=torch.ones(3, 5)))
+    _raises(r"layer_dropout masks must be \(layers - 1, batch, H\) = \(1, 3, 6\)",
+            lambda: rnn(x, layer_dropout=torch.ones(2, 3, 6)))
 
 
 def test_integer_overflow_risk_is_refused():
