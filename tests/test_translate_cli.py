@@ -157,3 +157,16 @@ def test_bench_translate_reports_speeds_and_bleu(checkpoint, capsys):
     # end to end includes everything the decoding loop does, and start-up
     assert result["end_to_end_seconds"] >= result["decode_seconds"]
     assert 0 <= result["bleu"] <= 100
+
+
+def test_thousand_lines_in_thousand_lines_out(checkpoint, multi30k_dir, tmp_path):
+    import gzip
+
+    path = multi30k_dir / "test_2016_flickr.en.gz"
+    source = tmp_path / "test.en"
+    source.write_bytes(gzip.decompress(path.read_bytes()) if path.exists()
+                       else (multi30k_dir / "test_2016_flickr.en").read_bytes())
+    result = nmt("translate", "--checkpoint", str(checkpoint), "--input", str(source),
+                 "--batch-size", "64")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode("utf-8").count("\n") == 1000

@@ -2,7 +2,8 @@
 
 `nmt bench translate --checkpoint CKPT --split test --beam-size 5 [--batch-size 64] [--json]`
 translates a data split and reports two figures:
-- decoding: the search over pre-tokenized sentences (batched, sorted by length), nothing else;
+- decoding: the search over pre-tokenized sentences (batched, sorted by length), nothing else,
+  after one untimed warm-up batch (`--no-warmup` to time it cold);
 - end to end: from the process start (interpreter and imports included, read from /proc where
   available) to detokenized output: what a user waits for with `nmt translate`.
 BLEU of the translations is printed too, so a faster setting cannot silently be a worse one.
@@ -15,9 +16,9 @@ import time
 
 import torch
 
+from nmt.commands.helptext import describe
 from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
 from nmt.device import resolve_device
-from nmt.commands.helptext import describe
 from nmt.errors import UserError
 
 
@@ -28,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data-dir", metavar="DIR",
                         help="data directory (default: the checkpoint config's data.dir)")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N sentences")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="time the decoding loop cold (default: one untimed batch first, so "
+                             "one-off costs such as CUDA start-up count only end to end)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_decode_arguments(parser)
 
@@ -67,6 +71,8 @@ def run(args) -> int:
     if args.limit:
         src_lines, references = src_lines[:args.limit], references[:args.limit]
     src_ids = translator.tokenizer.encode_src_lines(src_lines)
+    if not args.no_warmup:
+        translator.translate_ids(src_ids[:translator.options.batch_size])
 
     _synchronize(device)
     decode_start = time.perf_counter()
@@ -87,7 +93,7 @@ def run(args) -> int:
         "end_to_end_sentences_per_sec": round(len(src_lines) / max(end_to_end, 1e-9), 2),
         "startup_seconds": round(before_run, 4), "bleu": round(scores.bleu, 2),
         "bleu_signature": scores.bleu_signature,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "warmup": not args.no_warmup,
     }
     if args.json:
         print(json.dumps(result))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 
+from nmt.commands.helptext import describe
 from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
 from nmt.device import resolve_device
-from nmt.commands.helptext import describe
 from nmt.errors import UserError
 from nmt.evaluation import read_lines, score_corpus
 

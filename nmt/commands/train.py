@@ -17,11 +17,11 @@ from typing import List, Sequence
 import torch
 
 from nmt import checkpoint as ckpt
+from nmt.commands.helptext import describe
 from nmt.config import Config, check_data_files, load_config
 from nmt.data.batching import TokenBatchSampler, collate
 from nmt.data.corpus import encode_parallel, load_split, read_parallel
 from nmt.device import resolve_device
-from nmt.commands.helptext import describe
 from nmt.errors import UserError
 from nmt.evaluation import corpus_loss, score_corpus
 from nmt.models.build import build_model

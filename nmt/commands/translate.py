@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import sys
 
-from nmt.device import resolve_device
+import torch
+
 from nmt.commands.helptext import describe
+from nmt.device import resolve_device
 from nmt.errors import UserError
 
 
@@ -35,14 +37,21 @@ def add_decode_arguments(parser) -> None:
     parser.add_argument("--max-src-len", type=int, metavar="N",
                         help="source subword tokens kept per line (default: the config's data.max_len)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+                             "for small batches)")
 
 
 def decode_overrides(args) -> dict:
-    """DecodeOptions overrides from the flags, checked before any input is read."""
+    """DecodeOptions overrides from the flags, checked before any input is read (sets --threads)."""
     for flag in ("beam_size", "nbest", "batch_size", "max_src_len"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {value}")
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads: must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if getattr(args, "length_penalty", None) is not None and args.length_penalty < 0:
         raise UserError(f"--length-penalty: must not be negative, got {args.length_penalty}")
     return {"beam_size": args.beam_size, "nbest": getattr(args, "nbest", None),
