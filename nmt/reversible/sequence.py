@@ -44,9 +44,11 @@ class SequenceOutput:
     final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable unless a readout ran in
         reversible mode (then the readout carries all gradients).
     final_state: the exact int64 state per layer (tuples of halves).
-    stored: (batch, T, units) float32 attention storage (zero on padded steps), or None.
+    stored: (batch, T, units) float32 attention storage (zero on padded steps), or None;
+        differentiable like `final`.
     readout: the summed per-step readout (scalar), or None.
-    memory: counted bits of this run (accounting.py).
+    memory: counted bits of this run (accounting.py; heads charged to this run: recount with
+        count_memory(..., charge_head=False) for all but one run sharing a buffer).
     kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
         ({"buffer", "stored", "state"}; the buffer's figure includes other runs sharing it);
         empty in reference mode.
