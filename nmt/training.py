@@ -13,7 +13,9 @@ The loop is written against small interfaces so it can be tested with toy models
 
 Resume restores model, optimizer, LR schedule, early-stopping counters, sampler position and the
 python/torch RNG states, so a resumed run computes the same losses as one never stopped.
-`max_minutes` counts training wall time across resumes.
+`max_minutes` counts training wall time across resumes (from the start of the loop, so tokenizer
+training and data loading are not counted). Ctrl-C writes a checkpoint of the last completed
+update, with the random state from before the interrupted one, so resuming stays exact.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ class Trainer:
         self.device = device
         self.state = TrainingState()
         self._started = time.perf_counter()
+        self._applying = False
+        self._rng_before_update: Optional[dict] = None
 
     # --- resume ----------------------------------------------------------------------------------
 
@@ -117,14 +121,14 @@ class Trainer:
                     else:
                         self._save_step_checkpoint()  # same step, new position: start of next epoch
         except KeyboardInterrupt:
-            self.stats.message(f"interrupted at step {state.step}: writing a checkpoint")
-            self._save_step_checkpoint()
+            self._save_on_interrupt()
             self.stats.close()
             raise
         return self._finish(reason)
 
     def _update(self, batch) -> None:
         state = self.state
+        self._rng_before_update = ckpt.capture_rng_state()  # what an interrupted update rewinds to
         self.model.train()
         batch = batch.to(self.device)
         lr = self.schedule.set_step(state.step + 1)
@@ -133,9 +137,12 @@ class Trainer:
         (output.loss / batch.num_tgt_tokens).backward()
         if self.cfg.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self._applying = True  # parameters change from here until the counters say so
         self.optimizer.step()
         state.step += 1
         state.batch_in_epoch += 1
+        self._applying = False
+        self._rng_before_update = None
         self.stats.train_step(state.step, epoch=state.epoch, loss_sum=float(output.loss.detach()),
                               nll_sum=float(output.nll), num_tokens=int(batch.num_tgt_tokens),
                               lr=lr, memory=getattr(output, "memory", None))
@@ -184,7 +191,16 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------
 
-    def _payload(self, *, resume: bool) -> dict:
+    def _save_on_interrupt(self) -> None:
+        """Ctrl-C: a checkpoint of the last completed update, unless parameters are half-updated."""
+        if self._applying:
+            self.stats.message(f"interrupted while applying update {self.state.step + 1}: "
+                               f"no checkpoint written; the previous one stays")
+            return
+        self.stats.message(f"interrupted after step {self.state.step}: writing a checkpoint")
+        self._save_step_checkpoint(rng=self._rng_before_update)
+
+    def _payload(self, *, resume: bool, rng: Optional[dict] = None) -> dict:
         state = self.state
         payload = dict(self.static_payload, model=self.model.state_dict(), step=state.step,
                        epoch=state.epoch, best_score=state.best_bleu, training=None)
@@ -195,13 +211,13 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "lr_schedule": self.schedule.state_dict(),
                 "state": saved_state,
-                "rng": ckpt.capture_rng_state(),
+                "rng": rng or ckpt.capture_rng_state(),
             }
         return payload
 
-    def _save_step_checkpoint(self) -> None:
+    def _save_step_checkpoint(self, *, rng: Optional[dict] = None) -> None:
         path = ckpt.save_checkpoint(ckpt.step_checkpoint_path(self.run_dir, self.state.step),
-                                    self._payload(resume=True))
+                                    self._payload(resume=True, rng=rng))
         ckpt.point_latest_at(self.run_dir, path)
         ckpt.prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
 

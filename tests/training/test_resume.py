@@ -112,3 +112,34 @@ def test_sigkilled_nmt_train_resumes_on_the_same_curve(tmp_path):
     assert abs(resumed[final_step] - expected[final_step]) < 1e-5
     for step in range(killed_at + 1, final_step + 1):
         assert abs(resumed[step] - expected[step]) < 1e-5, step
+
+
+def test_ctrl_c_mid_update_checkpoints_the_last_step_and_resumes_exactly(tmp_path, monkeypatch):
+    from nmt.models.seq2seq import Seq2Seq
+
+    reference = config_from_dict(toy_config(tmp_path / "a", max_steps=10, valid_every=4))
+    train_from_config(reference, progress=False, echo=False)
+    expected = train_losses(reference.run_dir)
+
+    config = config_from_dict(toy_config(tmp_path / "b", max_steps=10, valid_every=4))
+    original = Seq2Seq.training_loss
+    calls = []
+
+    def interrupted_in_update_7(self, batch, **kwargs):
+        output = original(self, batch, **kwargs)  # dropout has drawn its random numbers
+        calls.append(self.training)
+        if self.training and sum(calls) == 7:
+            raise KeyboardInterrupt
+        return output
+
+    monkeypatch.setattr(Seq2Seq, "training_loss", interrupted_in_update_7)
+    with pytest.raises(KeyboardInterrupt):
+        train_from_config(config, progress=False, echo=False)
+    monkeypatch.setattr(Seq2Seq, "training_loss", original)
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint_path(config.run_dir))["step"] == 6
+
+    train_from_config(config, resume=True, progress=False, echo=False)
+    resumed = train_losses(config.run_dir)
+    assert sorted(resumed) == list(range(1, 11))
+    for step in range(1, 11):
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-6), step
