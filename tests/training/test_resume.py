@@ -59,6 +59,12 @@ def test_interrupted_run_resumes_on_the_same_curve(tmp_path, monkeypatch, device
     assert sorted(resumed) == list(range(1, 15))  # records of the lost steps 11 were dropped
     for step in range(1, 15):
         assert resumed[step] == pytest.approx(expected[step], abs=1e-6), step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(Path(config.run_dir) / "tensorboard"))
+    events.Reload()  # the killed run's steps 11 are purged, not shown twice
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 15))
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(
+        [expected[step] for step in range(1, 15)], abs=1e-6)
     valid = {r["step"]: r["loss"] for r in read_metrics(config.run_dir, "valid")}
     assert valid == pytest.approx({r["step"]: r["loss"] for r in read_metrics(reference.run_dir, "valid")})
 
