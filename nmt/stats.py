@@ -42,7 +42,7 @@ class TrainingStats:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self._writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR),
-                                         purge_step=initial_step + 1 if initial_step else None)
+                                         purge_step=initial_step + 1)  # hide a lost run's later steps
         show_bar = sys.stderr.isatty() if progress is None else progress
         self._bar = tqdm(total=total_steps, initial=initial_step, disable=not show_bar,
                          unit="step", dynamic_ncols=True, file=sys.stderr)
