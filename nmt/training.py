@@ -3,8 +3,8 @@
 The loop is written against small interfaces so it can be tested with toy models:
 
 - `model` follows the Model contract (`training_loss(batch, label_smoothing=...) -> LossOutput`).
-- `epoch_batches(epoch) -> list[Batch]` returns the batches of epoch `epoch` (1-based), the same
-  list every time it is called with the same epoch (seeded shuffling). The sampler position saved
+- `epoch_batches(epoch) -> Sequence[Batch]` returns the batches of epoch `epoch` (1-based), the
+  same ones every time it is called with the same epoch (seeded shuffling); indexed lazily. The sampler position saved
   in checkpoints is `(epoch, batches of it already done)`, so resuming regenerates the epoch and
   skips what was done.
 - `validate(model) -> dict` with at least `loss` and `bleu` (see `nmt.validation`).
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ class Trainer:
 
     def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  schedule: LearningRateSchedule, train_cfg, run_dir, stats: TrainingStats,
-                 epoch_batches: Callable[[int], Iterable], validate: Callable[[torch.nn.Module], dict],
+                 epoch_batches: Callable[[int], Sequence], validate: Callable[[torch.nn.Module], dict],
                  static_payload: dict, device: torch.device = torch.device("cpu")):
         self.model = model
         self.optimizer = optimizer
@@ -98,14 +98,14 @@ class Trainer:
     def train(self) -> dict:
         """Trains to a stop condition; returns the summary record (also in metrics.jsonl)."""
         cfg, state = self.cfg, self.state
-        reason = None
+        reason = self._stop_reason(after_validation=True)  # a resumed run may already be done
         self.stats.restart_clock()  # tokens/s counts training, not start-up
         try:
             while reason is None:
                 if state.epoch > cfg.max_epochs:
                     reason = "max_epochs"
                     break
-                batches = list(self.epoch_batches(state.epoch))
+                batches = self.epoch_batches(state.epoch)
                 if not batches:
                     raise UserError("the training data gives no batches (all pairs filtered out? "
                                     "check data.max_len and data.batch_tokens)")
@@ -150,14 +150,23 @@ class Trainer:
     def _after_update(self) -> Optional[str]:
         """Mid-epoch checks: periodic validation and the stop conditions."""
         cfg, state = self.cfg, self.state
-        reason = None
-        if cfg.max_steps and state.step >= cfg.max_steps:
-            reason = "max_steps"
-        elif cfg.max_minutes and self.elapsed_minutes() >= cfg.max_minutes:
-            reason = "max_minutes"
+        reason = self._stop_reason()
         if reason or (cfg.valid_every and state.step % cfg.valid_every == 0):
             reason = self._validate_and_save(epoch=state.epoch) or reason
         return reason
+
+    def _stop_reason(self, *, after_validation: bool = False) -> Optional[str]:
+        cfg, state = self.cfg, self.state
+        if cfg.max_steps and state.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_minutes and self.elapsed_minutes() >= cfg.max_minutes:
+            return "max_minutes"
+        if after_validation and state.epoch > cfg.max_epochs:
+            return "max_epochs"
+        patience = cfg.early_stopping_patience
+        if after_validation and patience is not None and state.validations_without_improvement >= patience:
+            return "early_stopping"
+        return None
 
     def _validate_and_save(self, *, epoch: int) -> Optional[str]:
         """Validates, updates schedule/best/early stopping, writes checkpoints; may say stop."""

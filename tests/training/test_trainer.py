@@ -121,7 +121,29 @@ def test_loss_divided_by_target_tokens_before_backward(tmp_path):
 
 
 def test_max_minutes_stops_with_a_checkpoint(tmp_path):
-    trainer, _ = make_trainer(tmp_path, range(10), cfg=train_cfg(max_minutes=1e-9))
+    trainer, _ = make_trainer(tmp_path, range(10), cfg=train_cfg(max_minutes=5))
+    clock = iter([0.0, 4.0, 5.0, 5.0, 5.0, 5.0])  # minutes seen at start, after step 1, after step 2...
+    trainer.elapsed_minutes = lambda: next(clock)
     summary = trainer.train()
-    assert summary["stop_reason"] == "max_minutes" and summary["steps"] == 1
-    assert ckpt.load_checkpoint(ckpt.latest_checkpoint_path(tmp_path))["step"] == 1
+    assert summary["stop_reason"] == "max_minutes" and summary["steps"] == 2
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint_path(tmp_path))["step"] == 2
+
+
+def test_resuming_a_finished_run_does_no_more_updates(tmp_path):
+    trainer, model = make_trainer(tmp_path, range(10), cfg=train_cfg(max_steps=2))
+    trainer.train()
+    again, again_model = make_trainer(tmp_path, range(10), cfg=train_cfg(max_steps=2))
+    again.restore(ckpt.load_latest_good(tmp_path))
+    summary = again.train()
+    assert again_model.seen == [] and summary["stop_reason"] == "max_steps" and summary["steps"] == 2
+    assert float(again_model.w.detach()) == float(model.w.detach())
+
+
+def test_resume_continues_mid_epoch_with_the_next_batch(tmp_path):
+    trainer, model = make_trainer(tmp_path, range(10), cfg=train_cfg(max_steps=4))
+    trainer.train()
+    assert model.seen == [10, 11, 12, 20]
+    more, more_model = make_trainer(tmp_path, range(10), cfg=train_cfg(max_steps=6))
+    more.restore(ckpt.load_latest_good(tmp_path))
+    more.train()
+    assert more_model.seen == [21, 22]
