@@ -159,6 +159,17 @@ def prune_step_checkpoints(run_dir, keep_last: int) -> List[Path]:
     return doomed
 
 
+def remove_stale_temporaries(run_dir) -> List[Path]:
+    """Deletes half-written checkpoint files a killed run left behind (`.NAME.*.tmp`)."""
+    removed = []
+    for directory in (Path(run_dir), checkpoint_dir(run_dir)):
+        if directory.is_dir():
+            for path in directory.glob(".*.pt.*.tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def load_latest_good(run_dir, *, map_location="cpu", warn=None) -> Optional[dict]:
     """The newest step checkpoint that loads; corrupted ones are skipped with a warning.
 

@@ -150,3 +150,12 @@ def test_average_cli(tmp_path):
                           "--output", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "x.pt" in bad.stderr
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
+    kept = ckpt.save_checkpoint(ckpt.step_checkpoint_path(tmp_path, 5), make_payload())
+    stale = [ckpt.checkpoint_dir(tmp_path) / ".step-00000010.pt.ab12cd.tmp", tmp_path / ".best.pt.x1.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    assert sorted(ckpt.remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert kept.exists() and not any(path.exists() for path in stale)

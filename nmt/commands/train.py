@@ -134,6 +134,7 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
     from nmt.commands.prepare import SPM_DIR, prepare_tokenizer, write_config_copy
 
     run_dir = Path(config.run_dir)
+    ckpt.remove_stale_temporaries(run_dir)
     payload = None
     if resume:
         payload = ckpt.load_latest_good(run_dir)
