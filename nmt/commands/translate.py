@@ -94,6 +94,8 @@ def _open_input(path):
 
 def _open_output(path):
     if not path:
+        if hasattr(sys.stdout, "reconfigure"):  # UTF-8 whatever the locale says
+            sys.stdout.reconfigure(encoding="utf-8", newline="\n")
         return sys.stdout
     try:
         return open(path, "w", encoding="utf-8", newline="\n")
