@@ -235,6 +235,7 @@ class Trainer:
         summary = self.stats.summary(
             stop_reason=reason, steps=state.step, epochs_completed=state.epoch - 1,
             wall_minutes=round(self.elapsed_minutes(), 3), best_bleu=state.best_bleu,
-            best_step=state.best_step, bleu_curve=state.history)
+            best_step=state.best_step, best_checkpoint=str(ckpt.best_checkpoint_path(self.run_dir)),
+            bleu_curve=state.history)
         self.stats.close()
         return summary

@@ -134,6 +134,10 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
     from nmt.commands.prepare import SPM_DIR, prepare_tokenizer, write_config_copy
 
     run_dir = Path(config.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"run_dir: cannot create {run_dir} ({error.strerror})") from None
     ckpt.remove_stale_temporaries(run_dir)
     payload = None
     if resume:
