@@ -5,7 +5,7 @@ from torch import nn
 
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.cells import RevGRUCell
-from nmt.reversible.sequence import MemoryMode, ReversibleRNN
+from nmt.reversible.sequence import ReversibleRNN
 from nmt.reversible.storage import AttentionStorage
 
 
