@@ -30,6 +30,12 @@ _IDENTITY_GATE = 2**FORGET_RADIX  # n / 2**R == 1: the buffer leaves the element
 STORAGE_PRECISIONS = (32, 16)
 
 
+def float32_math(device: torch.device):
+    """Autocast off: gates are float32 however the caller runs, so backward (which runs outside
+    the caller's autocast) recomputes them bit for bit."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def round_to_storage(value: Tensor, precision: int) -> Tensor:
     """The fixed-point state of a stored unit: value rounded to `precision` bits, then to the grid.
 
@@ -165,11 +171,12 @@ class RevGRUCell(ReversibleCell):
     def half_update(self, half: int, x: Tensor, other: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """The gate function of one half, shared by forward and reverse: (z_q, n, (1 - z_q) * g)."""
         own = self.half_sizes[half]
-        logits = self.gates[half](torch.cat([x, other], dim=-1))
-        z_q, n = forget_gate(logits[:, :own], self.max_forget_bits)
-        reset = torch.sigmoid(logits[:, own:])
-        candidate = torch.tanh(self.candidates[half](torch.cat([x, reset * other], dim=-1)))
-        return z_q, n, (1.0 - z_q) * candidate
+        with float32_math(x.device):
+            logits = self.gates[half](torch.cat([x, other], dim=-1))
+            z_q, n = forget_gate(logits[:, :own], self.max_forget_bits)
+            reset = torch.sigmoid(logits[:, own:])
+            candidate = torch.tanh(self.candidates[half](torch.cat([x, reset * other], dim=-1)))
+            return z_q, n, (1.0 - z_q) * candidate
 
     def step(self, x, state, values, buffer, mask, *, next_state=None, stored_units=0,
              precision=32, tag=""):
@@ -209,10 +216,12 @@ class RevLSTMCell(ReversibleCell):
     def half_gates(self, half: int, x: Tensor, other: Tensor):
         """Gate function of one half (forward and reverse): (f_q, n_f, i * g, o, p_q, n_p)."""
         own = self.half_sizes[half]
-        forget, inp, out, keep, cand = self.gates[half](torch.cat([x, other], dim=-1)).split(own, -1)
-        f_q, n_f = forget_gate(forget, self.max_forget_bits)
-        p_q, n_p = forget_gate(keep, self.max_forget_bits)
-        return f_q, n_f, torch.sigmoid(inp) * torch.tanh(cand), torch.sigmoid(out), p_q, n_p
+        with float32_math(x.device):
+            gates = self.gates[half](torch.cat([x, other], dim=-1))
+            forget, inp, out, keep, cand = gates.split(own, -1)
+            f_q, n_f = forget_gate(forget, self.max_forget_bits)
+            p_q, n_p = forget_gate(keep, self.max_forget_bits)
+            return f_q, n_f, torch.sigmoid(inp) * torch.tanh(cand), torch.sigmoid(out), p_q, n_p
 
     @staticmethod
     def hidden_update(p_q: Tensor, out_gate: Tensor, cell_value: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from nmt.reversible.accounting import MemoryAccount, count_memory
 from nmt.reversible.backprop import run_reversible
 from nmt.reversible.buffer import InformationBuffer
-from nmt.reversible.cells import CELLS, State, Values
+from nmt.reversible.cells import CELLS, State, Values, float32_math
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
 from nmt.reversible.validation import check_run
@@ -187,8 +187,9 @@ class ReversibleRNN(nn.Module):
         if self.storage.kind is StorageKind.SLICE:
             value = top_values[0][:, : self.storage.units]
         else:
-            value = rounded_projection(self.projection(torch.cat(top_values[:2], dim=-1)),
-                                       self.storage.precision)
+            with float32_math(top_values[0].device):
+                value = rounded_projection(self.projection(torch.cat(top_values[:2], dim=-1)),
+                                           self.storage.precision)
         return torch.where(mask.view(-1, 1), value, torch.zeros((), device=value.device))
 
     def reverse_step(self, x: Tensor, state: List[State], buffer: InformationBuffer, mask: Tensor,

@@ -182,3 +182,21 @@ def test_without_grad_the_reversible_mode_runs_the_same_steps_and_keeps_no_words
     assert torch.equal(with_grad.stored, without.stored)
     assert without.buffer.num_chunks == 0 and not without.buffer.keep_words
     assert without.memory == with_grad.memory
+
+
+def test_autocast_does_not_break_exactness():
+    """Backward runs outside the caller's autocast; the gates must not depend on it."""
+    torch.manual_seed(36)
+    rnn = ReversibleRNN("revlstm", INPUT, HIDDEN, num_layers=2, storage=STORAGES["proj32"])
+    inputs = torch.randn(BATCH, STEPS, INPUT).requires_grad_()
+    results = {}
+    for mode in MemoryMode:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = rnn(inputs, _mask(), mode=mode)
+            loss = out.final[0].sum() + out.stored.sum()
+        loss.backward()
+        results[mode] = (loss.detach(), _grads_of([inputs] + list(rnn.parameters())), out.buffer)
+    assert torch.equal(results[MemoryMode.REFERENCE][0], results[MemoryMode.REVERSIBLE][0])
+    assert results[MemoryMode.REVERSIBLE][2].is_initial()
+    _assert_grads_close(results[MemoryMode.REFERENCE][1], results[MemoryMode.REVERSIBLE][1],
+                        ["inputs"] + [n for n, _ in rnn.named_parameters()])
