@@ -269,6 +269,29 @@ class ReversibleRNN(nn.Module):
         total = torch.stack(losses).sum() if plan.readout is not None else None
         return state, values, stored, total
 
+    # -- step by step (decoding) ----------------------------------------------------------------
+
+    def exact_state(self, initial_state: Optional[InitialState], batch: int,
+                    device=None) -> List[State]:
+        """The exact fixed-point state per layer for a float initial state (zeros when None)."""
+        return [tuple(to_fixed(part) for part in layer)
+                for layer in self.initial_halves(initial_state, batch, device)]
+
+    def inference_step(self, x: Tensor, state: List[State], buffer: InformationBuffer,
+                       mask: Optional[Tensor] = None, *, tag: str = ""):
+        """One step of the whole stack without gradient, e.g. for search.
+
+        x: (batch, input); buffer: typically keep_words=False (rows reorder with
+        buffer.reorder). Returns (state, top h (batch, H) float, stored (batch, units) or None),
+        bit-identical to the same step inside a full run.
+        """
+        if mask is None:
+            mask = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        with torch.no_grad():
+            values = [tuple(from_fixed(part) for part in layer) for layer in state]
+            state, values, stored = self.step(x, state, values, buffer, mask, tag=tag)
+        return state, torch.cat(values[-1][:2], dim=-1), stored
+
     # -- state layouts --------------------------------------------------------------------------
 
     def initial_halves(self, initial_state: Optional[InitialState], batch: int,
