@@ -8,6 +8,7 @@ loadable checkpoint of the run exactly where it stopped (same batches, same rand
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 import sys
@@ -18,11 +19,11 @@ import torch
 
 from nmt import checkpoint as ckpt
 from nmt.commands.helptext import describe
-from nmt.config import Config, check_data_files, load_config
+from nmt.config import Config, check_data_files, load_config, validate
 from nmt.data.batching import TokenBatchSampler, collate
 from nmt.data.corpus import encode_parallel, load_split, read_parallel
 from nmt.device import resolve_device
-from nmt.errors import UserError
+from nmt.errors import ConfigError, UserError
 from nmt.evaluation import corpus_loss, score_corpus
 from nmt.models.build import build_model
 from nmt.optim import LearningRateSchedule, build_optimizer
@@ -41,13 +42,43 @@ def add_arguments(parser) -> None:
                              "checkpoint (a corrupted newest one is skipped with a warning)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (log lines still go to stderr and train.log)")
+    parser.add_argument("--max-epochs", type=int, metavar="E",
+                        help="override train.max_epochs for this run (the config file is unchanged)")
+    parser.add_argument("--max-minutes", type=_minutes_or_none, metavar="M",
+                        help="override train.max_minutes (wall-clock training budget); 'none' "
+                             "lifts the config's limit")
 
 
 def run(args) -> int:
     configure_logging()
-    config = load_config(args.config)
+    config = apply_budget_overrides(load_config(args.config), max_epochs=args.max_epochs,
+                                    max_minutes=args.max_minutes)
     train_from_config(config, resume=args.resume, progress=False if args.no_progress else None)
     return 0
+
+
+def _minutes_or_none(text: str):
+    """argparse type of --max-minutes: a positive number, or 'none' (no wall-clock limit)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes or 'none', got {text!r}") from None
+
+
+def apply_budget_overrides(config: Config, *, max_epochs=None, max_minutes=None) -> Config:
+    """The command line's budget replaces the config's (`max_minutes='none'`: no time limit)."""
+    if max_epochs is not None:
+        config.train.max_epochs = max_epochs
+    if max_minutes is not None:
+        config.train.max_minutes = None if max_minutes == "none" else max_minutes
+    try:
+        validate(config)
+    except ConfigError as error:
+        key = str(error).split(":", 1)[0].replace("train.max_", "--max-")
+        raise UserError(f"{key}: {str(error).split(':', 1)[1].strip()}") from None
+    return config
 
 
 def configure_logging() -> None:
