@@ -115,6 +115,7 @@ class TrainConfig:
     early_stopping_patience: Optional[int] = 8
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     verify_reversal_every: int = 0
+    nonfinite_patience: int = 5  # NaN/inf batches in a row skipped before training stops
 
 
 @dataclass
@@ -260,6 +261,7 @@ def _validate_train(train: TrainConfig) -> None:
     if train.early_stopping_patience is not None:
         _at_least(train.early_stopping_patience, 1, "train.early_stopping_patience")
     _non_negative(train.verify_reversal_every, "train.verify_reversal_every")
+    _at_least(train.nonfinite_patience, 1, "train.nonfinite_patience")
     schedule = train.lr_schedule
     if not 0.0 < schedule.factor < 1.0:
         raise ConfigError(f"train.lr_schedule.factor: must be in (0, 1), got {schedule.factor}")

@@ -10,6 +10,17 @@ The loop is written against small interfaces so it can be tested with toy models
 - `validate(model) -> dict` with at least `loss` and `bleu` (see `nmt.validation`).
 - `static_payload` is the part of every checkpoint that never changes during a run (config dict,
   tokenizer bytes, vocabulary sizes).
+- `placement` (nmt.distributed): under torchrun, `epoch_batches` yields this rank's `Shard` of
+  each global batch; the model is wrapped in DistributedDataParallel, losses and token counts are
+  summed over ranks before backward, and only rank 0 writes checkpoints. `validate` must return
+  the same scores on every rank (it reduces across ranks itself).
+
+Safety checks on every update: a batch whose loss or gradient norm is NaN/inf (on any rank) is
+skipped with a warning and the parameters stay as they were; `train.nonfinite_patience` such
+batches in a row stop training with an error. With `train.verify_reversal_every: N`, every N-th
+step calls `model.verify_reversal(batch)` (reversible models implement it: None when the
+reconstructed initial encoder/decoder states equal the true ones, else a description naming the
+part, layer and largest difference; see nmt.reversal_drift) and stops on a mismatch.
 
 Resume restores model, optimizer, LR schedule, early-stopping counters, sampler position and the
 python/torch RNG states, so a resumed run computes the same losses as one never stopped.
@@ -19,6 +30,7 @@ update, with the random state from before the interrupted one, so resuming stays
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
@@ -26,7 +38,9 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from nmt import checkpoint as ckpt
-from nmt.errors import UserError
+from nmt import distributed
+from nmt.distributed import SINGLE_PROCESS, Distributed, as_shard
+from nmt.errors import ConfigError, UserError
 from nmt.optim import LearningRateSchedule
 from nmt.stats import TrainingStats
 
@@ -43,6 +57,8 @@ class TrainingState:
     validations_without_improvement: int = 0
     last_valid_step: int = -1
     elapsed_seconds: float = 0.0   # training wall time before this process started
+    nonfinite_in_a_row: int = 0    # consecutive batches skipped for a NaN/inf loss or gradient
+    skipped_batches: int = 0       # all batches skipped so far
     history: List[dict] = field(default_factory=list)  # (step, bleu) of each validation
 
     def to_dict(self) -> dict:
@@ -53,14 +69,24 @@ class TrainingState:
         return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
 
 
+class TrainingStopped(UserError):
+    """Training cannot go on (non-finite losses, reversal drift); the message says why and where."""
+
+
 class Trainer:
     """Runs updates until max_epochs, max_steps, max_minutes or early stopping says stop."""
 
     def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  schedule: LearningRateSchedule, train_cfg, run_dir, stats: TrainingStats,
                  epoch_batches: Callable[[int], Sequence], validate: Callable[[torch.nn.Module], dict],
-                 static_payload: dict, device: torch.device = torch.device("cpu")):
+                 static_payload: dict, device: torch.device = torch.device("cpu"),
+                 placement: Distributed = SINGLE_PROCESS):
+        if getattr(train_cfg, "verify_reversal_every", 0) and not hasattr(model, "verify_reversal"):
+            raise ConfigError("train.verify_reversal_every: this model has no reversible RNN to "
+                              "verify (use revgru/revlstm cells, or set it to 0)")
         self.model = model
+        self.placement = placement
+        self.train_model = distributed.wrap_model(model, placement, device)
         self.optimizer = optimizer
         self.schedule = schedule
         self.cfg = train_cfg
@@ -88,12 +114,18 @@ class Trainer:
         self.schedule.load_state_dict(training["lr_schedule"])
         self.state = TrainingState.from_dict(training["state"])
         self.schedule.set_step(self.state.step)
-        ckpt.restore_rng_state(training["rng"])
+        per_rank = training.get("rng_per_rank") or []
+        same_world = len(per_rank) == self.placement.world_size
+        ckpt.restore_rng_state(per_rank[self.placement.rank] if same_world else training["rng"])
 
     # --- the loop --------------------------------------------------------------------------------
 
     def elapsed_minutes(self) -> float:
         return (self.state.elapsed_seconds + time.perf_counter() - self._started) / 60.0
+
+    def _agreed_elapsed_minutes(self) -> float:
+        """Rank 0's clock on every rank, so all ranks stop after the same step."""
+        return distributed.broadcast_object(self.elapsed_minutes(), self.placement)
 
     def train(self) -> dict:
         """Trains to a stop condition; returns the summary record (also in metrics.jsonl)."""
@@ -126,26 +158,79 @@ class Trainer:
             raise
         return self._finish(reason)
 
-    def _update(self, batch) -> None:
-        state = self.state
+    def _update(self, item) -> None:
+        state, placement = self.state, self.placement
         self._rng_before_update = ckpt.capture_rng_state()  # what an interrupted update rewinds to
         self.model.train()
-        batch = batch.to(self.device)
+        shard = as_shard(item).to(self.device)
+        batch = shard.batch
         lr = self.schedule.set_step(state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        output = self.model.training_loss(batch, label_smoothing=self.cfg.label_smoothing)
-        (output.loss / batch.num_tgt_tokens).backward()
-        if self.cfg.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        if placement.enabled:
+            output = self.train_model(batch, label_smoothing=self.cfg.label_smoothing)
+        else:
+            output = self.model.training_loss(batch, label_smoothing=self.cfg.label_smoothing)
+        loss_sum, nll_sum, num_tokens = distributed.all_reduce_sums(
+            [float(output.loss.detach()) * shard.weight, float(output.nll) * shard.weight,
+             int(batch.num_tgt_tokens) * shard.weight], placement, self.device)
+        if not math.isfinite(loss_sum):
+            self._skip_batch(f"loss is {loss_sum}")
+            return
+        (output.loss * (placement.world_size * shard.weight) / num_tokens).backward()
+        norm = self._gradient_norm()
+        if not math.isfinite(norm):
+            self._skip_batch(f"gradient norm is {norm}")
+            return
         self._applying = True  # parameters change from here until the counters say so
         self.optimizer.step()
         state.step += 1
         state.batch_in_epoch += 1
+        state.nonfinite_in_a_row = 0
         self._applying = False
         self._rng_before_update = None
-        self.stats.train_step(state.step, epoch=state.epoch, loss_sum=float(output.loss.detach()),
-                              nll_sum=float(output.nll), num_tokens=int(batch.num_tgt_tokens),
-                              lr=lr, memory=getattr(output, "memory", None))
+        self.stats.train_step(state.step, epoch=state.epoch, loss_sum=loss_sum, nll_sum=nll_sum,
+                              num_tokens=int(round(num_tokens)), lr=lr,
+                              memory=getattr(output, "memory", None))
+        self._verify_reversal(batch)
+
+    def _gradient_norm(self) -> float:
+        """The global gradient norm (after DDP's all-reduce: the same on every rank), clipped
+        to train.clip_grad_norm when set."""
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        if self.cfg.clip_grad_norm:
+            norm = torch.nn.utils.clip_grad_norm_(parameters, self.cfg.clip_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        return float(norm)
+
+    def _skip_batch(self, reason: str) -> None:
+        """Drops a batch whose loss or gradient is not finite; stops after too many in a row."""
+        state = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        state.batch_in_epoch += 1
+        state.nonfinite_in_a_row += 1
+        state.skipped_batches += 1
+        self._rng_before_update = None
+        where = f"epoch {state.epoch} batch {state.batch_in_epoch} (after step {state.step})"
+        patience = getattr(self.cfg, "nonfinite_patience", 5)
+        if state.nonfinite_in_a_row >= patience:
+            raise TrainingStopped(
+                f"training stopped: {state.nonfinite_in_a_row} batches in a row had a non-finite "
+                f"loss or gradient (last: {where}, {reason}; train.nonfinite_patience={patience}); "
+                f"lower train.lr or enable train.clip_grad_norm, then --resume")
+        self.stats.message(f"warning: skipped {where}: {reason} "
+                           f"({state.nonfinite_in_a_row} in a row)")
+
+    def _verify_reversal(self, batch) -> None:
+        """Every train.verify_reversal_every steps: the model's exact-reversal self-check."""
+        every = getattr(self.cfg, "verify_reversal_every", 0)
+        if not every or self.state.step % every:
+            return
+        with torch.no_grad():
+            mismatch = self.model.verify_reversal(batch)
+        if mismatch:
+            raise TrainingStopped(f"reversal drift at training step {self.state.step} "
+                                  f"(rank {self.placement.rank}): {mismatch}")
 
     def _after_update(self) -> Optional[str]:
         """Mid-epoch checks: periodic validation and the stop conditions."""
@@ -159,7 +244,7 @@ class Trainer:
         cfg, state = self.cfg, self.state
         if cfg.max_steps and state.step >= cfg.max_steps:
             return "max_steps"
-        if cfg.max_minutes and self.elapsed_minutes() >= cfg.max_minutes:
+        if cfg.max_minutes and self._agreed_elapsed_minutes() >= cfg.max_minutes:
             return "max_minutes"
         if after_validation and state.epoch > cfg.max_epochs:
             return "max_epochs"
@@ -189,7 +274,7 @@ class Trainer:
         scores.update(best_bleu=state.best_bleu, lr=self.schedule.lr)
         self.stats.validation(state.step, epoch=epoch, scores=scores)
         self._save_step_checkpoint()
-        if improved:
+        if improved and self.placement.is_main:
             ckpt.save_checkpoint(ckpt.best_checkpoint_path(self.run_dir), self._payload(resume=False))
         self.stats.restart_clock()
         patience = cfg.early_stopping_patience
@@ -206,10 +291,15 @@ class Trainer:
             self.stats.message(f"interrupted while applying update {self.state.step + 1}: "
                                f"no checkpoint written; the previous one stays")
             return
+        if self.placement.enabled:  # the other ranks may be gone: no collective, no checkpoint
+            self.stats.message(f"distributed run interrupted after step {self.state.step}: "
+                               f"--resume continues from the last checkpoint")
+            return
         self.stats.message(f"interrupted after step {self.state.step}: writing a checkpoint")
         self._save_step_checkpoint(rng=self._rng_before_update)
 
-    def _payload(self, *, resume: bool, rng: Optional[dict] = None) -> dict:
+    def _payload(self, *, resume: bool, rng: Optional[dict] = None,
+                 rng_per_rank: Optional[list] = None) -> dict:
         state = self.state
         payload = dict(self.static_payload, model=self.model.state_dict(), step=state.step,
                        epoch=state.epoch, best_score=state.best_bleu, training=None)
@@ -222,11 +312,19 @@ class Trainer:
                 "state": saved_state,
                 "rng": rng or ckpt.capture_rng_state(),
             }
+            if rng_per_rank:
+                payload["training"]["rng_per_rank"] = rng_per_rank
         return payload
 
     def _save_step_checkpoint(self, *, rng: Optional[dict] = None) -> None:
+        """Rank 0 writes; under torchrun every rank's random state goes in (a collective)."""
+        per_rank = None
+        if self.placement.enabled:
+            per_rank = distributed.gather_objects(ckpt.capture_rng_state(), self.placement)
+        if not self.placement.is_main:
+            return
         path = ckpt.save_checkpoint(ckpt.step_checkpoint_path(self.run_dir, self.state.step),
-                                    self._payload(resume=True, rng=rng))
+                                    self._payload(resume=True, rng=rng, rng_per_rank=per_rank))
         ckpt.point_latest_at(self.run_dir, path)
         ckpt.prune_step_checkpoints(self.run_dir, self.cfg.keep_last)
 
