@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The paper's Multi30K grid: run.sh on each config with the same budget, then RESULTS.md.
+#
+#   MULTI30K_DIR=../shared/multi30k bash recipes/multi30k/grid.sh [--minutes M | --epochs E]
+#       [--results FILE] [CONFIG...]
+#
+# CONFIGs default to every configs/multi30k/*.yaml except the language variants (*-en-fr, *-en-cs).
+# A failed run is reported and the grid goes on. RESULTS.md (default recipes/multi30k/RESULTS.md)
+# is then regenerated from the results.json of every finished run of the grid, including runs of
+# earlier invocations (e.g. the main rows at --epochs 10, the rest at a shorter budget).
+# Each run's output is also kept in runs/grid-logs/NAME.log (GRID_LOG_DIR). Run from the repository root.
+set -euo pipefail
+
+usage() {
+  echo "usage: bash recipes/multi30k/grid.sh [--minutes M | --epochs E] [--results FILE] [CONFIG...]" >&2
+  exit 2
+}
+
+RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$RECIPE_DIR/../.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+export MULTI30K_DIR="${MULTI30K_DIR:-data/multi30k}"
+RESULTS="$RECIPE_DIR/RESULTS.md"
+LOG_DIR="${GRID_LOG_DIR:-runs/grid-logs}"
+
+BUDGET=()
+CONFIGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes|--epochs) [ $# -ge 2 ] || usage; BUDGET+=("$1" "$2"); shift 2 ;;
+    --results) [ $# -ge 2 ] || usage; RESULTS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "grid.sh: error: unknown option $1" >&2; exit 2 ;;
+    *) CONFIGS+=("$1"); shift ;;
+  esac
+done
+
+GRID=()
+for config in "$REPO"/configs/multi30k/*.yaml; do
+  case "$(basename "$config")" in
+    *-en-??.yaml) ;;  # language variants are not part of the paper's grid
+    *) GRID+=("$config") ;;
+  esac
+done
+[ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=("${GRID[@]}")
+
+mkdir -p "$LOG_DIR"
+FAILED=()
+for config in "${CONFIGS[@]}"; do
+  name="$(basename "$config" .yaml)"
+  echo "=== $config (${BUDGET[*]:-config budget}); log: $LOG_DIR/$name.log"
+  if ! bash "$RECIPE_DIR/run.sh" "$config" "${BUDGET[@]}" 2>&1 | tee "$LOG_DIR/$name.log"; then
+    echo "=== $config FAILED (see $LOG_DIR/$name.log)" >&2
+    FAILED+=("$config")
+  fi
+done
+
+"$PYTHON" "$RECIPE_DIR/make_results.py" table --output "$RESULTS" "${GRID[@]}" "${CONFIGS[@]}"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "grid.sh: ${#FAILED[@]} run(s) failed: ${FAILED[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# One Multi30K recipe end to end: data, tokenizer, training within a budget, test translation
+# with beam 5, sacreBLEU (cased, and lowercased for comparison with the paper), memory report,
+# {run_dir}/results.json, and the TensorBoard command.
+#
+#   MULTI30K_DIR=../shared/multi30k bash recipes/multi30k/run.sh CONFIG [--minutes M | --epochs E]
+#
+# --minutes M: train for at most M minutes of wall clock (the config's max_epochs still applies).
+# --epochs E:  train for E epochs, without the config's time limit (early stopping still applies).
+# Neither: the config's own budget. The config file is never edited.
+# MULTI30K_DIR defaults to data/multi30k; when it holds no Multi30K files they are fetched there.
+# PYTHON selects the interpreter (default: python3). Run from the repository root: relative paths
+# in the config (run_dir, data.dir) are relative to the current directory.
+set -euo pipefail
+
+usage() {
+  echo "usage: bash recipes/multi30k/run.sh CONFIG [--minutes M | --epochs E]" >&2
+  exit 2
+}
+fail() {
+  echo "run.sh: error: $*" >&2
+  exit 2
+}
+
+RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$RECIPE_DIR/../.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+export MULTI30K_DIR="${MULTI30K_DIR:-data/multi30k}"
+
+CONFIG=""
+BUDGET="config"
+TRAIN_BUDGET=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes|--epochs)
+      [ $# -ge 2 ] || usage
+      [ "$BUDGET" = "config" ] || fail "give either --minutes or --epochs, not both"
+      [[ "$2" =~ ^[0-9]+([.][0-9]+)?$ ]] || fail "$1 needs a positive number, got '$2'"
+      if [ "$1" = "--minutes" ]; then
+        TRAIN_BUDGET=(--max-minutes "$2")
+      else
+        [[ "$2" =~ ^[0-9]+$ ]] || fail "--epochs needs a whole number, got '$2'"
+        TRAIN_BUDGET=(--max-epochs "$2" --max-minutes none)
+      fi
+      BUDGET="$1 $2"
+      shift 2
+      ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) fail "unknown option $1" ;;
+    *) [ -z "$CONFIG" ] || usage; CONFIG="$1"; shift ;;
+  esac
+done
+[ -n "$CONFIG" ] || usage
+[ -f "$CONFIG" ] || fail "config $CONFIG: no such file"
+
+START_SECONDS=$SECONDS
+nmt() { "$PYTHON" -m nmt "$@"; }
+step() { echo; echo "== $*"; }
+
+step "data: $MULTI30K_DIR"
+if [ ! -e "$MULTI30K_DIR/train.en.gz" ] && [ ! -e "$MULTI30K_DIR/train.en" ]; then
+  "$PYTHON" "$REPO/data/fetch_multi30k.py" "$MULTI30K_DIR" || exit 2
+fi
+DESCRIPTION="$("$PYTHON" "$RECIPE_DIR/make_results.py" describe "$CONFIG")" || exit 2
+eval "$DESCRIPTION"  # NAME, RUN_DIR, TEST_REF, REVERSIBLE
+echo "run directory: $RUN_DIR"
+
+step "prepare"
+nmt prepare "$CONFIG"
+
+step "train (budget: $BUDGET)"
+nmt train "$CONFIG" "${TRAIN_BUDGET[@]}"
+
+CHECKPOINT="$RUN_DIR/best.pt"
+[ -e "$CHECKPOINT" ] || CHECKPOINT="$RUN_DIR/latest.pt"
+[ -e "$CHECKPOINT" ] || fail "training wrote no checkpoint in $RUN_DIR"
+
+step "translate and score the test set (beam 5, $CHECKPOINT)"
+nmt evaluate --checkpoint "$CHECKPOINT" --split test --beam-size 5 \
+  --output "$RUN_DIR/test.hyp" --json > "$RUN_DIR/test.cased.json"
+nmt evaluate --hyp "$RUN_DIR/test.hyp" --ref "$TEST_REF" --lowercase --json \
+  > "$RUN_DIR/test.lowercased.json"
+
+BENCH_ARGS=()
+if [ "$REVERSIBLE" = 1 ]; then
+  step "memory report"
+  if nmt bench memory --help > /dev/null 2>&1; then
+    if nmt bench memory --config "$CONFIG" --checkpoint "$CHECKPOINT" --batches 20 --json \
+        > "$RUN_DIR/bench_memory.json"; then
+      cat "$RUN_DIR/bench_memory.json"
+      BENCH_ARGS=(--bench-memory "$RUN_DIR/bench_memory.json")
+    else
+      echo "warning: nmt bench memory failed; results.json keeps the logged memory ratios only" >&2
+    fi
+  else
+    echo "nmt bench memory is not available in this version; using the logged memory ratios"
+  fi
+fi
+
+step "results"
+"$PYTHON" "$RECIPE_DIR/make_results.py" collect --run-dir "$RUN_DIR" --config "$CONFIG" \
+  --cased "$RUN_DIR/test.cased.json" --lowercased "$RUN_DIR/test.lowercased.json" \
+  "${BENCH_ARGS[@]}" --beam-size 5 --wall-seconds $((SECONDS - START_SECONDS)) --budget "$BUDGET"
+echo "wall time: $(( (SECONDS - START_SECONDS) / 60 )) min $(( (SECONDS - START_SECONDS) % 60 )) s"
+echo
+echo "TensorBoard (training curves, memory/encoder_ratio, memory/decoder_ratio):"
+echo "  tensorboard --logdir $RUN_DIR/tensorboard --host 127.0.0.1"
