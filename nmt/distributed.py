@@ -169,3 +169,28 @@ def wrap_model(model: torch.nn.Module, placement: Distributed, device: torch.dev
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class SilentStats:
+    """The TrainingStats interface for ranks other than 0: they log and write nothing."""
+
+    def restart_clock(self) -> None:
+        pass
+
+    def train_step(self, *args, **kwargs) -> None:
+        pass
+
+    def flush_window(self, *args, **kwargs) -> None:
+        pass
+
+    def validation(self, step: int, *, epoch: int, scores: dict) -> dict:
+        return dict(scores, event="valid", step=step, epoch=epoch)
+
+    def summary(self, **fields) -> dict:
+        return {"event": "summary", **fields}
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -5,11 +5,21 @@ tensorboard/, checkpoints/step-N.pt (last `train.keep_last`), latest.pt and best
 validation BLEU). Validation (loss, BLEU, chrF on the `data.valid` split) decodes greedily for
 speed; `nmt evaluate` scores with the configured beam. `--resume` continues from the newest
 loadable checkpoint of the run exactly where it stopped (same batches, same random numbers).
+
+Several processes (GPUs, or CPU processes with gloo) through torchrun:
+
+    torchrun --nproc-per-node 4 -m nmt train CONFIG [--resume]
+
+Every process takes a disjoint share of each global batch (`data.batch_tokens` is the global
+budget, so the updates equal a single process's on the same batches), gradients are averaged by
+DistributedDataParallel, validation is split across processes and combined, and only rank 0
+writes checkpoints, logs and TensorBoard. `--resume` works the same way.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import random
 import sys
 from pathlib import Path
@@ -18,11 +28,13 @@ from typing import List, Sequence
 import torch
 
 from nmt import checkpoint as ckpt
+from nmt import distributed
 from nmt.commands.helptext import describe
 from nmt.config import Config, check_data_files, load_config, validate
 from nmt.data.batching import TokenBatchSampler, collate
 from nmt.data.corpus import encode_parallel, load_split, read_parallel
 from nmt.device import resolve_device
+from nmt.distributed import SINGLE_PROCESS, Distributed, Shard, SilentStats, shard_of
 from nmt.errors import ConfigError, UserError
 from nmt.evaluation import corpus_loss, score_corpus
 from nmt.models.build import build_model
@@ -53,7 +65,13 @@ def run(args) -> int:
     configure_logging()
     config = apply_budget_overrides(load_config(args.config), max_epochs=args.max_epochs,
                                     max_minutes=args.max_minutes)
-    train_from_config(config, resume=args.resume, progress=False if args.no_progress else None)
+    placement, device = distributed.initialize(resolve_device(config.train.device))
+    try:
+        train_from_config(config, resume=args.resume, echo=placement.is_main,
+                          progress=False if args.no_progress or not placement.is_main else None,
+                          placement=placement, device=device)
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -102,20 +120,27 @@ def seed_everything(seed: int) -> None:
 
 
 class EpochBatches:
-    """The batches of one epoch, collated on access (a Sequence the Trainer indexes)."""
+    """The batches of one epoch, collated on access (a Sequence the Trainer indexes).
 
-    def __init__(self, corpus, index_batches: List[List[int]]):
+    Under torchrun each item is this rank's `Shard` of the global batch (nmt.distributed)."""
+
+    def __init__(self, corpus, index_batches: List[List[int]],
+                 placement: Distributed = SINGLE_PROCESS):
         self.corpus = corpus
         self.index_batches = index_batches
+        self.placement = placement
 
     def __len__(self) -> int:
         return len(self.index_batches)
 
     def __getitem__(self, position: int):
-        chosen = self.index_batches[position]
+        chosen, weight = self.index_batches[position], 1.0
+        if self.placement.enabled:
+            chosen, weight = shard_of(chosen, self.placement)
         corpus = self.corpus
-        return collate([corpus.src[i] for i in chosen], [corpus.tgt[i] for i in chosen],
-                       [corpus.indices[i] for i in chosen])
+        batch = collate([corpus.src[i] for i in chosen], [corpus.tgt[i] for i in chosen],
+                        [corpus.indices[i] for i in chosen])
+        return Shard(batch, weight) if self.placement.enabled else batch
 
 
 def check_resume_compatible(saved: dict, config: Config, path) -> None:
@@ -136,22 +161,39 @@ def _differing_keys(old, new, prefix: str) -> List[str]:
     return [] if old == new else [prefix]
 
 
-def make_validator(config: Config, tokenizer, device: torch.device):
-    """`validate(model) -> dict` on the `data.valid` split: loss/ppl, greedy BLEU and chrF."""
+def make_validator(config: Config, tokenizer, device: torch.device,
+                   placement: Distributed = SINGLE_PROCESS):
+    """`validate(model) -> dict` on the `data.valid` split: loss/ppl, greedy BLEU and chrF.
+
+    Under torchrun each rank scores every world_size-th sentence; NLL sums and hypotheses are
+    combined across ranks, so every rank returns the same scores (and takes the same
+    early-stopping and learning-rate decisions)."""
     src_path, tgt_path = check_data_files(config, ["valid"])["valid"]
     src_lines, references = read_parallel(src_path, tgt_path)
     corpus = encode_parallel(src_lines, references, tokenizer)
     options = DecodeOptions.from_config(config, beam_size=1, nbest=1,
                                         batch_size=config.data.eval_batch_size)
     options.max_src_len = NO_LIMIT
+    mine = list(range(placement.rank, len(corpus.src), placement.world_size))
+    src_ids, tgt_ids = [corpus.src[i] for i in mine], [corpus.tgt[i] for i in mine]
+    num_tokens = sum(len(t) + 1 for t in tgt_ids)  # target tokens + EOS, as the loss counts them
 
     def validate(model) -> dict:
-        scores = corpus_loss(model, corpus.src, corpus.tgt, batch_size=config.data.eval_batch_size,
+        scores = corpus_loss(model, src_ids, tgt_ids, batch_size=config.data.eval_batch_size,
                              device=device)
+        if placement.enabled:
+            nll_sum, tokens = distributed.all_reduce_sums([scores["loss"] * num_tokens, num_tokens],
+                                                          placement, device)
+            loss = nll_sum / max(tokens, 1)
+            scores = {"loss": loss, "ppl": math.exp(min(loss, 100.0))}
         translator = Translator(model, tokenizer, options=options, device=device)
-        found = translator.translate_ids(corpus.src)
+        found = translator.translate_ids(src_ids) if src_ids else []
         hypotheses = [tokenizer.decode_tgt(best[0][0]) if best else "" for best in found]
-        bleu = score_corpus(hypotheses, references)
+        ordered = [""] * len(corpus.src)
+        for part in distributed.gather_objects(list(zip(mine, hypotheses)), placement):
+            for index, hypothesis in part:
+                ordered[index] = hypothesis
+        bleu = score_corpus(ordered, references)
         scores.update(bleu=bleu.bleu, chrf=bleu.chrf, bleu_signature=bleu.bleu_signature,
                       chrf_signature=bleu.chrf_signature, note="greedy")
         return scores
@@ -159,9 +201,44 @@ def make_validator(config: Config, tokenizer, device: torch.device):
     return validate
 
 
+def find_resume_checkpoint(run_dir: Path, resume: bool, placement: Distributed):
+    """The checkpoint to resume from (or None for a fresh run), chosen by rank 0 for all ranks.
+
+    Rank 0 alone removes half-written temporaries and reads the fallback chain; an error it
+    finds is raised on every rank, so no rank waits for the others."""
+    decision = None
+    if placement.is_main:
+        try:
+            ckpt.remove_stale_temporaries(run_dir)
+            decision = ("fresh", None)
+            if resume:
+                payload = ckpt.load_latest_good(run_dir)
+                if payload is None:
+                    raise UserError(f"--resume: {ckpt.checkpoint_dir(run_dir)} has no checkpoints "
+                                    f"to resume from")
+                decision = ("resume", payload["path"])
+            elif ckpt.step_checkpoints(run_dir):
+                raise UserError(f"run_dir {run_dir} already has checkpoints: use --resume to "
+                                f"continue it, or choose a new run_dir")
+        except UserError as error:
+            decision = ("error", str(error))
+    kind, value = distributed.broadcast_object(decision, placement)
+    if kind == "error":
+        raise UserError(value)
+    if kind == "fresh":
+        return None
+    if placement.is_main:
+        return payload
+    payload = ckpt.load_checkpoint(value)
+    payload["path"] = value
+    return payload
+
+
 def train_from_config(config: Config, *, resume: bool = False, progress=None,
-                      echo: bool = True) -> dict:
-    """Prepare, build and train; returns the summary record."""
+                      echo: bool = True, placement: Distributed = SINGLE_PROCESS,
+                      device: torch.device = None) -> dict:
+    """Prepare, build and train; returns the summary record. Under torchrun (`placement`),
+    rank 0 prepares the run directory and the tokenizer, the other ranks wait and load them."""
     from nmt.commands.prepare import SPM_DIR, prepare_tokenizer, write_config_copy
 
     run_dir = Path(config.run_dir)
@@ -169,22 +246,19 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"run_dir: cannot create {run_dir} ({error.strerror})") from None
-    ckpt.remove_stale_temporaries(run_dir)
-    payload = None
-    if resume:
-        payload = ckpt.load_latest_good(run_dir)
-        if payload is None:
-            raise UserError(f"--resume: {ckpt.checkpoint_dir(run_dir)} has no checkpoints to resume from")
+    payload = find_resume_checkpoint(run_dir, resume, placement)
+    if payload is not None:
         check_resume_compatible(payload["config"], config, payload["path"])
-    elif ckpt.step_checkpoints(run_dir):
-        raise UserError(f"run_dir {run_dir} already has checkpoints: use --resume to continue it, "
-                        f"or choose a new run_dir")
     check_data_files(config, ["train", "valid"])
-    tokenizer, _ = prepare_tokenizer(config)
+    if placement.is_main:
+        tokenizer, _ = prepare_tokenizer(config)
+        write_config_copy(config)
+    distributed.barrier(placement)
+    if not placement.is_main:
+        tokenizer, _ = prepare_tokenizer(config)
     if payload is not None and ckpt.tensor_to_bytes(payload["tokenizer"]) != tokenizer.to_bytes():
         raise UserError(f"--resume: {run_dir / SPM_DIR} is not the tokenizer of {payload['path']}")
-    write_config_copy(config)
-    device = resolve_device(config.train.device)
+    device = device or resolve_device(config.train.device)
     seed_everything(config.train.seed)
 
     train_corpus = load_split(config, "train", tokenizer)
@@ -194,20 +268,25 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
     sampler = TokenBatchSampler([len(s) for s in train_corpus.src], [len(t) for t in train_corpus.tgt],
                                 batch_tokens=config.data.batch_tokens, seed=config.train.seed)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size).to(device)
+    if placement.rank > 0:  # rank 0's parameters are broadcast; dropout differs between ranks
+        seed_everything(config.train.seed + placement.rank)
     optimizer = build_optimizer(model.parameters(), config.train)
     schedule = LearningRateSchedule.from_config(optimizer, config.train)
     stats = TrainingStats(run_dir, log_every=config.train.log_every,
                           initial_step=payload["step"] if payload else 0,
-                          total_steps=config.train.max_steps, progress=progress, echo=echo)
+                          total_steps=config.train.max_steps, progress=progress,
+                          echo=echo) if placement.is_main else SilentStats()
     static_payload = {"config": config.to_dict(), "tokenizer": ckpt.bytes_to_tensor(tokenizer.to_bytes()),
                       "vocab_sizes": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size}}
     trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule, train_cfg=config.train,
                       run_dir=run_dir, stats=stats,
-                      epoch_batches=lambda epoch: EpochBatches(train_corpus, sampler.batches_for_epoch(epoch - 1)),
-                      validate=make_validator(config, tokenizer, device),
-                      static_payload=static_payload, device=device)
+                      epoch_batches=lambda epoch: EpochBatches(
+                          train_corpus, sampler.batches_for_epoch(epoch - 1), placement),
+                      validate=make_validator(config, tokenizer, device, placement),
+                      static_payload=static_payload, device=device, placement=placement)
     parameters = sum(p.numel() for p in model.parameters())
-    stats.message(f"{config.name}: {parameters} parameters on {device}; {len(train_corpus)} training "
+    processes = f" x {placement.world_size} processes" if placement.enabled else ""
+    stats.message(f"{config.name}: {parameters} parameters on {device}{processes}; {len(train_corpus)} training "
                   f"pairs ({train_corpus.num_skipped} skipped by data.max_len), "
                   f"{len(sampler.batches_for_epoch(0))} batches per epoch")
     if payload is not None:
