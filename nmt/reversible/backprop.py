@@ -206,11 +206,8 @@ def _unflatten(parts: List[Tensor], per_layer: int):
 
 def _kept_bytes(plan, state, stored: Optional[Tensor]) -> dict:
     """Bytes the reversible mode holds once the forward recurrence is done (buffer at its peak)."""
-    buffer = plan.buffer
-    chunks = getattr(buffer, "_chunks", [])
     return {
-        "buffer": buffer.head.numel() * buffer.head.element_size()
-                  + sum(chunk.numel() * chunk.element_size() for chunk in chunks),
+        "buffer": plan.buffer.nbytes(),
         "stored": 0 if stored is None else stored.numel() * stored.element_size(),
         "state": sum(part.numel() * part.element_size() for part in _flatten(state)),
     }

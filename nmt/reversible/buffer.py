@@ -53,6 +53,7 @@ class InformationBuffer:
         self.lower = 2**forget_radix  # L
         self.head = torch.full(self.shape, self.lower, dtype=torch.int32, device=device)
         self._chunks: List[Tensor] = []
+        self._no_words = torch.empty(0, dtype=torch.int16, device=device)  # shared by empty steps
         self.reset_counts()
 
     # -- the bijection ---------------------------------------------------------------------------
@@ -66,7 +67,8 @@ class InformationBuffer:
         spill = state >= (n << word)
         if self.keep_words:
             chunk = torch.masked_select(state & ((1 << word) - 1), spill)
-            self._chunks.append((chunk - 2 ** (word - 1)).to(torch.int16))
+            self._chunks.append((chunk - 2 ** (word - 1)).to(torch.int16) if chunk.numel()
+                                else self._no_words)
         self._count(spill, n, tag)
         state = torch.where(spill, state >> word, state)
         state = (state << radix) | (h & ((1 << radix) - 1))
@@ -101,6 +103,11 @@ class InformationBuffer:
     def num_elements(self) -> int:
         return math.prod(self.shape)
 
+    def nbytes(self) -> int:
+        """Bytes held right now: the int32 heads plus every pushed 16-bit word."""
+        words = sum(chunk.numel() for chunk in self._chunks)
+        return self.head.numel() * self.head.element_size() + words * (self.word_bits // 8)
+
     def is_initial(self) -> bool:
         """True when every head is back at L and no words are left: a full reversal was exact."""
         return not self._chunks and bool((self.head == self.lower).all())
@@ -131,7 +138,7 @@ class InformationBuffer:
     def clone(self) -> "InformationBuffer":
         other = copy.copy(self)
         other.head = self.head.clone()
-        other._chunks = [chunk.clone() for chunk in self._chunks]
+        other._chunks = [chunk.clone() if chunk.numel() else chunk for chunk in self._chunks]
         other._pushed = copy.deepcopy(self._pushed)
         other._log2_gate = copy.deepcopy(self._log2_gate)
         return other
