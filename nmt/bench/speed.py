@@ -1,0 +1,158 @@
+"""Training speed: median step time and target tokens/s on real batches, two configs side by side.
+
+`nmt bench speed --config C [--vs C2] [--steps N] [--json]` builds each config's model and
+optimizer as `nmt train` does, takes the first batches of its training data (epoch 1, the
+config's seed and token budget; the tokenizer is trained into run_dir first if missing) and
+times full training steps: zero_grad, forward, backward, gradient clipping, optimizer step. After
+--warmup untimed rounds the contenders run in alternation A B A B on their own copy of the same
+batch index, so machine load hits both alike. Reported per config: the median step time and
+target tokens/s (non-padding target tokens, EOS included, over the summed time of the timed
+steps, as JoeyNMT counts); with --vs the ratio A/B, the median of the per-round ratios.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+
+from nmt.bench.common import (bench_device, cuda_peak, format_bytes, median, paired_ratio,
+                              positive, time_alternating)
+from nmt.commands.helptext import describe
+from nmt.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    describe(parser, __doc__)
+    parser.add_argument("--config", required=True, help="YAML config (A)")
+    parser.add_argument("--vs", metavar="CONFIG", help="second config (B), timed in alternation")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per config (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default auto: CUDA when present)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+@dataclass
+class Contender:
+    """One config ready to train: `step(index)` runs a full training step on batch `index`."""
+
+    label: str
+    config: object
+    step: Callable[[int], None]
+    tokens: List[int]  # non-padding target tokens per batch, by round index
+    parameters: int
+    cuda_peak_bytes: int = 0
+
+
+def run(args) -> int:
+    positive(args.steps, "--steps")
+    if args.warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.threads is not None:
+        torch.set_num_threads(positive(args.threads, "--threads"))
+    device = bench_device(args.device)
+    rounds = args.warmup + args.steps
+    contenders = [prepare(args.config, rounds=rounds, device=device, label="A")]
+    if args.vs:
+        contenders.append(prepare(args.vs, rounds=rounds, device=device, label="B"))
+
+    def at(contender: Contender) -> Callable[[int], None]:
+        return lambda index: contender.step(index + args.warmup)
+
+    seconds = time_alternating({c.label: at(c) for c in contenders}, rounds=args.steps,
+                               warmup=args.warmup, device=device)
+    for contender in contenders:
+        memory: dict = {}
+        with cuda_peak(device, memory):
+            contender.step(args.warmup)
+        contender.cuda_peak_bytes = memory.get("cuda_peak_bytes", 0)
+    report = {"device": str(device), "torch_threads": torch.get_num_threads(),
+              "steps": args.steps, "warmup": args.warmup}
+    for contender in contenders:
+        report[contender.label] = summarize(contender, seconds[contender.label], args.warmup)
+    if args.vs:
+        report["ratio"] = paired_ratio(seconds["A"], seconds["B"])
+        report["ratio_of_medians"] = (report["A"]["median_step_s"] / report["B"]["median_step_s"])
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+    return 0
+
+
+def prepare(path: str, *, rounds: int, device: torch.device, label: str) -> Contender:
+    """Load config, tokenizer and the first `rounds` training batches; build model + optimizer."""
+    from nmt.commands.prepare import prepare_tokenizer
+    from nmt.commands.train import seed_everything
+    from nmt.config import check_data_files, load_config
+    from nmt.data.batching import TokenBatchSampler, collate
+    from nmt.data.corpus import load_split
+    from nmt.models.build import build_model
+    from nmt.optim import build_optimizer
+
+    config = load_config(path)
+    check_data_files(config, ["train"])
+    tokenizer, _ = prepare_tokenizer(config)
+    corpus = load_split(config, "train", tokenizer)
+    if len(corpus) == 0:
+        raise UserError(f"{path}: data.train gives no pairs within data.max_len={config.data.max_len}")
+    sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
+                                batch_tokens=config.data.batch_tokens, seed=config.train.seed)
+    chosen = sampler.batches_for_epoch(0)
+    chosen = [chosen[i % len(chosen)] for i in range(rounds)]  # tiny data: wrap around
+    batches = [collate([corpus.src[i] for i in ids], [corpus.tgt[i] for i in ids],
+                       [corpus.indices[i] for i in ids]).to(device) for ids in chosen]
+    seed_everything(config.train.seed)
+    model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size).to(device)
+    model.train()
+    optimizer = build_optimizer(model.parameters(), config.train)
+    train_cfg = config.train
+
+    def step(index: int) -> None:
+        """What Trainer._update does to the model, without logging and checkpoints."""
+        batch = batches[index]
+        optimizer.zero_grad(set_to_none=True)
+        output = model.training_loss(batch, label_smoothing=train_cfg.label_smoothing)
+        (output.loss / batch.num_tgt_tokens).backward()
+        if train_cfg.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
+        optimizer.step()
+        float(output.loss.detach())  # the trainer logs the loss every step (a device sync)
+
+    return Contender(label=label, config=path, step=step,
+                     tokens=[batch.num_tgt_tokens for batch in batches],
+                     parameters=sum(p.numel() for p in model.parameters()))
+
+
+def summarize(contender: Contender, seconds: List[float], warmup: int) -> dict:
+    tokens = contender.tokens[warmup: warmup + len(seconds)]
+    result = {
+        "config": contender.config, "parameters": contender.parameters,
+        "median_step_s": median(seconds), "min_step_s": min(seconds),
+        "tgt_tokens_per_s": sum(tokens) / sum(seconds),
+        "tgt_tokens_per_step": sum(tokens) / len(tokens),
+        "step_seconds": [round(s, 5) for s in seconds],
+    }
+    if contender.cuda_peak_bytes:
+        result["cuda_peak_bytes"] = contender.cuda_peak_bytes
+    return result
+
+
+def print_report(report: dict) -> None:
+    print(f"{report['steps']} timed training steps after {report['warmup']} warm-up, "
+          f"{report['device']} ({report['torch_threads']} threads), alternating")
+    for label in ("A", "B"):
+        if label not in report:
+            continue
+        figures = report[label]
+        peak = (f", CUDA peak {format_bytes(figures['cuda_peak_bytes'])}"
+                if "cuda_peak_bytes" in figures else "")
+        print(f"{label} {figures['config']}: median step {figures['median_step_s'] * 1e3:.1f} ms, "
+              f"{figures['tgt_tokens_per_s']:.0f} target tokens/s "
+              f"({figures['tgt_tokens_per_step']:.0f} per step){peak}")
+    if "ratio" in report:
+        print(f"step time ratio A/B: {report['ratio']:.3f} (median of per-round ratios; "
+              f"ratio of medians {report['ratio_of_medians']:.3f})")

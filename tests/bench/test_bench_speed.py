@@ -1,0 +1,90 @@
+"""`nmt bench speed` on tiny configs: JSON fields, honest token counts, one-line errors."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sentencepiece
+
+from nmt.bench import speed
+from training.toy import toy_config, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("speed")
+    gru = toy_config(tmp_path)
+    lstm = toy_config(tmp_path)
+    lstm["run_dir"] = str(tmp_path / "run-lstm")
+    for part in ("encoder", "decoder"):
+        lstm["model"][part]["cell"] = "lstm"
+    return (write_config(tmp_path, gru, "gru.yaml"), write_config(tmp_path, lstm, "lstm.yaml"),
+            gru)
+
+
+def bench(capsys, *argv):
+    parser = argparse.ArgumentParser()
+    speed.add_arguments(parser)
+    assert speed.run(parser.parse_args(list(argv))) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_two_configs_in_alternation_give_medians_tokens_per_second_and_a_ratio(configs, capsys):
+    gru, lstm, values = configs
+    report = bench(capsys, "--config", str(gru), "--vs", str(lstm), "--steps", "3", "--warmup",
+                   "1", "--device", "cpu", "--json")
+    assert report["steps"] == 3 and report["device"] == "cpu"
+    for label in ("A", "B"):
+        figures = report[label]
+        seconds = figures["step_seconds"]
+        assert len(seconds) == 3 and all(s > 0 for s in seconds)
+        assert figures["median_step_s"] == pytest.approx(sorted(seconds)[1], abs=1e-5)
+        assert figures["tgt_tokens_per_s"] == pytest.approx(
+            3 * figures["tgt_tokens_per_step"] / sum(seconds), rel=1e-3)
+    ratios = sorted(a / b for a, b in zip(report["A"]["step_seconds"], report["B"]["step_seconds"]))
+    assert report["ratio"] == pytest.approx(ratios[1], rel=1e-3)
+    assert report["A"]["parameters"] != report["B"]["parameters"]  # LSTM has more gates
+
+    # tokens per step counted independently: the timed batches are batches 2..4 of epoch 1
+    from nmt.data.batching import TokenBatchSampler
+    from nmt.data.corpus import read_lines
+
+    tokenizer = sentencepiece.SentencePieceProcessor(
+        model_file=str(next((Path(values["run_dir"]) / "spm").glob("*.model"))))
+    data = Path(values["data"]["dir"])
+    src = [tokenizer.encode(line) for line in read_lines(data / "train.en")]
+    tgt = [tokenizer.encode(line) for line in read_lines(data / "train.de")]
+    keep = [i for i in range(len(src)) if len(src[i]) <= 20 and len(tgt[i]) <= 20]
+    sampler = TokenBatchSampler([len(src[i]) for i in keep], [len(tgt[i]) for i in keep],
+                                batch_tokens=values["data"]["batch_tokens"],
+                                seed=values["train"]["seed"])
+    timed = sampler.batches_for_epoch(0)[1:4]
+    expected = sum(len(tgt[keep[i]]) + 1 for batch in timed for i in batch) / 3  # + EOS
+    assert report["A"]["tgt_tokens_per_step"] == pytest.approx(expected)
+
+
+def nmt(*args):
+    return subprocess.run([sys.executable, "-m", "nmt", *args], cwd=REPO, capture_output=True,
+                          text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_command_line_prints_a_readable_report(configs):
+    gru, _, _ = configs
+    result = nmt("bench", "speed", "--config", str(gru), "--steps", "2", "--warmup", "0",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "target tokens/s" in result.stdout and "median step" in result.stdout
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, configs):
+    gru, _, _ = configs
+    missing = nmt("bench", "speed", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "nope.yaml" in missing.stderr
+    zero = nmt("bench", "speed", "--config", str(gru), "--steps", "0")
+    assert zero.returncode == 2 and "--steps" in zero.stderr and zero.stderr.count("\n") == 1
