@@ -5,10 +5,12 @@
 #       [--results FILE] [CONFIG...]
 #
 # CONFIGs default to every configs/multi30k/*.yaml except the language variants (*-en-fr, *-en-cs).
-# A failed run is reported and the grid goes on. RESULTS.md (default recipes/multi30k/RESULTS.md)
+# A config whose run already has a results.json is skipped, so an interrupted grid can be started
+# again. A failed run is reported and the grid goes on. RESULTS.md (default recipes/multi30k/RESULTS.md)
 # is then regenerated from the results.json of every finished run of the grid, including runs of
 # earlier invocations (e.g. the main rows at --epochs 10, the rest at a shorter budget).
-# Each run's output is also kept in runs/grid-logs/NAME.log (GRID_LOG_DIR). Run from the repository root.
+# Each run's output is also kept in runs/grid-logs/NAME.log (GRID_LOG_DIR).
+# Run from the repository root.
 set -euo pipefail
 
 usage() {
@@ -48,6 +50,13 @@ mkdir -p "$LOG_DIR"
 FAILED=()
 for config in "${CONFIGS[@]}"; do
   name="$(basename "$config" .yaml)"
+  DESCRIPTION="$("$PYTHON" "$RECIPE_DIR/make_results.py" describe "$config")" || {
+    FAILED+=("$config"); continue; }
+  RUN_DIR="$(eval "$DESCRIPTION"; echo "$RUN_DIR")"
+  if [ -e "$RUN_DIR/results.json" ]; then
+    echo "=== skip $config: $RUN_DIR/results.json exists (remove $RUN_DIR to run it again)"
+    continue
+  fi
   echo "=== $config (${BUDGET[*]:-config budget}); log: $LOG_DIR/$name.log"
   if ! bash "$RECIPE_DIR/run.sh" "$config" "${BUDGET[@]}" 2>&1 | tee "$LOG_DIR/$name.log"; then
     echo "=== $config FAILED (see $LOG_DIR/$name.log)" >&2

@@ -1,0 +1,123 @@
+"""recipes/multi30k/run.sh and grid.sh end to end on a tiny dataset laid out like Multi30K."""
+import gzip
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import yaml
+
+from recipe_toy import write_recipe_config, write_toy_multi30k
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_SH = REPO / "recipes" / "multi30k" / "run.sh"
+GRID_SH = REPO / "recipes" / "multi30k" / "grid.sh"
+
+
+def bash(script, *args, data_dir, cwd=REPO):
+    env = dict(os.environ, MULTI30K_DIR=str(data_dir), OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def read_gz_lines(path):
+    with gzip.open(path, "rt", encoding="utf-8") as stream:
+        return stream.read().splitlines()
+
+
+def test_run_sh_trains_within_the_epoch_budget_and_writes_results(tmp_path):
+    data_dir = write_toy_multi30k(tmp_path / "multi30k")
+    config = write_recipe_config(tmp_path)
+    config_text = config.read_text()
+    done = bash(RUN_SH, config, "--epochs", 2, data_dir=data_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "toy-recipe"
+    results = json.loads((run_dir / "results.json").read_text())
+
+    # the budget replaced the config's 50 epochs / 60 minutes without editing the file
+    assert config.read_text() == config_text
+    used = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
+    assert used["max_epochs"] == 2 and used["max_minutes"] is None
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["event"] == "summary" and records[-1]["epochs_completed"] == 2
+    assert results["training"]["epochs"] == 2 and results["training"]["stop_reason"] == "max_epochs"
+    assert results["budget"] == "--epochs 2"
+
+    # scores: sacreBLEU on the saved test translations, cased and lowercased, against the reference
+    hypotheses = (run_dir / "test.hyp").read_text(encoding="utf-8").splitlines()
+    references = read_gz_lines(data_dir / "test_2016_flickr.de.gz")
+    assert len(hypotheses) == len(references) == results["test"]["cased"]["num_sentences"]
+    cased = results["test"]["cased"]
+    lowercased = results["test"]["lowercased"]
+    assert cased["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+    assert cased["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+    assert lowercased["chrf"] == pytest.approx(
+        sacrebleu.CHRF(lowercase=True).corpus_score(hypotheses, [references]).score)
+    assert lowercased["chrf"] != pytest.approx(cased["chrf"])  # capitalised references
+    assert "case:mixed" in cased["bleu_signature"] and "case:lc" in lowercased["bleu_signature"]
+    assert results["test"]["beam_size"] == 5 and results["test"]["split"] == "test_2016_flickr"
+
+    # training speed from the logged windows; where and how it ran
+    train = [r for r in records if r["event"] == "train"]
+    tokens = sum(r["tokens"] for r in train)
+    seconds = sum(r["tokens"] / r["tokens_per_sec"] for r in train)
+    assert results["training"]["tokens_per_sec"] == pytest.approx(tokens / seconds)
+    assert results["machine"]["cores"] == os.cpu_count()
+    assert results["machine"]["arch"] == subprocess.run(["uname", "-m"], capture_output=True,
+                                                        text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+    assert results["commit"].startswith(head)
+    assert results["memory"] == {} and results["wall_seconds"] > 0
+
+    assert f"BLEU {cased['bleu']:.2f}" in done.stdout and "lowercased BLEU" in done.stdout
+    assert f"tensorboard --logdir {run_dir}/tensorboard" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "2", "--minutes", "3"], "either --minutes or --epochs"),
+    (["--minutes", "soon"], "--minutes needs a positive number"),
+    (["--speed", "9"], "unknown option --speed"),
+])
+def test_run_sh_bad_arguments_are_one_line(tmp_path, args, message):
+    config = write_recipe_config(tmp_path)
+    done = bash(RUN_SH, config, *args, data_dir=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_sh_missing_config_is_one_line(tmp_path):
+    done = bash(RUN_SH, tmp_path / "nope.yaml", data_dir=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope.yaml" in done.stderr
+
+
+def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
+    data_dir = write_toy_multi30k(tmp_path / "multi30k")
+    config = write_recipe_config(tmp_path, name="toy-grid", max_epochs=1)
+    results_md = tmp_path / "RESULTS.md"
+    # run from tmp_path: the default grid configs' run_dirs (runs/...) have no results there
+    done = bash(GRID_SH, "--minutes", "5", "--results", results_md, config, data_dir=data_dir,
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "toy-grid" / "results.json").read_text())
+    assert results["budget"] == "--minutes 5"
+    used = yaml.safe_load((tmp_path / "runs" / "toy-grid" / "config.yaml").read_text())["train"]
+    assert used["max_minutes"] == 5 and used["max_epochs"] == 1  # the config's epochs still apply
+    table = results_md.read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| toy-grid |")]
+    assert len(rows) == 1 and f"| {results['test']['cased']['bleu']:.2f} |" in rows[0]
+    assert "| minutes 5 |" in rows[0]
+    assert (tmp_path / "runs" / "grid-logs" / "toy-grid.log").read_text().count("== results") == 1
+
+    again = bash(GRID_SH, "--epochs", "1", "--results", results_md, config, data_dir=data_dir,
+                 cwd=tmp_path)  # a finished run is skipped, the table stays
+    assert again.returncode == 0 and "=== skip" in again.stdout and results_md.read_text() == table
+
+    (tmp_path / "runs" / "toy-grid" / "results.json").unlink()
+    failed = bash(GRID_SH, "--epochs", "1", "--results", results_md, config, data_dir=data_dir,
+                  cwd=tmp_path)  # checkpoints without results: nmt train refuses, the grid says so
+    assert failed.returncode == 1 and "1 run(s) failed" in failed.stderr
+    assert "already has checkpoints" in failed.stdout
+    assert "| toy-grid |" not in results_md.read_text()
