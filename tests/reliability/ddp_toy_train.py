@@ -1,0 +1,52 @@
+"""Trains ReversibleToyModel through Trainer; run plainly (one process) or under torchrun.
+
+    python ddp_toy_train.py RUN_DIR MAX_STEPS [--resume]
+Rank 0 writes RUN_DIR/params.pt (the final parameters) and the usual checkpoints."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from revtoy import ReversibleToyModel, toy_corpus, train_cfg  # noqa: E402
+
+from nmt import distributed  # noqa: E402
+from nmt.commands.train import EpochBatches, find_resume_checkpoint  # noqa: E402
+from nmt.data.batching import TokenBatchSampler  # noqa: E402
+from nmt.optim import LearningRateSchedule  # noqa: E402
+from nmt.stats import TrainingStats  # noqa: E402
+from nmt.training import Trainer  # noqa: E402
+
+
+def main(run_dir: str, max_steps: int, resume: bool) -> None:
+    torch.set_num_threads(1)
+    placement, device = distributed.initialize(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = ReversibleToyModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    schedule = LearningRateSchedule(optimizer, lr=0.2, schedule_type="constant")
+    corpus = toy_corpus()
+    sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
+                                batch_tokens=64, seed=1)
+    stats = (TrainingStats(run_dir, log_every=1, progress=False, echo=False, tensorboard=False)
+             if placement.is_main else distributed.SilentStats())
+    trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule,
+                      train_cfg=train_cfg(max_steps=max_steps), run_dir=run_dir, stats=stats,
+                      epoch_batches=lambda epoch: EpochBatches(
+                          corpus, sampler.batches_for_epoch(epoch - 1), placement),
+                      validate=lambda m: {"loss": 1.0, "bleu": 0.0},
+                      static_payload={"config": {}, "tokenizer": torch.zeros(1, dtype=torch.uint8),
+                                      "vocab_sizes": {"src": 24, "tgt": 24}},
+                      placement=placement)
+    payload = find_resume_checkpoint(Path(run_dir), resume, placement)
+    if payload is not None:
+        trainer.restore(payload)
+    trainer.train()
+    if placement.is_main:
+        torch.save(model.state_dict(), Path(run_dir) / "params.pt")
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), "--resume" in sys.argv[3:])
