@@ -214,8 +214,26 @@ def served_differences(base_url: str, expected: Dict[str, Dict[str, Curve]]) -> 
     return problems
 
 
+def wait_until_served(base_url: str, expected, server: subprocess.Popen, *, timeout: float,
+                      settle: float) -> Dict[tuple, str]:
+    """Polls until everything is served, or until every curve is served but the differences have
+    not changed for `settle` seconds (the data is loaded and wrong), or `timeout`."""
+    deadline = time.monotonic() + timeout
+    previous, unchanged_since = None, time.monotonic()
+    while True:
+        problems = served_differences(base_url, expected)
+        now = time.monotonic()
+        if problems != previous:
+            previous, unchanged_since = problems, now
+        loaded = all(problem != "not served" for problem in problems.values())
+        if (not problems or now > deadline or server.poll() is not None
+                or (loaded and now - unchanged_since >= settle)):
+            return problems
+        time.sleep(1.0)
+
+
 def check(logdir: Path, tags: List[str], *, runs: Optional[List[str]] = None,
-          timeout: float = 180.0, report=print) -> bool:
+          timeout: float = 180.0, settle: float = 15.0, report=print) -> bool:
     """True when a TensorBoard started on `logdir` serves every expected curve within `timeout`."""
     expected = expected_curves(logdir, tags, runs)
     port = free_port()
@@ -224,12 +242,8 @@ def check(logdir: Path, tags: List[str], *, runs: Optional[List[str]] = None,
         server = start_tensorboard(logdir, port, log_file)
         report(f"started tensorboard (pid {server.pid}) on {base_url} for {logdir}")
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                problems = served_differences(base_url, expected)
-                if not problems or time.monotonic() > deadline or server.poll() is not None:
-                    break
-                time.sleep(1.0)
+            problems = wait_until_served(base_url, expected, server, timeout=timeout,
+                                         settle=settle)
             if server.poll() is not None:
                 log_file.seek(0)
                 tail = log_file.read().strip().splitlines()[-5:]
@@ -256,6 +270,9 @@ def main(argv=None) -> int:
                         help="check only this run (repeatable; '.' when logdir holds the events)")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds to wait for TensorBoard to load everything (default 180)")
+    parser.add_argument("--settle", type=float, default=15.0,
+                        help="give up after every curve is served but wrong, unchanged, for this "
+                             "many seconds (default 15)")
     args = parser.parse_args(argv)
     tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
     try:
@@ -263,7 +280,8 @@ def main(argv=None) -> int:
             raise CheckError("--tags: give at least one tag")
         if not Path(args.logdir).is_dir():
             raise CheckError(f"--logdir {args.logdir}: no such directory")
-        ok = check(Path(args.logdir), tags, runs=args.run, timeout=args.timeout)
+        ok = check(Path(args.logdir), tags, runs=args.run, timeout=args.timeout,
+                       settle=args.settle)
     except CheckError as error:
         print(f"check_tensorboard: error: {error}", file=sys.stderr)
         return 2
