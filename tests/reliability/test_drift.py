@@ -1,0 +1,108 @@
+"""One flipped bit in the information buffer makes the reversal check fail loudly."""
+import pytest
+import torch
+
+from nmt.data.batching import collate
+from nmt.optim import LearningRateSchedule
+from nmt.reversal_drift import reverse_and_compare, run_forward, verify_reversal
+from nmt.reversible import ReversibleRNN
+from nmt.stats import TrainingStats
+from nmt.training import Trainer, TrainingStopped
+from revtoy import ReversibleToyModel, toy_corpus, train_cfg
+
+STEPS = 30
+
+
+def recorded_run(seed: int = 0, *, layers: int = 2):
+    torch.manual_seed(seed)
+    rnn = ReversibleRNN("revgru", 8, 16, num_layers=layers, max_forget_bits=3)
+    inputs = torch.randn(4, STEPS, 8) * 2
+    return run_forward(rnn, inputs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_runs_pass(seed):
+    record = recorded_run(seed)
+    assert record.buffer.num_chunks == STEPS * 2 * 2  # one chunk per half, layer and step
+    assert any(chunk.numel() for chunk in record.buffer._chunks)  # words to pop: a real check
+    assert reverse_and_compare(record) is None
+
+
+@pytest.mark.parametrize("element", [(0, 0), (2, 5), (3, 7)])
+def test_one_bit_in_a_head_is_caught_with_step_layer_and_difference(element):
+    record = recorded_run()
+    record.buffer.head[element] ^= 1
+    drift = reverse_and_compare(record)
+    assert drift is not None
+    assert drift.time_step == STEPS - 1  # the first step reversed already goes wrong
+    assert drift.layer in (0, 1) and drift.largest_difference > 0
+    message = drift.describe("encoder")
+    assert f"encoder layer {drift.layer} at time step {STEPS - 1}" in message
+    assert "largest difference" in message and "\n" not in message
+
+
+def test_one_bit_in_a_pushed_word_is_caught_where_it_is_popped():
+    record = recorded_run()
+    chunks = record.buffer._chunks  # fault injection into the stored words
+    pushed_at = max(t for t, chunk in enumerate(chunks) if chunk.numel())
+    chunks[pushed_at][0] ^= 1 << 3
+    drift = reverse_and_compare(record)
+    assert drift is not None and drift.time_step is not None
+    assert drift.time_step <= pushed_at  # nothing can differ before the word is popped
+    assert drift.largest_difference > 0
+
+
+def test_verify_reversal_accepts_ids_with_an_embedding():
+    torch.manual_seed(3)
+    rnn = ReversibleRNN("revlstm", 6, 10, num_layers=1)
+    ids = torch.randint(1, 20, (3, 9))
+    mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [5], [2]])
+    assert verify_reversal(rnn, ids, mask, embedding=torch.nn.Embedding(20, 6)) is None
+
+
+def make_trainer(tmp_path, model, **cfg):
+    corpus = toy_corpus(pairs=12)
+    batches = [collate(corpus.src[i:i + 4], corpus.tgt[i:i + 4], corpus.indices[i:i + 4])
+               for i in range(0, 12, 4)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return Trainer(model=model, optimizer=optimizer,
+                   schedule=LearningRateSchedule(optimizer, lr=0.1, schedule_type="constant"),
+                   train_cfg=train_cfg(**cfg), run_dir=tmp_path,
+                   stats=TrainingStats(tmp_path, progress=False, echo=False, tensorboard=False),
+                   epoch_batches=lambda epoch: batches, validate=lambda m: {"loss": 1, "bleu": 0},
+                   static_payload={"config": {}, "tokenizer": torch.zeros(1, dtype=torch.uint8),
+                                   "vocab_sizes": {"src": 1, "tgt": 1}})
+
+
+def test_training_stops_at_the_step_whose_check_fails(tmp_path):
+    model = ReversibleToyModel()
+    checks = []
+
+    def corrupt_at_step_2(record):
+        checks.append(len(checks) + 1)
+        if len(checks) == 2:
+            record.buffer.head[0, 0] ^= 1
+
+    model.tamper = corrupt_at_step_2
+    trainer = make_trainer(tmp_path, model, verify_reversal_every=1, max_steps=3)
+    with pytest.raises(TrainingStopped, match=r"reversal drift at training step 2 \(rank 0\): "
+                                              r"decoder layer \d at time step \d+: .*largest difference"):
+        trainer.train()
+    assert checks == [1, 2]
+
+
+def test_check_runs_every_n_steps_and_needs_a_reversible_model(tmp_path):
+    model = ReversibleToyModel()
+    seen = []
+    model.tamper = lambda record: seen.append(True)
+    make_trainer(tmp_path / "a", model, verify_reversal_every=2, max_steps=5).train()
+    assert len(seen) == 2  # steps 2 and 4
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    from nmt.errors import ConfigError
+    with pytest.raises(ConfigError, match="train.verify_reversal_every"):
+        make_trainer(tmp_path / "b", Plain(), verify_reversal_every=1)
