@@ -73,6 +73,11 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError, OSError, UnpicklingError, EOFError...
+        refused = _refused_global(str(error))
+        if refused:
+            raise UserError(f"checkpoint {path}: refused: it holds a pickled Python object "
+                            f"({refused}), which could run code when loaded; RevNMT checkpoints "
+                            f"hold only tensors and plain data, so do not load it") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"checkpoint {path}: unreadable (truncated or corrupted?): {reason}") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
@@ -84,6 +89,15 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
     if stored is not None and stored != content_checksum(payload):
         raise UserError(f"checkpoint {path}: corrupted (checksum mismatch)")
     return payload
+
+
+def _refused_global(message: str) -> Optional[str]:
+    """What `weights_only=True` refused to unpickle (e.g. 'GLOBAL posix.system'), if that is why
+    the load failed."""
+    if not message.startswith("Weights only load failed"):
+        return None
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return found.group(1) if found else "not tensors or plain data"
 
 
 def content_checksum(value) -> str:

@@ -48,7 +48,8 @@ def test_the_payload_is_live_but_load_checkpoint_refuses_it(tmp_path, zip_format
         ckpt.load_checkpoint(path)
     assert not marker.exists()
     message = str(caught.value)
-    assert message.startswith(f"checkpoint {path}: unreadable") and "\n" not in message
+    assert message.startswith(f"checkpoint {path}: refused: it holds a pickled Python object (posix.system)")
+    assert "\n" not in message
 
 
 def test_resume_skips_a_malicious_newest_checkpoint(tmp_path):
@@ -60,7 +61,7 @@ def test_resume_skips_a_malicious_newest_checkpoint(tmp_path):
     warnings = []
     payload = ckpt.load_latest_good(tmp_path, warn=warnings.append)
     assert payload["step"] == 1 and not marker.exists()
-    assert "step-00000002.pt: unreadable" in warnings[0]
+    assert "step-00000002.pt: refused" in warnings[0]
 
 
 @pytest.mark.parametrize("command", [
@@ -76,6 +77,6 @@ def test_cli_commands_refuse_it_in_one_line(tmp_path, command):
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"checkpoint {path}: unreadable" in done.stderr
+    assert f"checkpoint {path}: refused" in done.stderr
     assert not marker.exists()
     assert not (tmp_path / "avg.pt").exists()
