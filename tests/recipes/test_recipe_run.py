@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from recipe_toy import write_recipe_config, write_toy_multi30k
 REPO = Path(__file__).resolve().parents[2]
 RUN_SH = REPO / "recipes" / "multi30k" / "run.sh"
 GRID_SH = REPO / "recipes" / "multi30k" / "grid.sh"
+CHECK_TENSORBOARD = REPO / "recipes" / "check_tensorboard.py"
 
 
 def bash(script, *args, data_dir, cwd=REPO):
@@ -74,6 +76,13 @@ def test_run_sh_trains_within_the_epoch_budget_and_writes_results(tmp_path):
 
     assert f"BLEU {cased['bleu']:.2f}" in done.stdout and "lowercased BLEU" in done.stdout
     assert f"tensorboard --logdir {run_dir}/tensorboard" in done.stdout
+
+    # the printed TensorBoard logdir serves the run's curves (check_tensorboard starts and stops it)
+    served = subprocess.run([sys.executable, str(CHECK_TENSORBOARD), "--logdir", run_dir / "tensorboard",
+                             "--tags", "train/loss,valid/bleu", "--timeout", "120"],
+                            capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert "ok run . tag valid/bleu: 2 logged steps" in served.stdout
 
 
 @pytest.mark.parametrize("args, message", [
