@@ -39,12 +39,13 @@ def float32_math(device: torch.device):
 def round_to_storage(value: Tensor, precision: int) -> Tensor:
     """The fixed-point state of a stored unit: value rounded to `precision` bits, then to the grid.
 
-    At 16 bits the value goes through float16 first; every result is both on the fixed-point grid
-    and exactly representable in float16, so storage and state agree bit for bit.
+    At 16 bits the value goes through float16 first, at 32 bits through float32: a float32 value
+    rounded to the grid (|h| < 2: fewer than 24 significant bits; |h| >= 2: already on the grid)
+    is exactly representable in float32, so storage (float16/float32) and state agree bit for
+    bit even where h exceeds 1 (RevLSTM).
     """
-    if precision == 16:
-        value = value.detach().to(torch.float16).to(torch.float32)
-    return to_fixed(value)
+    dtype = torch.float16 if precision == 16 else torch.float32
+    return to_fixed(value.detach().to(dtype).to(torch.float32))
 
 
 def _real_rows(mask: Optional[Tensor], tensor: Tensor) -> Tensor:
@@ -201,9 +202,10 @@ class RevGRUCell(ReversibleCell):
 
 class RevLSTMCell(ReversibleCell):
     """RevLSTM: [f_i, i_i, o_i, p_i] = sigmoid(W_i [x, h_j]); g_i = tanh(U_i [x, h_j]);
-    c_i <- f_i * c_i + i_i * g_i;  h_i <- p_i * h_i + (1 - p_i) * o_i * tanh(c_i),
+    c_i <- f_i * c_i + i_i * g_i;  h_i <- p_i * h_i + o_i * tanh(c_i)  (exactly the paper's update),
     for (i, j) = (1, 2) then (2, 1) with the new h1. f and p are the limited, quantised gates.
-    State: (h1, h2, c1, c2)."""
+    h is not bounded by 1 (up to 1 / (1 - max p) ~ 2**k in magnitude); the fixed-point state and
+    the float32-rounded stored units represent it exactly all the same. State: (h1, h2, c1, c2)."""
 
     state_parts = 4
 
@@ -225,7 +227,9 @@ class RevLSTMCell(ReversibleCell):
 
     @staticmethod
     def hidden_update(p_q: Tensor, out_gate: Tensor, cell_value: Tensor) -> Tensor:
-        return (1.0 - p_q) * out_gate * torch.tanh(cell_value)
+        """The additive part o * tanh(c) of h <- p * h + o * tanh(c) (p_q unused: kept so both
+        directions call one function with the same arguments)."""
+        return out_gate * torch.tanh(cell_value)
 
     def step(self, x, state, values, buffer, mask, *, next_state=None, stored_units=0,
              precision=32, tag=""):

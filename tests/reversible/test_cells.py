@@ -45,7 +45,7 @@ def _paper_lstm(cell, x, h1, h2, c1, c2, k, new_h1):
                            + cell.gates[i].bias).split(h.shape[1], 1)
         f, p = _quantised(f, k), _quantised(p, k)
         c = f * c + torch.sigmoid(inp) * torch.tanh(g)
-        return p * h + (1 - p) * torch.sigmoid(o) * torch.tanh(c), c
+        return p * h + torch.sigmoid(o) * torch.tanh(c), c
     h1, c1 = half(0, h1, c1, h2)
     h2, c2 = half(1, h2, c2, new_h1)
     return h1, h2, c1, c2
