@@ -1,5 +1,6 @@
 """results.json collection and the RESULTS.md table, on fabricated runs (no training)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,28 @@ def test_table_command_bad_results_file_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "'memory'" in done.stderr
     with pytest.raises(UserError, match="no such file"):
         load_results([tmp_path / "missing.json"])
+
+
+def test_describe_gives_run_dir_reference_and_whether_reversible(tmp_path):
+    from recipe_toy import write_recipe_config, write_toy_multi30k
+
+    data_dir = write_toy_multi30k(tmp_path / "multi30k")
+    plain = write_recipe_config(tmp_path, name="plain")
+    reversible = yaml.safe_load(plain.read_text())
+    reversible["name"] = "rev"
+    reversible["run_dir"] = str(tmp_path / "runs dir" / "it's rev")  # quoted for the shell
+    reversible["model"]["decoder"]["cell"] = "revgru"  # a reversible decoder alone counts
+    (tmp_path / "rev.yaml").write_text(yaml.safe_dump(reversible))
+    env_config = {"MULTI30K_DIR": str(data_dir)}
+    described = {}
+    for name in ("plain", "rev"):
+        done = subprocess.run(["bash", "-c", f'eval "$("$0" "$1" describe "$2")"; '
+                               'printf "%s\\n" "$NAME" "$RUN_DIR" "$TEST_REF" "$REVERSIBLE"',
+                               sys.executable, str(MAKE_RESULTS), str(tmp_path / f"{name}.yaml")],
+                              capture_output=True, text=True, env={**os.environ, **env_config})
+        assert done.returncode == 0, done.stderr
+        described[name] = done.stdout.splitlines()
+    assert described["plain"] == ["plain", str(tmp_path / "runs" / "plain"),
+                                  str(data_dir / "test_2016_flickr.de.gz"), "0"]
+    assert described["rev"] == ["rev", str(tmp_path / "runs dir" / "it's rev"),
+                                str(data_dir / "test_2016_flickr.de.gz"), "1"]
