@@ -18,8 +18,8 @@ GRID_SH = REPO / "recipes" / "multi30k" / "grid.sh"
 CHECK_TENSORBOARD = REPO / "recipes" / "check_tensorboard.py"
 
 
-def bash(script, *args, data_dir, cwd=REPO):
-    env = dict(os.environ, MULTI30K_DIR=str(data_dir), OMP_NUM_THREADS="1")
+def bash(script, *args, data_dir, cwd=REPO, **extra_env):
+    env = dict(os.environ, MULTI30K_DIR=str(data_dir), OMP_NUM_THREADS="1", **extra_env)
     return subprocess.run(["bash", str(script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -100,6 +100,16 @@ def test_run_sh_bad_arguments_are_one_line(tmp_path, args, message):
 def test_run_sh_missing_config_is_one_line(tmp_path):
     done = bash(RUN_SH, tmp_path / "nope.yaml", data_dir=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope.yaml" in done.stderr
+
+
+def test_run_sh_without_data_and_network_says_what_to_set(tmp_path):
+    config = write_recipe_config(tmp_path)
+    closed_port = "http://127.0.0.1:9"  # every download fails at once, networked machine or not
+    done = bash(RUN_SH, config, data_dir=tmp_path / "empty", https_proxy=closed_port,
+                HTTPS_PROXY=closed_port)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "set MULTI30K_DIR" in done.stderr and "prepare" not in done.stdout
+    assert not (tmp_path / "runs").exists()
 
 
 def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
