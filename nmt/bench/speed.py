@@ -134,7 +134,7 @@ def summarize(contender: Contender, seconds: List[float], warmup: int) -> dict:
         "median_step_s": median(seconds), "min_step_s": min(seconds),
         "tgt_tokens_per_s": sum(tokens) / sum(seconds),
         "tgt_tokens_per_step": sum(tokens) / len(tokens),
-        "step_seconds": [round(s, 5) for s in seconds],
+        "step_seconds": [round(s, 7) for s in seconds],
     }
     if contender.cuda_peak_bytes:
         result["cuda_peak_bytes"] = contender.cuda_peak_bytes

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from nmt.models.decoders import DecoderState, RNNDecoder
 from nmt.models.embeddings import PAD_ID
 from nmt.models.encoders import EncoderOutput, RNNEncoder, length_mask
-from nmt.models.loss import label_smoothed_nll
+from nmt.models.loss import label_smoothed_nll_from_logits
 from nmt.models.seq2seq import LossOutput, Seq2Seq
 
 
@@ -127,8 +127,8 @@ class CheckpointedSeq2Seq(Seq2Seq):
             vectors = decoder._attentional(top, encoder_output)[0]
             state = DecoderState(hidden=hidden, cell=cell)
         real = tgt_out != PAD_ID
-        log_probs = torch.log_softmax(decoder.output(vectors[real]).float(), dim=-1)
-        loss, nll = label_smoothed_nll(log_probs, tgt_out[real], smoothing=label_smoothing)
+        loss, nll = label_smoothed_nll_from_logits(decoder.output(vectors[real]), tgt_out[real],
+                                                   smoothing=label_smoothing)
         return loss, nll, state.hidden, state.cell, state.attentional
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from nmt.models.attention import LuongAttention
 from nmt.models.embeddings import PAD_ID, Embeddings
 from nmt.models.encoders import RNN_CLASSES, EncoderOutput
-from nmt.models.loss import label_smoothed_nll
+from nmt.models.loss import label_smoothed_nll_from_logits
 
 
 @dataclass
@@ -183,5 +183,4 @@ class RNNDecoder(nn.Module):
         vectors = self.attentional_vectors(tgt_in, encoder_output)
         real = tgt_out != PAD_ID
         logits = self.output(vectors[real])  # only real positions: padding costs no softmax
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        return label_smoothed_nll(log_probs, tgt_out[real], smoothing=label_smoothing)
+        return label_smoothed_nll_from_logits(logits, tgt_out[real], smoothing=label_smoothing)

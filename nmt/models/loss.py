@@ -31,3 +31,43 @@ def label_smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, *,
     non_pad_mean = (log_probs.sum(dim=1) - log_probs[:, PAD_ID]) / (vocab - 1)
     uniform = -(non_pad_mean * real).sum()
     return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach()
+
+
+def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, *,
+                                   smoothing: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Same as `label_smoothed_nll(log_softmax(logits.float()), targets)`, with a fused backward.
+
+    logits (tokens, vocab), targets (tokens,) -> (loss sum, nll sum detached). The output layer
+    dominates a training step, and composing log_softmax, gather, sum and select in autograd
+    builds and adds several (tokens, vocab) gradients (two zero fills, a scatter, a copy). The
+    gradient is simply real * (softmax - q), written into one tensor.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
+    return _SmoothedNLL.apply(logits, targets, smoothing)
+
+
+class _SmoothedNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, smoothing):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        loss, nll = label_smoothed_nll(log_probs, targets, smoothing=smoothing)
+        ctx.save_for_backward(log_probs, targets)
+        ctx.smoothing, ctx.logits_dtype = smoothing, logits.dtype
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_nll):
+        log_probs, targets = ctx.saved_tensors
+        smoothing = ctx.smoothing
+        grad = log_probs.exp()  # softmax; q below sums to 1 on every real row
+        if smoothing:
+            share = smoothing / (log_probs.size(1) - 1)
+            grad.sub_(share)
+            grad[:, PAD_ID] += share
+        grad.scatter_add_(1, targets.unsqueeze(1),
+                          grad.new_full((targets.numel(), 1), smoothing - 1.0))
+        weight = (targets != PAD_ID).to(grad.dtype) * grad_loss
+        grad.mul_(weight.unsqueeze(1))
+        return grad.to(ctx.logits_dtype), None, None

@@ -1,0 +1,42 @@
+"""The fused label-smoothed loss: same values as the composed one, gradient real * (softmax - q)."""
+import pytest
+import torch
+
+from nmt.models.embeddings import PAD_ID
+from nmt.models.loss import label_smoothed_nll, label_smoothed_nll_from_logits
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_matches_the_composed_loss_and_a_dense_reference_gradient(smoothing):
+    torch.manual_seed(4)
+    vocab = 13
+    logits = (3 * torch.randn(20, vocab)).requires_grad_()
+    targets = torch.randint(1, vocab, (20,))
+    targets[[2, 7]] = PAD_ID  # padding targets contribute nothing
+    loss, nll = label_smoothed_nll_from_logits(logits, targets, smoothing=smoothing)
+    expected_loss, expected_nll = label_smoothed_nll(torch.log_softmax(logits, -1), targets,
+                                                     smoothing=smoothing)
+    assert torch.equal(loss, expected_loss) and torch.equal(nll, expected_nll)
+    assert not nll.requires_grad
+    (2.5 * loss).backward()
+
+    # independent reference: q = (1 - eps) onehot(y) + eps / (V - 1) on every class but PAD
+    q = torch.full((20, vocab), smoothing / (vocab - 1))
+    q[:, PAD_ID] = 0
+    q[torch.arange(20), targets] += 1 - smoothing
+    real = (targets != PAD_ID).float().unsqueeze(1)
+    reference = 2.5 * real * (torch.softmax(logits.detach(), -1) - q)
+    torch.testing.assert_close(logits.grad, reference, rtol=0, atol=1e-6)
+
+
+def test_half_precision_logits_get_a_gradient_of_their_own_dtype():
+    logits = torch.randn(4, 7, dtype=torch.bfloat16, requires_grad=True)
+    loss, _ = label_smoothed_nll_from_logits(logits, torch.tensor([1, 2, 3, 4]), smoothing=0.1)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16
+
+
+def test_rejects_smoothing_outside_the_unit_interval():
+    with pytest.raises(ValueError, match="label smoothing"):
+        label_smoothed_nll_from_logits(torch.zeros(2, 3), torch.tensor([1, 2]), smoothing=1.0)
