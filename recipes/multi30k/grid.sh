@@ -37,6 +37,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+if [ ${#BUDGET[@]} -gt 2 ]; then
+  echo "grid.sh: error: give either --minutes or --epochs, not both" >&2
+  exit 2
+fi
+
 GRID=()
 for config in "$REPO"/configs/multi30k/*.yaml; do
   case "$(basename "$config")" in

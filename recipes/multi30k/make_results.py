@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Helpers of run.sh and grid.sh: describe a config, write a run's results.json, build RESULTS.md.
 
-    make_results.py describe CONFIG        shell assignments: NAME, RUN_DIR, TEST_REF, REVERSIBLE
+    make_results.py describe CONFIG        shell assignments: NAME, RUN_DIR, TEST_REF ('' if absent), REVERSIBLE
     make_results.py collect --run-dir DIR --config CONFIG --cased F --lowercased F
                             --wall-seconds S --budget TEXT [--bench-memory F]
     make_results.py table [--output RESULTS.md] (RESULTS_JSON | RUN_DIR | CONFIG)...
@@ -26,11 +26,9 @@ def describe(args) -> None:
     from nmt.config import REVERSIBLE_CELLS, data_file, load_config
 
     config = load_config(args.config)
-    reference = data_file(config.data, "test", config.data.tgt)
-    if reference is None:
-        raise UserError(f"data.test: no {config.data.test}.{config.data.tgt}[.gz] in {config.data.dir}")
+    reference = data_file(config.data, "test", config.data.tgt)  # None until the data is fetched
     cells = (config.model.encoder.cell, config.model.decoder.cell)
-    values = {"NAME": config.name, "RUN_DIR": config.run_dir, "TEST_REF": str(reference),
+    values = {"NAME": config.name, "RUN_DIR": config.run_dir, "TEST_REF": str(reference or ""),
               "REVERSIBLE": "1" if any(cell in REVERSIBLE_CELLS for cell in cells) else "0"}
     for key, value in values.items():
         print(f"{key}={shlex.quote(value)}")

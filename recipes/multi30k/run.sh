@@ -63,6 +63,7 @@ if [ ! -e "$MULTI30K_DIR/train.en.gz" ] && [ ! -e "$MULTI30K_DIR/train.en" ]; th
 fi
 DESCRIPTION="$("$PYTHON" "$RECIPE_DIR/make_results.py" describe "$CONFIG")" || exit 2
 eval "$DESCRIPTION"  # NAME, RUN_DIR, TEST_REF, REVERSIBLE
+[ -n "$TEST_REF" ] || fail "data.test: $CONFIG's test split has no target-language file in $MULTI30K_DIR"
 echo "run directory: $RUN_DIR"
 
 step "prepare"

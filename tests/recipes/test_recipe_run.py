@@ -112,6 +112,14 @@ def test_run_sh_without_data_and_network_says_what_to_set(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_run_sh_without_the_test_reference_stops_before_training(tmp_path):
+    data_dir = write_toy_multi30k(tmp_path / "multi30k")
+    (data_dir / "test_2016_flickr.de.gz").unlink()
+    done = bash(RUN_SH, write_recipe_config(tmp_path), data_dir=data_dir)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "data.test" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
     data_dir = write_toy_multi30k(tmp_path / "multi30k")
     config = write_recipe_config(tmp_path, name="toy-grid", max_epochs=1)
