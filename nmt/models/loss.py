@@ -61,7 +61,10 @@ class _SmoothedNLL(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_nll):
         log_probs, targets = ctx.saved_tensors
         smoothing = ctx.smoothing
-        grad = log_probs.exp()  # softmax; q below sums to 1 on every real row
+        # softmax, written over the saved log-probs: no fresh (tokens, vocab) allocation (whose
+        # page faults cost as much as the exp); a second backward through a retained graph then
+        # fails autograd's saved-tensor version check instead of reading overwritten values
+        grad = log_probs.exp_()  # q below sums to 1 on every real row
         if smoothing:
             share = smoothing / (log_probs.size(1) - 1)
             grad.sub_(share)

@@ -40,3 +40,11 @@ def test_half_precision_logits_get_a_gradient_of_their_own_dtype():
 def test_rejects_smoothing_outside_the_unit_interval():
     with pytest.raises(ValueError, match="label smoothing"):
         label_smoothed_nll_from_logits(torch.zeros(2, 3), torch.tensor([1, 2]), smoothing=1.0)
+
+
+def test_a_second_backward_through_a_retained_graph_fails_loudly():
+    logits = torch.randn(5, 6, requires_grad=True)
+    loss, _ = label_smoothed_nll_from_logits(logits, torch.tensor([1, 2, 3, 4, 5]), smoothing=0.1)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()  # the backward overwrote its saved log-probs with softmax
