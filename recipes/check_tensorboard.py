@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 
 Curve = Dict[int, float]  # step -> value
 EVENT_FILE_MARK = "tfevents"
+TENSORBOARD_SCALAR_SAMPLES = 1000  # TensorBoard's default --samples_per_plugin for scalars
 
 
 class CheckError(Exception):
@@ -256,6 +257,9 @@ def check(logdir: Path, tags: List[str], *, runs: Optional[List[str]] = None,
             problem = problems.get((run, tag))
             steps = sorted(curve)
             status = f"FAIL: {problem}" if problem else "ok"
+            if problem and len(steps) > TENSORBOARD_SCALAR_SAMPLES:
+                status += (f" (TensorBoard keeps {TENSORBOARD_SCALAR_SAMPLES} points per tag unless "
+                           "started with --samples_per_plugin scalars=0)")
             report(f"{status} run {run} tag {tag}: {len(steps)} logged steps "
                    f"({steps[0]}..{steps[-1]})")
     return not problems
