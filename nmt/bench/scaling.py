@@ -122,7 +122,7 @@ def build_ways(model_cfg, vocab: int, *, device: torch.device,
     except (ConfigError, ValueError):
         pass  # no reversible Seq2Seq in this build (or for this config): use the stand-in
     if reversible is not None:
-        ways["reversible"] = _seq2seq_way("seq2seq", reversible.to(device).train())
+        ways["reversible"] = _seq2seq_way("reversible Seq2Seq", reversible.to(device).train())
     else:
         ways["reversible"] = _reversible_rnn_way(model_cfg, vocab, device)
     return ways
@@ -137,10 +137,22 @@ def _with_cells(model_cfg, mapping: Dict[str, str]):
 def _seq2seq_way(kind: str, model) -> Way:
     def step(batch):
         output = model.training_loss(batch)
-        kept = int(output.memory.get("kept_bytes", 0)) if output.memory else 0
-        return output.loss / batch.num_tgt_tokens, kept
+        return output.loss / batch.num_tgt_tokens, reversible_kept_bytes(model)
 
     return Way(kind=kind, step=step, parameters=list(model.parameters()))
+
+
+def reversible_kept_bytes(model) -> int:
+    """Bytes a reversible Seq2Seq's Functions hold besides autograd's saved tensors: the shared
+    buffer at its peak and the exact final states (stored attention values are saved tensors,
+    so already counted). 0 for a plain model."""
+    details = getattr(model.decoder, "memory_details", None)
+    kept = (details() if details is not None else {}).get("kept_bytes")
+    if not kept:
+        return 0
+    encoder, decoder = kept.get("encoder") or {}, kept.get("decoder") or {}
+    buffer = decoder.get("buffer", encoder.get("buffer", 0))  # shared: the decoder's is the peak
+    return int(buffer + encoder.get("state", 0) + decoder.get("state", 0))
 
 
 class _StepLoss(nn.Module):

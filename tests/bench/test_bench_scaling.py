@@ -72,3 +72,30 @@ def test_bad_flags_are_one_line_errors(config, flags, message):
     result = nmt("bench", "scaling", "--config", str(config), *flags)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr
+
+
+def test_a_reversible_config_is_measured_with_its_own_model_and_a_plain_twin(tmp_path, capsys):
+    from nmt.config import load_config
+    from nmt.errors import ConfigError
+    from nmt.models.build import build_model
+
+    values = toy_config(tmp_path)
+    for part in ("encoder", "decoder"):
+        values["model"][part]["cell"] = "revgru"
+    values["model"]["attention"] = {"context": "emb+slice", "size": 4, "precision": 32}
+    path = write_config(tmp_path, values, "rev.yaml")
+    try:
+        build_model(load_config(path).model, 48, 48)
+    except ConfigError as error:
+        pytest.skip(f"no reversible Seq2Seq in this build: {error}")
+    parser = argparse.ArgumentParser()
+    scaling.add_arguments(parser)
+    assert scaling.run(parser.parse_args(["--config", str(path), "--lengths", "5,40",
+                                          "--batch", "2", "--repeats", "1", "--warmup", "0",
+                                          "--json"])) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reversible_kind"] == "reversible Seq2Seq"
+    short, long = report["rows"]
+    assert short["reversible_kept_bytes"] > 0  # buffer heads and final states
+    assert long["plain_bytes"] > long["checkpointed_bytes"]
+    assert report["growth"]["reversible_bytes_growth_vs_plain"] < 1 / 8
