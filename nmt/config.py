@@ -56,6 +56,8 @@ class EncoderConfig:
     bidirectional: bool = False
     dropout: float = 0.3
     max_forget_bits: Optional[int] = field(default=3, metadata=choices(1, 2, 3, 5, None))
+    # false: a reversible encoder stores every state (plain autograd), as the paper's 300H row does
+    memory_saving: bool = True
 
 
 @dataclass
@@ -220,10 +222,11 @@ def _validate_model(model: ModelConfig) -> None:
     if model.tie_embeddings and decoder.hidden != model.embedding_dim:
         raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({decoder.hidden}) "
                           f"== model.embedding_dim ({model.embedding_dim})")
-    if attention.context == "hidden" and encoder.cell in REVERSIBLE_CELLS:
+    if attention.context == "hidden" and encoder.cell in REVERSIBLE_CELLS and encoder.memory_saving:
         raise ConfigError(f"model.attention.context: 'hidden' stores every encoder state, which a "
                           f"reversible encoder ({encoder.cell}) does not keep; use one of "
-                          f"{', '.join(c for c in ATTENTION_CONTEXTS if c != 'hidden')}")
+                          f"{', '.join(c for c in ATTENTION_CONTEXTS if c != 'hidden')}, or set "
+                          f"model.encoder.memory_saving: false (the paper's 300H row)")
     needs_size = attention.context.endswith(("slice", "proj"))
     if needs_size:
         if attention.size is None:

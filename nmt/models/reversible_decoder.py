@@ -1,0 +1,234 @@
+"""Reversible (RevGRU/RevLSTM) decoder: Luong attention without input feeding, loss per step.
+
+Per step t (design notes, section 7): h_t = RevCell(emb(y_{t-1}), h_{t-1});
+c_t = attention(h_t, encoder context); a_t = tanh(W_c [c_t; h_t]); log p = log_softmax(W_o a_t).
+
+Training runs the recurrence through `ReversibleRNN` with a per-step readout (`StepLoss`): in
+reversible mode the forward pass only runs the recurrence; while step t is reversed, the readout
+computes attention, logits and the label-smoothed loss of step t once, and its gradient joins the
+gradient of h_t. No (batch, tgt_len, vocab) tensor ever exists. Gradients reaching the attention
+keys and values flow on, through ordinary autograd, into the encoder's stored values and its
+reversible backward.
+
+The decoder continues the encoder's information buffer (one per batch). Memory accounting
+(`memory_report`): each side's normal bits are 32 x H x real steps x layers (x2 for RevLSTM);
+used bits are the 16-bit words pushed by that side plus its stored attention values; the
+buffer's int32 heads are charged once, to the decoder. The exact final states (int64) are kept by
+plain backprop too and are left out of both sides (reported as *_final_state_bits).
+
+Inference runs the same fixed-point steps without gradient on a head-only buffer
+(`keep_words=False`): the same numbers as training, bit for bit, in O(batch x H) memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from nmt.models.attention import LuongAttention
+from nmt.models.embeddings import PAD_ID
+from nmt.models.loss import label_smoothed_nll
+from nmt.models.reversible_encoder import ReversibleEncoderOutput, locked_mask
+from nmt.reversible import InformationBuffer, MemoryMode, ReversibleRNN, count_memory
+
+DECODER_TAG = "decoder"
+_MIB = float(1 << 20)
+
+
+@dataclass
+class ReversibleDecoderState:
+    """Exact fixed-point state per layer and the head-only buffer it continues (decoding)."""
+
+    state: List[Tuple[Tensor, ...]]
+    buffer: InformationBuffer
+    attention: Optional[Tensor] = None  # (batch, src_len) weights of the last step
+
+    def reorder(self, index: Tensor) -> "ReversibleDecoderState":
+        buffer = self.buffer.clone()
+        buffer.reorder(index)
+        return ReversibleDecoderState(
+            state=[tuple(part.index_select(0, index) for part in layer) for layer in self.state],
+            buffer=buffer,
+            attention=None if self.attention is None else self.attention.index_select(0, index))
+
+
+class Readout(nn.Module):
+    """h_t (batch, H) -> attentional vector a_t = tanh(W_c [attention(h_t); h_t]) and logits."""
+
+    def __init__(self, hidden: int, context_size: int, vocab_size: int):
+        super().__init__()
+        self.attention = LuongAttention(hidden, context_size)
+        self.combine = nn.Linear(context_size + hidden, hidden, bias=False)
+        self.output = nn.Linear(hidden, vocab_size)
+
+    def attentional(self, h: Tensor, keys: Tensor, values: Tensor, src_mask: Tensor,
+                    dropout: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """-> a_t (batch, H), attention weights (batch, src_len)."""
+        context, weights = self.attention.step(h, keys, values, mask=src_mask)
+        attentional = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
+        return (attentional if dropout is None else attentional * dropout), weights
+
+
+class StepLoss(nn.Module):
+    """The per-step readout of one batch: label-smoothed loss of step t, summed over its real
+    tokens (padding rows skip the output layer). Also sums the plain NLL on the side.
+
+    Built per batch (holds that batch's targets and masks); its parameters are the readout's.
+    """
+
+    def __init__(self, readout: Readout, tgt_out: Tensor, src_mask: Tensor, *,
+                 label_smoothing: float, dropout: Optional[Tensor]):
+        super().__init__()
+        self.readout = readout
+        self.tgt_out, self.src_mask, self.dropout = tgt_out, src_mask, dropout
+        self.label_smoothing = label_smoothing
+        self._nll = {}  # step -> summed NLL of its tokens (summed in step order: same in both modes)
+
+    def forward(self, h: Tensor, t: int, keys: Tensor, values: Tensor) -> Tensor:
+        targets = self.tgt_out[:, t]
+        real = targets != PAD_ID
+        attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, self.dropout)
+        logits = self.readout.output(attentional[real])
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        loss, nll = label_smoothed_nll(log_probs, targets[real], smoothing=self.label_smoothing)
+        self._nll[t] = nll.detach()
+        return loss
+
+    @property
+    def nll(self) -> Tensor:
+        return torch.stack([self._nll[t] for t in sorted(self._nll)]).sum()
+
+
+class ReversibleDecoder(nn.Module):
+    """Attentional reversible decoder (see the module docstring).
+
+    Args:
+        cell: "revgru" or "revlstm"; vocab_size, embedding_dim: target embeddings.
+        hidden, layers, max_forget_bits: the ReversibleRNN.
+        context_size: width of the encoder's attention values.
+        bridge: maps the encoder's final float state to the initial state (decoders.Bridge).
+        dropout: locked dropout on the embeddings and between layers; output_dropout: locked
+            dropout on a_t. tie_embeddings: output layer shares the embedding matrix.
+    """
+
+    def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
+                 layers: int = 1, max_forget_bits: Optional[int] = 3, context_size: int,
+                 bridge: nn.Module, dropout: float = 0.0, output_dropout: float = 0.0,
+                 tie_embeddings: bool = False):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
+                                 max_forget_bits=max_forget_bits)
+        self.readout = Readout(hidden, context_size, vocab_size)
+        if tie_embeddings:
+            if embedding_dim != hidden:
+                raise ValueError(f"tied embeddings need hidden ({hidden}) == embedding dim "
+                                 f"({embedding_dim})")
+            self.readout.output.weight = self.embedding.weight
+        self.bridge = bridge
+        self.hidden, self.layers = hidden, layers
+        self.dropout, self.output_dropout = dropout, output_dropout
+        self.mode = MemoryMode.REVERSIBLE
+        self._memory: dict = {}
+
+    @property
+    def has_cell(self) -> bool:
+        return self.rnn.state_parts == 4
+
+    def attach(self, encoder_output: ReversibleEncoderOutput) -> ReversibleEncoderOutput:
+        """Attention keys W_a v_s, computed once per sentence."""
+        return encoder_output.with_keys(self.readout.attention.project_keys(encoder_output.context))
+
+    def _initial_state(self, encoder_output: ReversibleEncoderOutput):
+        hidden, cell = self.bridge(encoder_output.final_hidden, encoder_output.final_cell)
+        return (hidden, cell) if self.has_cell else hidden
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def init_state(self, encoder_output: ReversibleEncoderOutput) -> ReversibleDecoderState:
+        initial = self._initial_state(encoder_output)
+        batch = encoder_output.mask.shape[0]
+        buffer = encoder_output.buffer.clone()
+        if buffer.keep_words:  # decoding never reverses: keep the head only
+            buffer = _head_only(buffer)
+        return ReversibleDecoderState(
+            state=self.rnn.exact_state(initial, batch, encoder_output.mask.device), buffer=buffer)
+
+    def step(self, prev_tokens: Tensor, state: ReversibleDecoderState,
+             encoder_output: ReversibleEncoderOutput) -> Tuple[Tensor, ReversibleDecoderState]:
+        """prev_tokens (batch,) -> log_probs (batch, vocab) float32, next state."""
+        buffer = state.buffer.clone()
+        exact, top, _ = self.rnn.inference_step(self.embedding(prev_tokens), state.state, buffer,
+                                                tag=DECODER_TAG)
+        attentional, weights = self.readout.attentional(top, encoder_output.keys,
+                                                        encoder_output.context, encoder_output.mask)
+        log_probs = torch.log_softmax(self.readout.output(attentional).float(), dim=-1)
+        return log_probs, ReversibleDecoderState(state=exact, buffer=buffer, attention=weights)
+
+    # -- training -------------------------------------------------------------------------------
+
+    def training_loss(self, tgt_in: Tensor, tgt_out: Tensor,
+                      encoder_output: ReversibleEncoderOutput, *, label_smoothing: float = 0.0
+                      ) -> Tuple[Tensor, Tensor]:
+        """-> (label-smoothed loss, nll), summed over the non-padding tokens of tgt_out."""
+        batch = tgt_in.shape[0]
+        tgt_mask = tgt_out != PAD_ID
+        input_mask = locked_mask(batch, self.embedding.embedding_dim, self.dropout, like=tgt_in,
+                                 training=self.training)
+        layer_masks = None
+        if self.layers > 1 and self.training and self.dropout > 0:
+            layer_masks = torch.stack([locked_mask(batch, self.hidden, self.dropout, like=tgt_in,
+                                                   training=True) for _ in range(self.layers - 1)])
+        step_loss = StepLoss(self.readout, tgt_out, encoder_output.mask,
+                             label_smoothing=label_smoothing,
+                             dropout=locked_mask(batch, self.hidden, self.output_dropout,
+                                                 like=tgt_in, training=self.training))
+        buffer = encoder_output.buffer
+        mode = self.mode if torch.is_grad_enabled() and buffer.keep_words else MemoryMode.REFERENCE
+        run = self.rnn(tgt_in, tgt_mask, mode=mode, initial_state=self._initial_state(encoder_output),
+                       buffer=buffer, embedding=self.embedding, input_dropout=input_mask,
+                       layer_dropout=layer_masks, readout=step_loss,
+                       readout_extras=(encoder_output.keys, encoder_output.context),
+                       tag=DECODER_TAG)
+        self._record_memory(run, tgt_mask, encoder_output)
+        return run.readout, step_loss.nll
+
+    def _record_memory(self, run, tgt_mask: Tensor, encoder_output: ReversibleEncoderOutput) -> None:
+        decoder = count_memory(self.rnn, tgt_mask, run.buffer, tag=DECODER_TAG, charge_head=True)
+        encoder = encoder_output.memory
+        kept = encoder_output.kept_bytes or {}
+        mine = run.kept_bytes or {}
+        # the buffer figure of the decoder's run is the shared buffer at its peak (both sides)
+        kept_total = (mine.get("buffer", kept.get("buffer", 0)) + kept.get("stored", 0)
+                      + kept.get("state", 0) + mine.get("state", 0))
+        self._memory = {
+            "encoder_ratio": encoder.ratio_used if encoder else float("nan"),
+            "decoder_ratio": decoder.ratio_used,
+            "encoder_optimal_ratio": encoder.ratio_optimal if encoder else float("nan"),
+            "decoder_optimal_ratio": decoder.ratio_optimal,
+            "activation_mib": kept_total / _MIB,
+        }
+        self._accounts = {"encoder": encoder, "decoder": decoder}
+        self._kept_bytes = {"encoder": dict(kept), "decoder": dict(mine), "total": kept_total}
+
+    def memory_report(self) -> dict:
+        """Counted memory of the last training batch: ratios (normal / used, normal / optimal)
+        of the encoder and the decoder, and the measured MiB the reversible path kept."""
+        return dict(self._memory)
+
+    def memory_details(self) -> dict:
+        """The full counts of the last batch: per-side MemoryAccount dicts and kept bytes."""
+        if not self._memory:
+            return {}
+        return {side: None if account is None else account.as_dict()
+                for side, account in self._accounts.items()} | {"kept_bytes": self._kept_bytes}
+
+
+def _head_only(buffer: InformationBuffer) -> InformationBuffer:
+    """A copy of the buffer's heads that drops words (decoding from a training-mode buffer)."""
+    head_only = InformationBuffer(buffer.shape, device=buffer.head.device, keep_words=False,
+                                  word_bits=buffer.word_bits, forget_radix=buffer.forget_radix)
+    head_only.head = buffer.head.clone()
+    return head_only
