@@ -34,6 +34,8 @@ def score_corpus(hypotheses: Sequence[str], references: Sequence[str], *,
     hypotheses, references = list(hypotheses), list(references)
     if len(hypotheses) != len(references):
         raise UserError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        raise UserError("no sentences to score (empty input)")
     bleu_metric = BLEU(lowercase=lowercase)
     chrf_metric = CHRF(lowercase=lowercase)
     bleu = bleu_metric.corpus_score(hypotheses, [references])

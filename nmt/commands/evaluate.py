@@ -45,6 +45,8 @@ def run(args) -> int:
         if len(hypotheses) != len(references):
             raise UserError(f"--hyp {args.hyp} has {len(hypotheses)} lines but --ref {args.ref} "
                             f"has {len(references)}")
+        if not hypotheses:
+            raise UserError(f"--hyp {args.hyp} and --ref {args.ref} are empty: nothing to score")
         scores = score_corpus(hypotheses, references, lowercase=args.lowercase)
     else:
         raise UserError("give --checkpoint CKPT --split SPLIT, or --hyp FILE --ref FILE")
