@@ -236,14 +236,23 @@ def _forget_bits(model: dict) -> str:
 
 
 def _baseline_of(result: dict, results: List[dict]) -> Optional[dict]:
-    """The plain run with the same cell family, language pair and budget (GRU for RevGRU)."""
+    """The plain run of the same cell family (GRU for RevGRU), language pair and budget: the one
+    attending to the same context if there is one (gru-emb20h for revgru-emb20h), else the
+    standard one attending to every hidden state."""
     cell = str(result["model"].get("encoder", ""))
     if not cell.startswith("rev"):
         return None
-    for other in results:
-        if (other["model"].get("encoder") == cell[3:] and other["budget"] == result["budget"]
-                and other.get("language_pair") == result.get("language_pair")):
-            return other
+    candidates = [other for other in results
+                  if other["model"].get("encoder") == cell[3:] and other["budget"] == result["budget"]
+                  and other.get("language_pair") == result.get("language_pair")]
+
+    def attention(run):
+        return (run["model"].get("context"), run["model"].get("size"))
+
+    for wanted in (attention(result), ("hidden", None)):
+        for other in candidates:
+            if attention(other) == wanted:
+                return other
     return None
 
 
@@ -267,7 +276,8 @@ def render_results_table(results: List[dict], *, title: str = "Multi30K results"
              "table`) from each run's `results.json`; do not edit by hand.", "",
              "BLEU and chrF: sacreBLEU on detokenized, cased test output (beam 5); *BLEU lc*: "
              "the same output lowercased, for comparison with the paper's lowercased BLEU. "
-             "*Δ base*: BLEU minus the plain model of the same cell, language pair and budget. "
+             "*Δ base*: BLEU minus the plain model of the same cell, language pair and budget (attending "
+             "to the same context when there is one, else to every hidden state). "
              "Memory ratios: normal / used bits of the hidden states as counted during training "
              "(*optimal*: normal / information-theoretic minimum), mean of the logged steps. "
              "k: max forgetting in bits per unit per step. *train tok/s*: target tokens per second "
