@@ -106,7 +106,8 @@ def logged_curves(run_dir: Path, tags: List[str]) -> Dict[str, Curve]:
     return curves_from_events(run_dir, tags)
 
 
-def expected_curves(logdir: Path, tags: List[str], runs: Optional[List[str]]) -> Dict[str, Dict[str, Curve]]:
+def expected_curves(logdir: Path, tags: List[str],
+                    runs: Optional[List[str]]) -> Dict[str, Dict[str, Curve]]:
     """Run -> tag -> curve for every run that logged one of `tags` (or each run in `runs`)."""
     found = find_runs(logdir)
     if not found:

@@ -99,7 +99,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget", required=True, help="e.g. '--epochs 10', '--minutes 70', 'config'")
     p.set_defaults(handler=collect)
     p = sub.add_parser("table", help="render RESULTS.md from results.json files")
-    p.add_argument("results", nargs="*", help="results.json files, run directories, or configs (their run_dir's results.json, if any)")
+    p.add_argument("results", nargs="*",
+                   help="results.json files, run directories, or configs (their run_dir's "
+                        "results.json, if any)")
     p.add_argument("--output", help="write here instead of stdout")
     p.set_defaults(handler=table)
     args = parser.parse_args(argv)
