@@ -1,0 +1,223 @@
+"""Activation memory: counted ratios and measured bytes, reversible model against the plain one.
+
+`nmt bench memory --config C [--checkpoint CKPT] --batches N [--json]` takes the first N
+training batches of the config's data (epoch 1, the config's seed and token budget; with
+--checkpoint, the checkpoint's config, tokenizer and weights) and runs one training step's forward
+and backward per batch, in training mode, for the configured reversible model and for the
+same-size plain model (revgru -> gru, revlstm -> lstm, same attention context), in one run.
+
+Reported, summed over the batches:
+- counted (design notes, section 8): per side normal / used / optimal bits and the ratios
+  normal/used and normal/optimal. The shared buffer's int32 heads are charged once, to the
+  decoder; the exact final states are kept by plain backprop too and are left out of both sides.
+- measured, recurrent parts: bytes of the distinct storages autograd saves during the plain
+  model's encoder and decoder RNN calls (torch.autograd.graph.saved_tensors_hooks) against the
+  bytes the reversible path keeps for backward (the buffer's heads and words at their peak, the
+  stored attention values and the encoder's exact final state);
+- measured, whole step: the peak of all autograd-saved bytes (parameters excluded), plus, for the
+  reversible model, what it keeps outside autograd (the figure above).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Dict, List
+
+import torch
+
+from nmt.bench.common import SavedBytes, bench_device, format_bytes, positive
+from nmt.commands.helptext import describe
+from nmt.errors import UserError
+
+PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm"}
+HEAD_RULE = ("the shared buffer's int32 heads are charged once, to the decoder; the exact final "
+             "states are kept by plain backprop too and are left out of both sides")
+
+
+def add_arguments(parser) -> None:
+    describe(parser, __doc__)
+    parser.add_argument("--config", required=True, help="YAML config of a reversible model")
+    parser.add_argument("--checkpoint", help="use this checkpoint's config, tokenizer and weights")
+    parser.add_argument("--batches", type=int, default=10, help="training batches (default 10)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    positive(args.batches, "--batches")
+    device = bench_device(args.device)
+    config, tokenizer, state_dict = _load(args)
+    if config.model.encoder.cell not in PLAIN_CELLS or config.model.decoder.cell not in PLAIN_CELLS:
+        raise UserError(f"{args.config}: model.encoder.cell and model.decoder.cell must be revgru "
+                        f"or revlstm for a memory comparison (got {config.model.encoder.cell}, "
+                        f"{config.model.decoder.cell})")
+    batches = _batches(config, tokenizer, args.batches, device)
+    from nmt.models.build import build_model
+
+    torch.manual_seed(config.train.seed)
+    sizes = (tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    reversible = build_model(config.model, *sizes).to(device).train()
+    if state_dict is not None:
+        reversible.load_state_dict(state_dict)
+    plain = build_model(plain_model_config(config.model), *sizes).to(device).train()
+    report = {"config": args.config, "checkpoint": args.checkpoint, "batches": len(batches),
+              "device": str(device), "head_rule": HEAD_RULE,
+              "reversible": measure_reversible(reversible, batches, config.train.label_smoothing),
+              "plain": measure_plain(plain, batches, config.train.label_smoothing)}
+    plain_bytes = report["plain"]["recurrent_saved_bytes"]
+    kept = report["reversible"]["recurrent_kept_bytes"]
+    report["measured_recurrent_ratio"] = plain_bytes / kept if kept else float("inf")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_report(report)
+    return 0
+
+
+def plain_model_config(model_cfg):
+    """The same-size plain model: reversible cells replaced by GRU/LSTM, everything else kept."""
+    plain = copy.deepcopy(model_cfg)
+    plain.encoder.cell = PLAIN_CELLS[plain.encoder.cell]
+    plain.decoder.cell = PLAIN_CELLS[plain.decoder.cell]
+    return plain
+
+
+def measure_reversible(model, batches, label_smoothing: float) -> dict:
+    """Counted bits per side and measured bytes of the reversible model over `batches`."""
+    sides = {"encoder": _zero_counts(), "decoder": _zero_counts()}
+    kept_total, saved_peak, stored_in_autograd = 0, 0, 0
+    exclude = list(model.parameters())
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        with SavedBytes(exclude) as saved:
+            output = model.training_loss(batch, label_smoothing=label_smoothing)
+        output.loss.backward()
+        details = model.decoder.memory_details()
+        for side in sides:
+            for key in sides[side]:
+                sides[side][key] += details[side][key]
+        kept_total += details["kept_bytes"]["total"]
+        stored_in_autograd += details["kept_bytes"]["encoder"].get("stored", 0)
+        saved_peak += saved.peak
+    for counts in sides.values():
+        counts["ratio_used"] = counts["normal_bits"] / counts["used_bits"]
+        counts["ratio_optimal"] = counts["normal_bits"] / counts["optimal_bits"]
+    return {"encoder": sides["encoder"], "decoder": sides["decoder"],
+            "encoder_ratio": sides["encoder"]["ratio_used"],
+            "decoder_ratio": sides["decoder"]["ratio_used"],
+            "encoder_optimal_ratio": sides["encoder"]["ratio_optimal"],
+            "decoder_optimal_ratio": sides["decoder"]["ratio_optimal"],
+            "recurrent_kept_bytes": kept_total,
+            "autograd_saved_peak_bytes": saved_peak,
+            # the stored attention values are saved through autograd too: counted once
+            "step_total_bytes": kept_total + saved_peak - stored_in_autograd}
+
+
+def measure_plain(model, batches, label_smoothing: float) -> dict:
+    """Bytes autograd saves in the plain model: inside its RNN calls, and over the whole step."""
+    exclude = list(model.parameters())
+    recurrent: Dict[str, int] = {"encoder": 0, "decoder": 0}
+    saved_peak = 0
+    for batch in batches:
+        # two passes: saved-tensor hooks do not nest (the innermost one alone sees a tensor)
+        model.zero_grad(set_to_none=True)
+        with SavedBytes(exclude) as saved:
+            output = model.training_loss(batch, label_smoothing=label_smoothing)
+        output.loss.backward()
+        saved_peak += saved.peak
+        probes = {side: _Probe(getattr(model, side).rnn, exclude) for side in recurrent}
+        try:
+            output = model.training_loss(batch, label_smoothing=label_smoothing)
+        finally:
+            for probe in probes.values():
+                probe.remove()
+        output.loss.backward()
+        for side, probe in probes.items():
+            recurrent[side] += probe.bytes
+    return {"encoder_rnn_saved_bytes": recurrent["encoder"],
+            "decoder_rnn_saved_bytes": recurrent["decoder"],
+            "recurrent_saved_bytes": recurrent["encoder"] + recurrent["decoder"],
+            "autograd_saved_peak_bytes": saved_peak, "step_total_bytes": saved_peak}
+
+
+class _Probe:
+    """Counts the bytes autograd saves inside every call of one module (hooks on its forward)."""
+
+    def __init__(self, module, exclude):
+        self.bytes, self._exclude, self._active = 0, exclude, []
+        self._handles = [module.register_forward_pre_hook(self._enter),
+                         module.register_forward_hook(self._exit)]
+
+    def _enter(self, module, inputs):
+        counter = SavedBytes(self._exclude)
+        counter.__enter__()
+        self._active.append(counter)
+
+    def _exit(self, module, inputs, outputs):
+        counter = self._active.pop()
+        counter.__exit__(None, None, None)
+        self.bytes += counter.bytes  # still held: the graph lives until backward
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+
+def _zero_counts() -> dict:
+    return {"normal_bits": 0, "used_bits": 0, "optimal_bits": 0.0, "buffer_head_bits": 0,
+            "buffer_word_bits": 0, "stored_bits": 0, "final_state_bits": 0}
+
+
+def _load(args):
+    """(config, tokenizer, state_dict or None) from --config, or from --checkpoint."""
+    from nmt.commands.prepare import prepare_tokenizer
+    from nmt.config import config_from_dict, load_config
+
+    config = load_config(args.config)
+    if not args.checkpoint:
+        tokenizer, _ = prepare_tokenizer(config)
+        return config, tokenizer, None
+    from nmt import checkpoint as ckpt
+    from nmt.data.tokenizer import Tokenizer
+
+    payload = ckpt.load_checkpoint(args.checkpoint)
+    trained = config_from_dict(payload["config"])
+    trained.data = config.data  # the batches come from --config's data
+    tokenizer = Tokenizer.from_bytes(ckpt.tensor_to_bytes(payload["tokenizer"]))
+    return trained, tokenizer, payload["model"]
+
+
+def _batches(config, tokenizer, count: int, device) -> List:
+    from nmt.config import check_data_files
+    from nmt.data.batching import TokenBatchSampler, collate
+    from nmt.data.corpus import load_split
+
+    check_data_files(config, ["train"])
+    corpus = load_split(config, "train", tokenizer)
+    if len(corpus) == 0:
+        raise UserError(f"data.train gives no pairs within data.max_len={config.data.max_len}")
+    sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
+                                batch_tokens=config.data.batch_tokens, seed=config.train.seed)
+    chosen = sampler.batches_for_epoch(0)[:count]
+    return [collate([corpus.src[i] for i in ids], [corpus.tgt[i] for i in ids],
+                    [corpus.indices[i] for i in ids]).to(device) for ids in chosen]
+
+
+def print_report(report: dict) -> None:
+    rev, plain = report["reversible"], report["plain"]
+    print(f"{report['config']}: {report['batches']} training batches on {report['device']}")
+    for side in ("encoder", "decoder"):
+        counts = rev[side]
+        print(f"  {side}: normal {counts['normal_bits'] / 8 / 2**20:.2f} MiB, used "
+              f"{counts['used_bits'] / 8 / 2**20:.3f} MiB (words {counts['buffer_word_bits']}, "
+              f"heads {counts['buffer_head_bits']}, stored {counts['stored_bits']} bits), "
+              f"ratio {counts['ratio_used']:.2f}, optimal ratio {counts['ratio_optimal']:.2f}")
+    print(f"  ({report['head_rule']})")
+    print(f"  measured, recurrent parts: plain RNNs save {format_bytes(plain['recurrent_saved_bytes'])}"
+          f" (encoder {format_bytes(plain['encoder_rnn_saved_bytes'])}, decoder "
+          f"{format_bytes(plain['decoder_rnn_saved_bytes'])}); reversible keeps "
+          f"{format_bytes(rev['recurrent_kept_bytes'])}: "
+          f"{report['measured_recurrent_ratio']:.1f}x less")
+    print(f"  measured, whole step: plain autograd peak {format_bytes(plain['step_total_bytes'])}; "
+          f"reversible autograd peak {format_bytes(rev['autograd_saved_peak_bytes'])} + kept "
+          f"{format_bytes(rev['recurrent_kept_bytes'])}")
