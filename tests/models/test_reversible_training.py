@@ -1,0 +1,111 @@
+"""A tiny reversible model trained on Multi30K sentences: memory curves in TensorBoard and in
+metrics.jsonl (issue #4, item 5), and `nmt bench memory` on the same data (item 4's figures)."""
+import gzip
+import itertools
+import json
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nmt.cli import main
+from nmt.stats import read_metrics
+
+MEMORY_TAGS = ("memory/encoder_ratio", "memory/decoder_ratio", "memory/encoder_optimal_ratio",
+               "memory/decoder_optimal_ratio", "memory/activation_mib")
+
+
+@pytest.fixture(scope="module")
+def small_multi30k(multi30k_dir, tmp_path_factory):
+    """The first lines of Multi30K's splits (a temporary copy, never in the repository)."""
+    directory = tmp_path_factory.mktemp("multi30k")
+    for split, count in (("train", 400), ("val", 12), ("test_2016_flickr", 12)):
+        for lang in ("en", "de"):
+            with gzip.open(multi30k_dir / f"{split}.{lang}.gz", "rt", encoding="utf-8") as handle:
+                lines = list(itertools.islice(handle, count))
+            (directory / f"{split}.{lang}").write_text("".join(lines), encoding="utf-8")
+    return directory
+
+
+def _config(tmp_path, data_dir, *, cell="revgru", context="emb+slice", precision=16):
+    config = {
+        "name": "rev-tiny", "run_dir": str(tmp_path / "run"),
+        "data": {"dir": str(data_dir), "src": "en", "tgt": "de", "train": "train", "valid": "val",
+                 "test": "test_2016_flickr", "max_len": 60, "batch_tokens": 300,
+                 "eval_batch_size": 12,
+                 "tokenizer": {"joint": True, "vocab_size": 250, "model_type": "unigram",
+                               "character_coverage": 1.0, "byte_fallback": False}},
+        "model": {"embedding_dim": 16, "tie_embeddings": True, "dropout": 0.1, "init_uniform": 0.1,
+                  "encoder": {"cell": cell, "layers": 1, "hidden": 16, "bidirectional": False,
+                              "dropout": 0.1, "max_forget_bits": 3},
+                  "decoder": {"cell": cell, "layers": 1, "hidden": 16, "input_feeding": False,
+                              "dropout": 0.1, "max_forget_bits": 3},
+                  "attention": {"context": context, "size": 4, "precision": precision}},
+        "train": {"seed": 1, "device": "cpu", "optimizer": "adam", "lr": 0.01,
+                  "clip_grad_norm": 5.0, "label_smoothing": 0.1, "max_epochs": 5, "max_steps": 4,
+                  "valid_every": 4, "log_every": 1, "keep_last": 1,
+                  "early_stopping_patience": None},
+        "decode": {"beam_size": 2, "length_penalty": 1.0, "max_len_ratio": 1.0,
+                   "max_len_offset": 3, "nbest": 1, "batch_size": 12},
+    }
+    path = tmp_path / "rev.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_tensorboard_holds_the_memory_curves(tmp_path, small_multi30k):
+    from nmt.commands.train import train_from_config
+    from nmt.config import load_config
+
+    config = load_config(_config(tmp_path, small_multi30k))
+    train_from_config(config, progress=False, echo=False)
+    run_dir = tmp_path / "run"
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert set(MEMORY_TAGS) <= set(events.Tags()["scalars"])
+    train = read_metrics(run_dir, "train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for tag in MEMORY_TAGS:
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2, 3, 4], tag
+        assert [s.value for s in scalars] == pytest.approx([r[tag] for r in train], rel=1e-6), tag
+    for record in train:
+        assert record["memory/encoder_ratio"] > 1 and record["memory/decoder_ratio"] > 1
+        assert 0 < record["memory/activation_mib"] < 1
+    assert " decoder_ratio=" in (run_dir / "train.log").read_text(encoding="utf-8")
+
+
+def test_bench_memory_counts_and_measures(tmp_path, small_multi30k, capsys):
+    path = _config(tmp_path, small_multi30k)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "memory", "--config", str(path), "--batches", "2", "--json"])
+    assert exit_info.value.code == 0
+    report = json.loads(capsys.readouterr().out)
+    rev, plain = report["reversible"], report["plain"]
+    # normal bits, independently: 32 x H x real source / target tokens of the two batches
+    from nmt.config import load_config
+    from nmt.bench.memory import _batches
+    from nmt.data.tokenizer import Tokenizer
+
+    config = load_config(path)
+    batches = _batches(config, Tokenizer.load(tmp_path / "run" / "spm"), 2, "cpu")
+    assert rev["encoder"]["normal_bits"] == 32 * 16 * sum(int(b.src_lengths.sum()) for b in batches)
+    assert rev["decoder"]["normal_bits"] == 32 * 16 * sum(b.num_tgt_tokens for b in batches)
+    assert rev["encoder"]["stored_bits"] == 16 * 4 * sum(int(b.src_lengths.sum()) for b in batches)
+    assert rev["encoder"]["buffer_head_bits"] == 0 and rev["decoder"]["buffer_head_bits"] > 0
+    assert rev["encoder_ratio"] > 1 and rev["decoder_ratio"] > 1
+    assert rev["decoder_optimal_ratio"] >= rev["decoder_ratio"]
+    assert plain["encoder_rnn_saved_bytes"] > 0 and plain["decoder_rnn_saved_bytes"] > 0
+    assert report["measured_recurrent_ratio"] > 1
+    assert "decoder" in report["head_rule"]
+
+
+def test_bench_memory_rejects_a_plain_config(tmp_path, small_multi30k, capsys):
+    path = _config(tmp_path, small_multi30k, cell="gru", context="emb")
+    text = path.read_text().replace("size: 4", "size: null")
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "memory", "--config", str(path), "--batches", "1"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "revgru or revlstm" in error
