@@ -66,12 +66,16 @@ def test_command_line_table(config):
 @pytest.mark.parametrize("flags, message", [
     (["--lengths", "10,x"], "--lengths"), (["--lengths", "1"], "--lengths"),
     (["--batch", "0"], "--batch"), (["--device", "cuda:7"], "--device")])
-def test_bad_flags_are_one_line_errors(config, flags, message):
+def test_bad_flags_are_one_line_errors(config, flags, message, capsys):
+    from nmt.cli import main
+
     if flags[:2] == ["--device", "cuda:7"] and __import__("torch").cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    result = nmt("bench", "scaling", "--config", str(config), *flags)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert message in result.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "scaling", "--config", str(config), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert message in err
 
 
 def test_a_reversible_config_is_measured_with_its_own_model_and_a_plain_twin(tmp_path, capsys):
