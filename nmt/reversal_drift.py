@@ -4,11 +4,10 @@ Reversible backprop trusts that reversing every step restores the state bit for 
 non-deterministic kernel or a flipped bit in the information buffer would silently turn the
 gradients into noise. `verify_reversal` runs a ReversibleRNN forward over a batch (no graph,
 keeping the buffer's words), reverses every step and compares each restored state with the true
-one. `train.verify_reversal_every: N` calls a model's `verify_reversal(batch)` every N steps; a
-reversible model implements it with this module, e.g.
-
-    drift = verify_reversal(self.encoder.rnn, src, src_mask, embedding=self.encoder.embedding)
-    return None if drift is None else drift.describe("encoder")
+one. `train.verify_reversal_every: N` runs `reversal_check_for(model)(batch)` every N steps:
+the model's own `verify_reversal(batch)` if it has one, else `verify_seq2seq` for a Seq2Seq whose
+encoder and/or decoder hold a ReversibleRNN as `.rnn` (with `.embedding`): both recurrences run
+on one shared buffer as in training, then the decoder and the encoder are reversed.
 
 The check is split in two (`run_forward`, `reverse_and_compare`) so tests can corrupt the buffer
 in between. It keeps every exact state of the run (as much as plain backprop would store), which
@@ -17,7 +16,7 @@ is fine for a check that runs every N steps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -68,16 +67,18 @@ class ForwardRecord:
 
 def run_forward(rnn: ReversibleRNN, inputs: Tensor, mask: Optional[Tensor] = None, *,
                 initial_state=None, embedding: Optional[nn.Module] = None,
-                input_dropout: Optional[Tensor] = None,
-                layer_dropout: Optional[Tensor] = None) -> ForwardRecord:
+                input_dropout: Optional[Tensor] = None, layer_dropout: Optional[Tensor] = None,
+                buffer: Optional[InformationBuffer] = None) -> ForwardRecord:
     """Runs `rnn` over (batch, T, input) floats or (batch, T) ids (with `embedding`), keeping
-    the exact state before every step and a buffer with its words."""
+    the exact state before every step and a buffer with its words (`buffer`: one shared with
+    runs before this one, which must then be reversed after it)."""
     batch, steps = inputs.shape[:2]
     device = inputs.device
     if mask is None:
         mask = torch.ones(batch, steps, dtype=torch.bool, device=device)
-    record = ForwardRecord(rnn=rnn, inputs=inputs, mask=mask,
-                           buffer=rnn.new_buffer(batch, device=device, keep_words=True),
+    if buffer is None:
+        buffer = rnn.new_buffer(batch, device=device, keep_words=True)
+    record = ForwardRecord(rnn=rnn, inputs=inputs, mask=mask, buffer=buffer,
                            embedding=embedding, input_dropout=input_dropout,
                            layer_dropout=layer_dropout)
     units = rnn.stored_slice
@@ -94,9 +95,10 @@ def run_forward(rnn: ReversibleRNN, inputs: Tensor, mask: Optional[Tensor] = Non
     return record
 
 
-def reverse_and_compare(record: ForwardRecord) -> Optional[ReversalDrift]:
-    """Reverses every step of `record`; None when every restored state is exact and the buffer
-    ends empty with its heads at their initial value."""
+def reverse_and_compare(record: ForwardRecord, *,
+                        buffer_back_to_initial: bool = True) -> Optional[ReversalDrift]:
+    """Reverses every step of `record`; None when every restored state is exact and (unless
+    another run shares the buffer) the buffer ends empty with its heads at their initial value."""
     rnn, steps = record.rnn, record.mask.shape[1]
     state = record.states[-1]
     with torch.no_grad():
@@ -113,7 +115,7 @@ def reverse_and_compare(record: ForwardRecord) -> Optional[ReversalDrift]:
             drift = _first_difference(state, record.states[t], t)
             if drift is not None:
                 return drift
-    if not record.buffer.is_initial():
+    if buffer_back_to_initial and not record.buffer.is_initial():
         return ReversalDrift(time_step=None, layer=None, largest_difference=0.0,
                              reason="states restored, but the information buffer did not return "
                                     "to its initial value")
@@ -124,6 +126,53 @@ def verify_reversal(rnn: ReversibleRNN, inputs: Tensor, mask: Optional[Tensor] =
                     **options) -> Optional[ReversalDrift]:
     """`run_forward` then `reverse_and_compare`: None when the reversal is exact."""
     return reverse_and_compare(run_forward(rnn, inputs, mask, **options))
+
+
+def verify_seq2seq(model: nn.Module, batch, *,
+                   corrupt: Optional[Callable[[InformationBuffer], None]] = None) -> Optional[str]:
+    """The drift check of a Seq2Seq with reversible parts on a training batch: None, or a
+    description naming the part (encoder/decoder), time step, layer and largest difference.
+
+    The encoder runs over batch.src, the decoder over batch.tgt_in from the initial state the
+    model's bridge gives (dropout off: the reversal itself is what is checked), on one shared
+    buffer; then the decoder and the encoder are reversed. `corrupt(buffer)` is called between
+    the forward runs and the reversal (fault injection for tests)."""
+    encoder, decoder = model.encoder, model.decoder
+    parts = [(name, part) for name, part in (("encoder", encoder), ("decoder", decoder))
+             if isinstance(getattr(part, "rnn", None), ReversibleRNN)]
+    if not parts:
+        return None
+    batch_size, device = batch.src.shape[0], batch.src.device
+    width = max(part.rnn.half_size for _, part in parts)
+    buffer = InformationBuffer((batch_size, width), device=device, keep_words=True)
+    records = []
+    for name, part in parts:
+        if name == "encoder":
+            inputs, mask, initial = batch.src, batch.src != 0, None
+        else:
+            inputs, mask = batch.tgt_in, batch.tgt_out != 0
+            initial = decoder._initial_state(model.encode(batch.src, batch.src_lengths))
+        records.append((name, run_forward(part.rnn, inputs, mask, initial_state=initial,
+                                          embedding=part.embedding, buffer=buffer)))
+    if corrupt is not None:
+        corrupt(buffer)
+    for position, (name, record) in reversed(list(enumerate(records))):
+        drift = reverse_and_compare(record, buffer_back_to_initial=position == 0)
+        if drift is not None:
+            return drift.describe(name)
+    return None
+
+
+def reversal_check_for(model: nn.Module) -> Optional[Callable]:
+    """`check(batch) -> None or description` for train.verify_reversal_every, or None when the
+    model has nothing reversible to check."""
+    own = getattr(model, "verify_reversal", None)
+    if own is not None:
+        return own
+    if any(isinstance(getattr(getattr(model, name, None), "rnn", None), ReversibleRNN)
+           for name in ("encoder", "decoder")):
+        return lambda batch: verify_seq2seq(model, batch)
+    return None
 
 
 def _first_difference(restored, true, t: int) -> Optional[ReversalDrift]:

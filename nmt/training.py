@@ -18,9 +18,9 @@ The loop is written against small interfaces so it can be tested with toy models
 Safety checks on every update: a batch whose loss or gradient norm is NaN/inf (on any rank) is
 skipped with a warning and the parameters stay as they were; `train.nonfinite_patience` such
 batches in a row stop training with an error. With `train.verify_reversal_every: N`, every N-th
-step calls `model.verify_reversal(batch)` (reversible models implement it: None when the
-reconstructed initial encoder/decoder states equal the true ones, else a description naming the
-part, layer and largest difference; see nmt.reversal_drift) and stops on a mismatch.
+step checks on its batch that reversing the reversible encoder/decoder restores every state
+exactly (`model.verify_reversal(batch)` if the model has it, else nmt.reversal_drift's Seq2Seq
+check) and stops with the step, part, layer and largest difference on a mismatch.
 
 Resume restores model, optimizer, LR schedule, early-stopping counters, sampler position and the
 python/torch RNG states, so a resumed run computes the same losses as one never stopped.
@@ -42,6 +42,7 @@ from nmt import distributed
 from nmt.distributed import SINGLE_PROCESS, Distributed, as_shard
 from nmt.errors import ConfigError, UserError
 from nmt.optim import LearningRateSchedule
+from nmt.reversal_drift import reversal_check_for
 from nmt.stats import TrainingStats
 
 
@@ -81,7 +82,8 @@ class Trainer:
                  epoch_batches: Callable[[int], Sequence], validate: Callable[[torch.nn.Module], dict],
                  static_payload: dict, device: torch.device = torch.device("cpu"),
                  placement: Distributed = SINGLE_PROCESS):
-        if getattr(train_cfg, "verify_reversal_every", 0) and not hasattr(model, "verify_reversal"):
+        self._reversal_check = reversal_check_for(model)
+        if getattr(train_cfg, "verify_reversal_every", 0) and self._reversal_check is None:
             raise ConfigError("train.verify_reversal_every: this model has no reversible RNN to "
                               "verify (use revgru/revlstm cells, or set it to 0)")
         self.model = model
@@ -227,7 +229,7 @@ class Trainer:
         if not every or self.state.step % every:
             return
         with torch.no_grad():
-            mismatch = self.model.verify_reversal(batch)
+            mismatch = self._reversal_check(batch)
         if mismatch:
             raise TrainingStopped(f"reversal drift at training step {self.state.step} "
                                   f"(rank {self.placement.rank}): {mismatch}")

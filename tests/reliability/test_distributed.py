@@ -91,6 +91,33 @@ def test_a_distributed_run_resumes_where_it_stopped(gru_runs):
     assert len(training["rng_per_rank"]) == 2
 
 
+# --- the reversible seq2seq model (revgru, shared buffer) through `nmt train` ----------------------
+
+def test_reversible_seq2seq_two_processes_equal_one(tmp_path):
+    """RevGRU encoder and decoder with slice storage, drift check on every step on every rank."""
+    base = toy_config(tmp_path, optimizer="sgd", lr=0.2, max_steps=3, valid_every=3,
+                      label_smoothing=0.1, clip_grad_norm=1.0, verify_reversal_every=1,
+                      lr_schedule={"type": "constant", "warmup_steps": 0})
+    model = base["model"]
+    model.update(dropout=0.0, tie_embeddings=False)
+    model["encoder"].update(cell="revgru", dropout=0.0, max_forget_bits=3)
+    model["decoder"].update(cell="revgru", dropout=0.0, max_forget_bits=3)
+    model["attention"].update(context="emb+slice", size=4)
+    runs = {}
+    for name, processes in (("single", 1), ("multi", 2)):
+        values = copy.deepcopy(base)
+        values["run_dir"] = str(tmp_path / name)
+        launch(["-m", "nmt", "train", str(write_config(tmp_path, values, f"{name}.yaml")),
+                "--no-progress"], processes=processes)
+        runs[name] = step_parameters(tmp_path / name, 3)
+    assert any(name.startswith("encoder.rnn.cells.") for name in runs["single"])  # reversible
+    single_losses = [r["loss"] for r in read_metrics(tmp_path / "single", "train")]
+    multi_losses = [r["loss"] for r in read_metrics(tmp_path / "multi", "train")]
+    assert len(single_losses) == 3 and single_losses[0] != single_losses[2]  # it trains
+    assert multi_losses == pytest.approx(single_losses, rel=1e-6)
+    assert largest_difference(runs["single"], runs["multi"]) < TOLERANCE
+
+
 # --- a ReversibleRNN model through the same Trainer path -------------------------------------------
 
 def test_reversible_model_two_processes_equal_one(tmp_path):

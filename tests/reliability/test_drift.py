@@ -106,3 +106,46 @@ def test_check_runs_every_n_steps_and_needs_a_reversible_model(tmp_path):
     from nmt.errors import ConfigError
     with pytest.raises(ConfigError, match="train.verify_reversal_every"):
         make_trainer(tmp_path / "b", Plain(), verify_reversal_every=1)
+
+
+# --- the reversible Seq2Seq of the config (revgru encoder and decoder, one shared buffer) ------------
+
+def reversible_seq2seq():
+    from nmt.config import config_from_dict
+    from nmt.models.build import build_model
+    from training.toy import toy_config
+
+    values = toy_config("/nonexistent")  # only the model section is used
+    values["model"].update(embedding_dim=16, tie_embeddings=False)
+    values["model"]["encoder"].update(cell="revgru", hidden=16, layers=2, dropout=0.0)
+    values["model"]["decoder"].update(cell="revgru", hidden=16, layers=1, dropout=0.0)
+    values["model"]["attention"].update(context="emb+slice", size=4)
+    torch.manual_seed(0)
+    return build_model(config_from_dict(values).model, 24, 24)
+
+
+def seq2seq_batch():
+    corpus = toy_corpus(pairs=6, seed=4)
+    return collate(corpus.src, corpus.tgt, corpus.indices)
+
+
+def test_seq2seq_check_passes_and_catches_a_bit_in_either_part(tmp_path, monkeypatch):
+    from nmt.reversal_drift import reversal_check_for, verify_seq2seq
+
+    model, batch = reversible_seq2seq(), seq2seq_batch()
+    with torch.no_grad():
+        assert reversal_check_for(model)(batch) is None
+
+        def flip_head(buffer):
+            buffer.head[2, 1] ^= 1
+
+        found = verify_seq2seq(model, batch, corrupt=flip_head)  # the decoder is reversed first
+        assert found is not None and found.startswith("decoder layer 0 at time step ")
+
+        def flip_first_word(buffer):  # pushed by the encoder: only its reversal pops it
+            first = next(chunk for chunk in buffer._chunks if chunk.numel())
+            first[0] ^= 1 << 5
+
+        found = verify_seq2seq(model, batch, corrupt=flip_first_word)
+        assert found is not None and found.startswith("encoder layer ")
+        assert "largest difference" in found
