@@ -219,6 +219,19 @@ def _ratio_pair(memory: dict, side: str) -> str:
     return f"{_number(counted, 1)} / {_number(optimal, 1)}"
 
 
+def _bench_ratios(bench: Optional[dict]) -> str:
+    """`nmt bench memory --json` on the run's checkpoint: counted encoder / decoder ratios and
+    (in parentheses) the measured ratio of recurrent bytes kept for backward, plain / reversible."""
+    reversible = (bench or {}).get("reversible")
+    if not isinstance(reversible, dict):
+        return "–"
+    text = (f"{_number(reversible.get('encoder_ratio'), 1)} / "
+            f"{_number(reversible.get('decoder_ratio'), 1)}")
+    if bench.get("measured_recurrent_ratio") is not None:
+        text += f" ({_number(bench['measured_recurrent_ratio'], 1)}×)"
+    return text
+
+
 def _attention(model: dict) -> str:
     context, size = model.get("context") or "hidden", model.get("size")
     text = {"hidden": "hidden", "emb": "Emb", "slice": f"{size}H", "proj": f"proj{size}",
@@ -264,7 +277,8 @@ def _row_order(result: dict):
 
 
 COLUMNS = ("model", "cells", "attention", "k", "BLEU", "Δ base", "BLEU lc", "chrF",
-           "enc ratio (counted / optimal)", "dec ratio (counted / optimal)", "train tok/s",
+           "enc ratio (counted / optimal)", "dec ratio (counted / optimal)",
+           "bench enc / dec (measured)", "train tok/s",
            "train min", "epochs", "budget", "machine", "commit")
 
 
@@ -279,7 +293,9 @@ def render_results_table(results: List[dict], *, title: str = "Multi30K results"
              "*Δ base*: BLEU minus the plain model of the same cell, language pair and budget (attending "
              "to the same context when there is one, else to every hidden state). "
              "Memory ratios: normal / used bits of the hidden states as counted during training "
-             "(*optimal*: normal / information-theoretic minimum), mean of the logged steps. "
+             "(*optimal*: normal / information-theoretic minimum), mean of the logged steps; *bench*: "
+             "`nmt bench memory` on the run's checkpoint (counted ratios, and in parentheses the "
+             "measured bytes the recurrent layers keep for backward, plain / reversible). "
              "k: max forgetting in bits per unit per step. *train tok/s*: target tokens per second "
              "of training steps.", ""]
     if not results:
@@ -320,6 +336,7 @@ def _row_cells(result: dict, results: List[dict]) -> List[str]:
     return [str(result["name"]), cells, _attention(model), _forget_bits(model),
             _number(cased.get("bleu"), 2), delta, _number(test["lowercased"].get("bleu"), 2),
             _number(cased.get("chrf"), 2), _ratio_pair(result["memory"], "encoder"),
-            _ratio_pair(result["memory"], "decoder"), _number(training.get("tokens_per_sec"), 0),
+            _ratio_pair(result["memory"], "decoder"), _bench_ratios(result.get("bench_memory")),
+            _number(training.get("tokens_per_sec"), 0),
             _number(training.get("wall_minutes"), 1), str(training.get("epochs")), budget, where,
             f"`{result['commit']}`" if result["commit"] else "–"]

@@ -30,8 +30,10 @@ def write_toy_multi30k(directory) -> Path:
     return directory
 
 
-def write_recipe_config(tmp_path, *, name: str = "toy-recipe", **train_overrides) -> Path:
-    """A config like configs/multi30k/*.yaml (data.dir from $MULTI30K_DIR) for the toy model.
+def write_recipe_config(tmp_path, *, name: str = "toy-recipe", cell: str = "gru",
+                        **train_overrides) -> Path:
+    """A config like configs/multi30k/*.yaml (data.dir from $MULTI30K_DIR) for the toy model;
+    `cell` revgru/revlstm makes it reversible, attending to Emb+4H.
 
     Its own budget is large (50 epochs, 60 minutes), so a run that stops early shows that the
     recipe's budget option was applied."""
@@ -42,6 +44,9 @@ def write_recipe_config(tmp_path, *, name: str = "toy-recipe", **train_overrides
     values["data"]["dir"] = "${MULTI30K_DIR:-data/multi30k}"
     values["data"]["test"] = "test_2016_flickr"
     values["data"]["batch_tokens"] = 48  # more, smaller updates: it learns something in 2 epochs
+    values["model"]["encoder"]["cell"] = values["model"]["decoder"]["cell"] = cell
+    if cell.startswith("rev"):
+        values["model"]["attention"] = {"context": "emb+slice", "size": 4, "precision": 32}
     path = Path(tmp_path) / f"{name}.yaml"
     path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
     return path

@@ -54,7 +54,10 @@ def grid_results():
     memory = {"encoder_ratio": 11.94, "encoder_optimal_ratio": 14.46, "decoder_ratio": 17.25,
               "decoder_optimal_ratio": 21.0, "activation_mib": 3.2}
     return [
-        fabricated("revgru-emb20h", "revgru", bleu=29.62, context="emb+slice", size=20, memory=memory),
+        dict(fabricated("revgru-emb20h", "revgru", bleu=29.62, context="emb+slice", size=20,
+                        memory=memory),
+             bench_memory={"reversible": {"encoder_ratio": 12.04, "decoder_ratio": 17.31},
+                           "plain": {}, "measured_recurrent_ratio": 16.64}),
         fabricated("gru", "gru", bleu=30.0),
         fabricated("gru-emb20h", "gru", bleu=29.9, context="emb+slice", size=20),
         fabricated("revlstm-emb20h", "revlstm", bleu=28.1, context="emb+slice", size=20,
@@ -75,6 +78,8 @@ def test_table_has_one_row_per_run_with_its_figures():
     assert rev["BLEU"] == "29.62" and rev["BLEU lc"] == "31.12" and rev["chrF"] == "54.62"
     assert rev["enc ratio (counted / optimal)"] == "11.9 / 14.5"
     assert rev["dec ratio (counted / optimal)"] == "17.2 / 21.0"
+    assert rev["bench enc / dec (measured)"] == "12.0 / 17.3 (16.6×)"
+    assert rows["revlstm-emb20h"]["bench enc / dec (measured)"] == "–"
     assert rev["train tok/s"] == "1,500" and rev["train min"] == "61.2" and rev["epochs"] == "10"
     assert rev["budget"] == "epochs 10" and rev["machine"] == "x86_64, 2 cores"
     assert rev["commit"] == "`0123456789ab`"

@@ -121,21 +121,35 @@ def test_run_sh_without_the_test_reference_stops_before_training(tmp_path):
 
 
 def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
+    """A reversible model: memory ratios logged in training and the memory bench reach the table."""
     data_dir = write_toy_multi30k(tmp_path / "multi30k")
-    config = write_recipe_config(tmp_path, name="toy-grid", max_epochs=1)
+    config = write_recipe_config(tmp_path, name="toy-grid", cell="revgru", max_epochs=1)
     results_md = tmp_path / "RESULTS.md"
     # run from tmp_path: the default grid configs' run_dirs (runs/...) have no results there
     done = bash(GRID_SH, "--minutes", "5", "--results", results_md, config, data_dir=data_dir,
                 cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "runs" / "toy-grid" / "results.json").read_text())
+    run_dir = tmp_path / "runs" / "toy-grid"
+    results = json.loads((run_dir / "results.json").read_text())
     assert results["budget"] == "--minutes 5"
-    used = yaml.safe_load((tmp_path / "runs" / "toy-grid" / "config.yaml").read_text())["train"]
+    used = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
     assert used["max_minutes"] == 5 and used["max_epochs"] == 1  # the config's epochs still apply
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["memory/encoder_ratio"] for r in records if r["event"] == "train"]
+    assert len(logged) >= 2 and results["memory"]["encoder_ratio"] == pytest.approx(sum(logged) / len(logged))
+    bench = results["bench_memory"]
+    assert bench["checkpoint"] == str(run_dir / "best.pt") and bench["reversible"]["encoder_ratio"] > 1
+    assert f"encoder_ratio {results['memory']['encoder_ratio']:.2f}" in done.stdout
+
     table = results_md.read_text()
     rows = [line for line in table.splitlines() if line.startswith("| toy-grid |")]
     assert len(rows) == 1 and f"| {results['test']['cased']['bleu']:.2f} |" in rows[0]
-    assert "| minutes 5 |" in rows[0]
+    memory = results["memory"]
+    assert (f"| {memory['encoder_ratio']:.1f} / {memory['encoder_optimal_ratio']:.1f} "
+            f"| {memory['decoder_ratio']:.1f} / {memory['decoder_optimal_ratio']:.1f} "
+            f"| {bench['reversible']['encoder_ratio']:.1f} / {bench['reversible']['decoder_ratio']:.1f} ") in rows[0]
+    assert "| revgru/revgru | Emb+4H | 3 |" in rows[0] and "| minutes 5 |" in rows[0]
     assert (tmp_path / "runs" / "grid-logs" / "toy-grid.log").read_text().count("== results") == 1
 
     again = bash(GRID_SH, "--epochs", "1", "--results", results_md, config, data_dir=data_dir,
