@@ -1,7 +1,8 @@
 """Trains ReversibleToyModel through Trainer; run plainly (one process) or under torchrun.
 
-    python ddp_toy_train.py RUN_DIR MAX_STEPS [--resume]
-Rank 0 writes RUN_DIR/params.pt (the final parameters) and the usual checkpoints."""
+    python ddp_toy_train.py RUN_DIR MAX_STEPS [--resume] [--nan-on-rank R]
+Rank 0 writes RUN_DIR/params.pt (the final parameters) and the usual checkpoints.
+--nan-on-rank R: the second batch's loss is NaN on rank R only (every rank must skip it)."""
 import sys
 from pathlib import Path
 
@@ -19,11 +20,13 @@ from nmt.stats import TrainingStats  # noqa: E402
 from nmt.training import Trainer  # noqa: E402
 
 
-def main(run_dir: str, max_steps: int, resume: bool) -> None:
+def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None) -> None:
     torch.set_num_threads(1)
     placement, device = distributed.initialize(torch.device("cpu"))
     torch.manual_seed(0)
     model = ReversibleToyModel()
+    if nan_rank == placement.rank:
+        poison_second_batch(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
     schedule = LearningRateSchedule(optimizer, lr=0.2, schedule_type="constant")
     corpus = toy_corpus()
@@ -48,5 +51,20 @@ def main(run_dir: str, max_steps: int, resume: bool) -> None:
     distributed.shutdown()
 
 
+def poison_second_batch(model) -> None:
+    real, calls = model.training_loss, []
+
+    def training_loss(batch, **kwargs):
+        calls.append(1)
+        output = real(batch, **kwargs)
+        if len(calls) == 2:
+            output.loss = output.loss * float("nan")
+        return output
+
+    model.training_loss = model.forward = training_loss
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), "--resume" in sys.argv[3:])
+    options = sys.argv[3:]
+    nan_rank = int(options[options.index("--nan-on-rank") + 1]) if "--nan-on-rank" in options else None
+    main(sys.argv[1], int(sys.argv[2]), "--resume" in options, nan_rank)
