@@ -71,6 +71,10 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
     params = list(plan.parameters)
     raw = plan.inputs.inputs if plan.inputs.embedding is None else None
     input_grad = torch.zeros_like(raw) if raw is not None and raw.requires_grad else None
+    embedded_grad = None  # (batch, T, input): gradients of the looked-up embeddings
+    if plan.inputs.embedding is not None and plan.inputs.embedding_trainable:
+        embedded_grad = torch.zeros(*plan.inputs.inputs.shape, rnn.input_size,
+                                    device=plan.inputs.inputs.device)
     param_grads: List[Optional[Tensor]] = [None] * len(params)
     extra_grads: List[Optional[Tensor]] = [None] * len(extras)
     losses: List[Optional[Tensor]] = [None] * plan.steps
@@ -100,12 +104,17 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
             step_grads = _grad(outputs, out_grads, flat_leaves + input_slot + params + list(extras))
         grads = [g if g is not None else torch.zeros_like(leaf)
                  for g, leaf in zip(step_grads[: len(flat_leaves)], flat_leaves)]
-        if input_grad is not None and step_grads[len(flat_leaves)] is not None:
-            input_grad[:, t] = step_grads[len(flat_leaves)]
+        step_input_grad = step_grads[len(flat_leaves)] if input_slot else None
+        if step_input_grad is not None:
+            (input_grad if input_grad is not None else embedded_grad)[:, t] = step_input_grad
         offset = len(flat_leaves) + len(input_slot)
         _accumulate(param_grads, step_grads[offset: offset + len(params)])
         _accumulate(extra_grads, step_grads[offset + len(params):])
         state = previous
+    if embedded_grad is not None:  # one embedding backward for all steps
+        with torch.enable_grad():
+            _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
+                                           [embedded_grad], params))
     return grads, input_grad, param_grads, extra_grads, losses
 
 
@@ -191,9 +200,13 @@ def _grad(outputs, out_grads, wrt):
 
 
 def _accumulate(totals: List[Optional[Tensor]], new: Sequence[Optional[Tensor]]) -> None:
+    """totals[i] += new[i] (in place after the first, which is copied: grads may alias)."""
     for i, g in enumerate(new):
         if g is not None:
-            totals[i] = g if totals[i] is None else totals[i] + g
+            if totals[i] is None:
+                totals[i] = g.clone()
+            else:
+                totals[i].add_(g)
 
 
 def _flatten(layers) -> List[Tensor]:

@@ -69,12 +69,21 @@ class StepInputs:
 
     def __init__(self, inputs: Tensor, embedding: Optional[nn.Module], dropout: Optional[Tensor]):
         self.inputs, self.embedding, self.dropout = inputs, embedding, dropout
+        self.embedding_trainable = embedding is not None and any(
+            p.requires_grad for p in embedding.parameters())
 
     def at(self, t: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """(x_t, leaf): with leaf=True float inputs are cut from their graph as a grad leaf."""
+        """(x_t, leaf): with leaf=True the float inputs, or the looked-up embeddings, are cut from
+        their graph as a grad leaf (backward then runs the embedding once for all steps, instead
+        of a dense embedding-table gradient per step)."""
         source = None
         if self.embedding is not None:
-            x = self.embedding(self.inputs[:, t])
+            if leaf:
+                with torch.no_grad():
+                    x = self.embedding(self.inputs[:, t])
+                x = source = x.requires_grad_(self.embedding_trainable)
+            else:
+                x = self.embedding(self.inputs[:, t])
         else:
             x = self.inputs[:, t]
             if leaf:
