@@ -74,7 +74,9 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> Distributed:
 
 def initialize(device: torch.device, environ: Mapping[str, str] = os.environ
                ) -> Tuple[Distributed, torch.device]:
-    """Joins the process group (NCCL on CUDA, gloo on CPU); returns (placement, this rank's device)."""
+    """Joins the process group (NCCL on CUDA, gloo on CPU).
+
+    Returns (placement, this rank's device: cuda:LOCAL_RANK when training on CUDA)."""
     placement = from_environment(environ)
     if not placement.enabled:
         return placement, device
@@ -168,7 +170,8 @@ def wrap_model(model: torch.nn.Module, placement: Distributed, device: torch.dev
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 class SilentStats:

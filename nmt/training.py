@@ -277,7 +277,8 @@ class Trainer:
         self.stats.validation(state.step, epoch=epoch, scores=scores)
         self._save_step_checkpoint()
         if improved and self.placement.is_main:
-            ckpt.save_checkpoint(ckpt.best_checkpoint_path(self.run_dir), self._payload(resume=False))
+            ckpt.save_checkpoint(ckpt.best_checkpoint_path(self.run_dir),
+                                 self._payload(resume=False))
         self.stats.restart_clock()
         patience = cfg.early_stopping_patience
         if patience is not None and state.validations_without_improvement >= patience:

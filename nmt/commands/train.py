@@ -286,7 +286,8 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
                       static_payload=static_payload, device=device, placement=placement)
     parameters = sum(p.numel() for p in model.parameters())
     processes = f" x {placement.world_size} processes" if placement.enabled else ""
-    stats.message(f"{config.name}: {parameters} parameters on {device}{processes}; {len(train_corpus)} training "
+    stats.message(f"{config.name}: {parameters} parameters on {device}{processes}; "
+                  f"{len(train_corpus)} training "
                   f"pairs ({train_corpus.num_skipped} skipped by data.max_len), "
                   f"{len(sampler.batches_for_epoch(0))} batches per epoch")
     if payload is not None:
