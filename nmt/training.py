@@ -26,7 +26,10 @@ Resume restores model, optimizer, LR schedule, early-stopping counters, sampler 
 python/torch RNG states, so a resumed run computes the same losses as one never stopped.
 `max_minutes` counts training wall time across resumes (from the start of the loop, so tokenizer
 training and data loading are not counted). Ctrl-C writes a checkpoint of the last completed
-update, with the random state from before the interrupted one, so resuming stays exact.
+update, with the random state from before the interrupted one, so resuming stays exact (under
+torchrun it writes nothing: the other ranks may be gone; --resume uses the last checkpoint).
+Distributed checkpoints hold every rank's random state, restored per rank when the number of
+processes is unchanged.
 """
 from __future__ import annotations
 
