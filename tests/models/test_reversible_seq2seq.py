@@ -212,3 +212,45 @@ def _first_state(model, tgt_in, encoder_output):
         _, state = model.decode_step(tgt_in[:, 0], model.init_decoder_state(encoder_output),
                                      encoder_output)
     return state.state[0]
+
+
+def test_hidden_context_stores_every_state_only_without_memory_saving(multi30k):
+    """The paper's 300H row: `memory_saving: false` keeps every encoder state for attention;
+    the decoder stays reversible and still matches plain autograd."""
+    from nmt.config import config_from_dict
+    from nmt.errors import ConfigError
+
+    rejected = {"model": {"encoder": {"cell": "revgru", "hidden": 16},
+                          "decoder": {"cell": "revgru", "hidden": 16},
+                          "attention": {"context": "hidden"}, "embedding_dim": 16}}
+    with pytest.raises(ConfigError, match="model.encoder.memory_saving: false"):
+        config_from_dict(rejected)
+    rejected["model"]["encoder"]["memory_saving"] = False
+    assert config_from_dict(rejected).model.encoder.memory_saving is False
+
+    tokenizer, batch = multi30k
+    torch.manual_seed(0)
+    cfg = tiny_model_config(
+        embedding_dim=16, dropout=0.2,
+        encoder={"cell": "revlstm", "hidden": 16, "dropout": 0.2, "memory_saving": False},
+        decoder={"cell": "revlstm", "hidden": 16, "dropout": 0.2},
+        attention={"context": "hidden"})
+    model = build_model(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    assert model.encoder.context_size == 16
+    reference = _reference_twin(model)
+    outputs = {}
+    for name, net in (("reversible", model), ("reference", reference)):
+        torch.manual_seed(5)
+        outputs[name] = net.training_loss(batch, label_smoothing=0.1)
+        outputs[name].loss.backward()
+    assert torch.equal(outputs["reversible"].loss, outputs["reference"].loss)
+    for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert outputs["reversible"].memory["encoder_ratio"] == 1.0
+    assert outputs["reversible"].memory["decoder_ratio"] > 1.0
+    # attention reads the top states themselves: they differ from the embeddings and are zero
+    # on padding
+    with torch.no_grad():
+        context = model.eval().encode(batch.src, batch.src_lengths).context
+    assert torch.equal(context[~(batch.src != PAD_ID)], torch.zeros_like(context[~(batch.src != PAD_ID)]))
+    assert context.abs().sum() > 0
