@@ -6,7 +6,7 @@ training batches of the config's data (epoch 1, the config's seed and token budg
 and backward per batch, in training mode, for the configured reversible model and for the
 same-size plain model (revgru -> gru, revlstm -> lstm, same attention context), in one run.
 
-Reported, summed over the batches:
+Reported: bits summed over the batches (ratios of the sums), bytes as means per batch.
 - counted (design notes, section 8): per side normal / used / optimal bits and the ratios
   normal/used and normal/optimal. The shared buffer's int32 heads are charged once, to the
   decoder; the exact final states are kept by plain backprop too and are left out of both sides.
@@ -107,10 +107,10 @@ def measure_reversible(model, batches, label_smoothing: float) -> dict:
             "decoder_ratio": sides["decoder"]["ratio_used"],
             "encoder_optimal_ratio": sides["encoder"]["ratio_optimal"],
             "decoder_optimal_ratio": sides["decoder"]["ratio_optimal"],
-            "recurrent_kept_bytes": kept_total,
-            "autograd_saved_peak_bytes": saved_peak,
+            "recurrent_kept_bytes": kept_total / len(batches),
+            "autograd_saved_peak_bytes": saved_peak / len(batches),
             # the stored attention values are saved through autograd too: counted once
-            "step_total_bytes": kept_total + saved_peak - stored_in_autograd}
+            "step_total_bytes": (kept_total + saved_peak - stored_in_autograd) / len(batches)}
 
 
 def measure_plain(model, batches, label_smoothing: float) -> dict:
@@ -134,10 +134,11 @@ def measure_plain(model, batches, label_smoothing: float) -> dict:
         output.loss.backward()
         for side, probe in probes.items():
             recurrent[side] += probe.bytes
-    return {"encoder_rnn_saved_bytes": recurrent["encoder"],
-            "decoder_rnn_saved_bytes": recurrent["decoder"],
-            "recurrent_saved_bytes": recurrent["encoder"] + recurrent["decoder"],
-            "autograd_saved_peak_bytes": saved_peak, "step_total_bytes": saved_peak}
+    count = len(batches)
+    return {"encoder_rnn_saved_bytes": recurrent["encoder"] / count,
+            "decoder_rnn_saved_bytes": recurrent["decoder"] / count,
+            "recurrent_saved_bytes": (recurrent["encoder"] + recurrent["decoder"]) / count,
+            "autograd_saved_peak_bytes": saved_peak / count, "step_total_bytes": saved_peak / count}
 
 
 class _Probe:
@@ -205,7 +206,8 @@ def _batches(config, tokenizer, count: int, device) -> List:
 
 def print_report(report: dict) -> None:
     rev, plain = report["reversible"], report["plain"]
-    print(f"{report['config']}: {report['batches']} training batches on {report['device']}")
+    print(f"{report['config']}: {report['batches']} training batches on {report['device']} "
+          f"(bits summed, bytes per batch)")
     for side in ("encoder", "decoder"):
         counts = rev[side]
         print(f"  {side}: normal {counts['normal_bits'] / 8 / 2**20:.2f} MiB, used "
