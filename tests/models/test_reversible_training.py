@@ -53,13 +53,20 @@ def _config(tmp_path, data_dir, *, cell="revgru", context="emb+slice", precision
     return path
 
 
-def test_tensorboard_holds_the_memory_curves(tmp_path, small_multi30k):
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_multi30k):
+    """A reversible Emb+slice model trained 4 steps by the real Trainer: (config path, run dir)."""
     from nmt.commands.train import train_from_config
     from nmt.config import load_config
 
-    config = load_config(_config(tmp_path, small_multi30k))
-    train_from_config(config, progress=False, echo=False)
-    run_dir = tmp_path / "run"
+    directory = tmp_path_factory.mktemp("revrun")
+    path = _config(directory, small_multi30k)
+    train_from_config(load_config(path), progress=False, echo=False)
+    return path, directory / "run"
+
+
+def test_tensorboard_holds_the_memory_curves(trained_run):
+    _, run_dir = trained_run
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert set(MEMORY_TAGS) <= set(events.Tags()["scalars"])
@@ -75,12 +82,14 @@ def test_tensorboard_holds_the_memory_curves(tmp_path, small_multi30k):
     assert " decoder_ratio=" in (run_dir / "train.log").read_text(encoding="utf-8")
 
 
-def test_bench_memory_counts_and_measures(tmp_path, small_multi30k, capsys):
-    path = _config(tmp_path, small_multi30k)
+def test_bench_memory_counts_and_measures(trained_run, capsys):
+    path, run_dir = trained_run
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "memory", "--config", str(path), "--batches", "2", "--json"])
+        main(["bench", "memory", "--config", str(path), "--checkpoint", str(run_dir / "best.pt"),
+              "--batches", "2", "--json"])
     assert exit_info.value.code == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["checkpoint"].endswith("best.pt")
     rev, plain = report["reversible"], report["plain"]
     # normal bits, independently: 32 x H x real source / target tokens of the two batches
     from nmt.config import load_config
@@ -88,7 +97,7 @@ def test_bench_memory_counts_and_measures(tmp_path, small_multi30k, capsys):
     from nmt.data.tokenizer import Tokenizer
 
     config = load_config(path)
-    batches = _batches(config, Tokenizer.load(tmp_path / "run" / "spm"), 2, "cpu")
+    batches = _batches(config, Tokenizer.load(run_dir / "spm"), 2, "cpu")
     assert rev["encoder"]["normal_bits"] == 32 * 16 * sum(int(b.src_lengths.sum()) for b in batches)
     assert rev["decoder"]["normal_bits"] == 32 * 16 * sum(b.num_tgt_tokens for b in batches)
     assert rev["encoder"]["stored_bits"] == 16 * 4 * sum(int(b.src_lengths.sum()) for b in batches)
