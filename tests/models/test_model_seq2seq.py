@@ -91,7 +91,10 @@ def test_forward_is_training_loss(make_config, make_batch):
         batch, label_smoothing=0.1).loss
 
 
-def test_unavailable_cell_names_the_key(make_config):
+def test_unavailable_cell_names_the_key(make_config, monkeypatch):
+    from nmt.models import build
+
+    monkeypatch.delitem(build.DECODER_BUILDERS, "revlstm")  # as in a build without it
     with pytest.raises(ConfigError, match=r"model\.decoder\.cell: cell 'revlstm' .*gru, lstm"):
         _model(make_config, decoder={"cell": "revlstm"}, attention={"context": "emb"})
 

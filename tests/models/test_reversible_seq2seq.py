@@ -254,3 +254,21 @@ def test_hidden_context_stores_every_state_only_without_memory_saving(multi30k):
         context = model.eval().encode(batch.src, batch.src_lengths).context
     assert torch.equal(context[~(batch.src != PAD_ID)], torch.zeros_like(context[~(batch.src != PAD_ID)]))
     assert context.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_verify_reversal_of_the_whole_model(multi30k, monkeypatch, cell):
+    from nmt.reversible.buffer import InformationBuffer
+
+    tokenizer, batch = multi30k
+    model = _model(tokenizer, cell, "emb+slice", 2)
+    assert model.verify_reversal(batch) is None
+    original = InformationBuffer.unforget
+
+    def corrupted(self, h, n):  # one flipped low bit on the way back
+        out = original(self, h, n)
+        out[0, 0] ^= 1
+        return out
+
+    monkeypatch.setattr(InformationBuffer, "unforget", corrupted)
+    assert model.verify_reversal(batch).startswith("decoder")

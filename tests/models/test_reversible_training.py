@@ -44,7 +44,7 @@ def _config(tmp_path, data_dir, *, cell="revgru", context="emb+slice", precision
         "train": {"seed": 1, "device": "cpu", "optimizer": "adam", "lr": 0.01,
                   "clip_grad_norm": 5.0, "label_smoothing": 0.1, "max_epochs": 5, "max_steps": 4,
                   "valid_every": 4, "log_every": 1, "keep_last": 1,
-                  "early_stopping_patience": None},
+                  "early_stopping_patience": None, "verify_reversal_every": 2},
         "decode": {"beam_size": 2, "length_penalty": 1.0, "max_len_ratio": 1.0,
                    "max_len_offset": 3, "nbest": 1, "batch_size": 12},
     }
