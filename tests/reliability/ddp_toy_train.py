@@ -1,8 +1,9 @@
 """Trains ReversibleToyModel through Trainer; run plainly (one process) or under torchrun.
 
-    python ddp_toy_train.py RUN_DIR MAX_STEPS [--resume] [--nan-on-rank R]
+    python ddp_toy_train.py RUN_DIR MAX_STEPS [--resume] [--nan-on-rank R] [--batch-tokens N]
 Rank 0 writes RUN_DIR/params.pt (the final parameters) and the usual checkpoints.
---nan-on-rank R: the second batch's loss is NaN on rank R only (every rank must skip it)."""
+--nan-on-rank R: the second batch's loss is NaN on rank R only (every rank must skip it).
+--batch-tokens N: the global token budget (default 64; 4 gives batches of one sentence)."""
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from nmt.stats import TrainingStats  # noqa: E402
 from nmt.training import Trainer  # noqa: E402
 
 
-def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None) -> None:
+def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None, batch_tokens=64) -> None:
     torch.set_num_threads(1)
     placement, device = distributed.initialize(torch.device("cpu"))
     torch.manual_seed(0)
@@ -31,7 +32,7 @@ def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None) -> None:
     schedule = LearningRateSchedule(optimizer, lr=0.2, schedule_type="constant")
     corpus = toy_corpus()
     sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
-                                batch_tokens=64, seed=1)
+                                batch_tokens=batch_tokens, seed=1)
     stats = (TrainingStats(run_dir, log_every=1, progress=False, echo=False, tensorboard=False)
              if placement.is_main else distributed.SilentStats())
     trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule,
@@ -67,4 +68,5 @@ def poison_second_batch(model) -> None:
 if __name__ == "__main__":
     options = sys.argv[3:]
     nan_rank = int(options[options.index("--nan-on-rank") + 1]) if "--nan-on-rank" in options else None
-    main(sys.argv[1], int(sys.argv[2]), "--resume" in options, nan_rank)
+    tokens = int(options[options.index("--batch-tokens") + 1]) if "--batch-tokens" in options else 64
+    main(sys.argv[1], int(sys.argv[2]), "--resume" in options, nan_rank, tokens)

@@ -136,6 +136,19 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     assert largest_difference(single, multi) < TOLERANCE
 
 
+def test_batches_of_one_sentence_give_the_other_rank_a_zero_weight_stand_in(tmp_path):
+    """batch_tokens=4: every global batch is one sentence, so rank 1 has nothing of its own; it
+    runs a weight-0 stand-in (no hang, no gradient) and the result equals one process."""
+    script = str(HERE / "ddp_toy_train.py")
+    launch([script, str(tmp_path / "single"), "3", "--batch-tokens", "4"], processes=1)
+    launch([script, str(tmp_path / "multi"), "3", "--batch-tokens", "4"], processes=2)
+    single = torch.load(tmp_path / "single" / "params.pt", weights_only=True)
+    multi = torch.load(tmp_path / "multi" / "params.pt", weights_only=True)
+    assert largest_difference(single, multi) < TOLERANCE
+    tokens = [r["tokens"] for r in read_metrics(tmp_path / "multi", "train")]
+    assert tokens == [r["tokens"] for r in read_metrics(tmp_path / "single", "train")]
+
+
 # --- sharding and the torchrun environment ---------------------------------------------------------
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 8])
