@@ -177,7 +177,10 @@ class ReversibleEncoder(nn.Module):
             top = torch.cat(values[-1][:2], dim=-1)
             tops.append(torch.where(mask[:, t].view(-1, 1), top, torch.zeros((), device=top.device)))
         run = _StatesRun(final=rnn.join(values), kept_bytes={})
-        return run, torch.stack(tops, dim=1)
+        states = torch.stack(tops, dim=1)
+        if self.precision == 16:  # as the plain model's 16-bit context (gradient straight through)
+            states = states + (states.detach().half().float() - states.detach())
+        return run, states
 
 
 @dataclass

@@ -118,3 +118,26 @@ def test_bench_memory_rejects_a_plain_config(tmp_path, small_multi30k, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "revgru or revlstm" in error
+
+
+def test_translate_cli_from_a_reversible_checkpoint(trained_run, small_multi30k, tmp_path):
+    """`nmt translate` decodes a reversible checkpoint: one line out per line in, greedy and beam,
+    and the file output equals the in-process search."""
+    import torch
+
+    from nmt.translation import load_translator
+
+    _, run_dir = trained_run
+    lines = (small_multi30k / "val.en").read_text(encoding="utf-8").splitlines()[:5]
+    source = tmp_path / "in.en"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for beam in ("1", "3"):
+        out = tmp_path / f"out{beam}.de"
+        with pytest.raises(SystemExit) as exit_info:
+            main(["translate", "--checkpoint", str(run_dir / "best.pt"), "--input", str(source),
+                  "--output", str(out), "--beam-size", beam, "--device", "cpu"])
+        assert exit_info.value.code == 0
+        assert len(out.read_text(encoding="utf-8").splitlines()) == len(lines)
+    translator, _ = load_translator(run_dir / "best.pt", device=torch.device("cpu"), beam_size=1)
+    assert translator.translate_texts(lines) == (tmp_path / "out1.de").read_text(
+        encoding="utf-8").splitlines()
