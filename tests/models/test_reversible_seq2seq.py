@@ -272,3 +272,32 @@ def test_verify_reversal_of_the_whole_model(multi30k, monkeypatch, cell):
 
     monkeypatch.setattr(InformationBuffer, "unforget", corrupted)
     assert model.verify_reversal(batch).startswith("decoder")
+
+
+def test_no_logits_tensor_for_the_whole_target_is_held(multi30k):
+    """Per-step readout: what autograd holds after the forward pass does not grow with the target
+    length (the plain decoder's grows by at least the (batch, tgt_len, vocab) log-probs)."""
+    from nmt.bench.common import SavedBytes
+
+    tokenizer, batch = multi30k
+    src = [row[: length - 1].tolist() for row, length in zip(batch.src, batch.src_lengths)]
+    tgt = [row[: length - 1].tolist() for row, length in zip(batch.tgt_out, batch.tgt_lengths)]
+    short = collate(src, tgt, list(range(len(src))))
+    long = collate(src, [t * 3 for t in tgt], list(range(len(src))))
+    extra_logits = (long.num_tgt_tokens - short.num_tgt_tokens) * tokenizer.tgt_vocab_size * 4
+
+    def held(model, batch):
+        with SavedBytes(list(model.parameters())) as saved:
+            output = model.training_loss(batch, label_smoothing=0.1)
+        held_bytes = saved.bytes
+        output.loss.backward()
+        return held_bytes
+
+    reversible = _model(tokenizer, "revgru", "emb+slice", 1, dropout=0.0)
+    growth = held(reversible, long) - held(reversible, short)
+    assert growth < extra_logits / 20
+    plain = build_model(tiny_model_config(
+        embedding_dim=16, encoder={"cell": "gru", "hidden": 16}, decoder={"cell": "gru", "hidden": 16},
+        attention={"context": "emb+slice", "size": 4}),
+        tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    assert held(plain, long) - held(plain, short) > extra_logits  # the reference point
