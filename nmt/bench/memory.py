@@ -215,7 +215,8 @@ def print_report(report: dict) -> None:
               f"heads {counts['buffer_head_bits']}, stored {counts['stored_bits']} bits), "
               f"ratio {counts['ratio_used']:.2f}, optimal ratio {counts['ratio_optimal']:.2f}")
     print(f"  ({report['head_rule']})")
-    print(f"  measured, recurrent parts: plain RNNs save {format_bytes(plain['recurrent_saved_bytes'])}"
+    print(f"  measured, recurrent parts: plain RNNs save "
+          f"{format_bytes(plain['recurrent_saved_bytes'])}"
           f" (encoder {format_bytes(plain['encoder_rnn_saved_bytes'])}, decoder "
           f"{format_bytes(plain['decoder_rnn_saved_bytes'])}); reversible keeps "
           f"{format_bytes(rev['recurrent_kept_bytes'])}: "

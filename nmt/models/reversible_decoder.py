@@ -84,7 +84,7 @@ class StepLoss(nn.Module):
         self.readout = readout
         self.tgt_out, self.src_mask, self.dropout = tgt_out, src_mask, dropout
         self.label_smoothing = label_smoothing
-        self._nll = {}  # step -> summed NLL of its tokens (summed in step order: same in both modes)
+        self._nll = {}  # step -> NLL of its tokens; summed in step order (same in both modes)
 
     def forward(self, h: Tensor, t: int, keys: Tensor, values: Tensor) -> Tensor:
         targets = self.tgt_out[:, t]
@@ -187,15 +187,17 @@ class ReversibleDecoder(nn.Module):
                                                  like=tgt_in, training=self.training))
         buffer = encoder_output.buffer
         mode = self.mode if torch.is_grad_enabled() and buffer.keep_words else MemoryMode.REFERENCE
-        run = self.rnn(tgt_in, tgt_mask, mode=mode, initial_state=self._initial_state(encoder_output),
-                       buffer=buffer, embedding=self.embedding, input_dropout=input_mask,
+        run = self.rnn(tgt_in, tgt_mask, mode=mode,
+                       initial_state=self._initial_state(encoder_output), buffer=buffer,
+                       embedding=self.embedding, input_dropout=input_mask,
                        layer_dropout=layer_masks, readout=step_loss,
                        readout_extras=(encoder_output.keys, encoder_output.context),
                        tag=DECODER_TAG)
         self._record_memory(run, tgt_mask, encoder_output)
         return run.readout, step_loss.nll
 
-    def _record_memory(self, run, tgt_mask: Tensor, encoder_output: ReversibleEncoderOutput) -> None:
+    def _record_memory(self, run, tgt_mask: Tensor,
+                       encoder_output: ReversibleEncoderOutput) -> None:
         decoder = count_memory(self.rnn, tgt_mask, run.buffer, tag=DECODER_TAG, charge_head=True)
         encoder = encoder_output.memory
         kept = encoder_output.kept_bytes or {}

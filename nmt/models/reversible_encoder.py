@@ -96,7 +96,8 @@ class ReversibleEncoder(nn.Module):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         if self.part == "hidden" and memory_saving:
-            raise ValueError("context 'hidden' stores every encoder state: needs memory_saving=False")
+            raise ValueError("context 'hidden' stores every encoder state: "
+                             "needs memory_saving=False")
         self.use_embeddings = context.startswith("emb")
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         storage = (AttentionStorage(self.part, size, precision=precision)
@@ -175,7 +176,8 @@ class ReversibleEncoder(nn.Module):
             state, values, _ = rnn.step(x, state, values, buffer, mask[:, t], tag=ENCODER_TAG,
                                         layer_dropout=layer_masks)
             top = torch.cat(values[-1][:2], dim=-1)
-            tops.append(torch.where(mask[:, t].view(-1, 1), top, torch.zeros((), device=top.device)))
+            zero = torch.zeros((), device=top.device)
+            tops.append(torch.where(mask[:, t].view(-1, 1), top, zero))
         run = _StatesRun(final=rnn.join(values), kept_bytes={})
         states = torch.stack(tops, dim=1)
         if self.precision == 16:  # as the plain model's 16-bit context (gradient straight through)

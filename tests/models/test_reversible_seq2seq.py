@@ -36,7 +36,8 @@ def _lines(directory, name, count):
 def multi30k(multi30k_dir):
     """A 300-piece joint sentencepiece on 2000 training pairs, and a few real validation pairs."""
     en, de = _lines(multi30k_dir, "train.en.gz", 2000), _lines(multi30k_dir, "train.de.gz", 2000)
-    tokenizer = Tokenizer(train_sentencepiece(en + de, TokenizerConfig(vocab_size=300, byte_fallback=False)))
+    settings = TokenizerConfig(vocab_size=300, byte_fallback=False)
+    tokenizer = Tokenizer(train_sentencepiece(en + de, settings))
     val_en, val_de = _lines(multi30k_dir, "val.en.gz", 60), _lines(multi30k_dir, "val.de.gz", 60)
     pairs = sorted(zip(tokenizer.encode_src_lines(val_en), tokenizer.encode_tgt_lines(val_de)),
                    key=lambda pair: len(pair[0]) + len(pair[1]))[::10]  # 6 short to long pairs
@@ -252,7 +253,8 @@ def test_hidden_context_stores_every_state_only_without_memory_saving(multi30k):
     # on padding
     with torch.no_grad():
         context = model.eval().encode(batch.src, batch.src_lengths).context
-    assert torch.equal(context[~(batch.src != PAD_ID)], torch.zeros_like(context[~(batch.src != PAD_ID)]))
+    padding = batch.src == PAD_ID
+    assert padding.any() and torch.equal(context[padding], torch.zeros_like(context[padding]))
     assert context.abs().sum() > 0
 
 
@@ -297,7 +299,8 @@ def test_no_logits_tensor_for_the_whole_target_is_held(multi30k):
     growth = held(reversible, long) - held(reversible, short)
     assert growth < extra_logits / 20
     plain = build_model(tiny_model_config(
-        embedding_dim=16, encoder={"cell": "gru", "hidden": 16}, decoder={"cell": "gru", "hidden": 16},
+        embedding_dim=16, encoder={"cell": "gru", "hidden": 16},
+        decoder={"cell": "gru", "hidden": 16},
         attention={"context": "emb+slice", "size": 4}),
         tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     assert held(plain, long) - held(plain, short) > extra_logits  # the reference point
