@@ -98,7 +98,8 @@ def prepare(path: str, *, rounds: int, device: torch.device, label: str) -> Cont
     tokenizer, _ = prepare_tokenizer(config)
     corpus = load_split(config, "train", tokenizer)
     if len(corpus) == 0:
-        raise UserError(f"{path}: data.train gives no pairs within data.max_len={config.data.max_len}")
+        raise UserError(f"{path}: data.train gives no pairs within "
+                        f"data.max_len={config.data.max_len}")
     sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
                                 batch_tokens=config.data.batch_tokens, seed=config.train.seed)
     chosen = sampler.batches_for_epoch(0)
