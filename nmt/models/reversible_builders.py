@@ -25,7 +25,8 @@ def build_reversible_encoder(model_cfg, *, src_vocab_size: int) -> ReversibleEnc
         layers=enc.layers, max_forget_bits=enc.max_forget_bits, context=attention.context,
         size=attention.size, precision=attention.precision, dropout=enc.dropout,
         memory_saving=getattr(enc, "memory_saving", True),
-        buffer_width=(dec.hidden + 1) // 2 if shares_buffer else None)
+        buffer_width=(dec.hidden + 1) // 2 if shares_buffer else None,
+        charges_head=not shares_buffer)
 
 
 @register_decoder("revgru")

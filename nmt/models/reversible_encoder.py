@@ -87,12 +87,15 @@ class ReversibleEncoder(nn.Module):
         size, precision: stored units per step (slice/proj) and their bits (32 or 16).
         dropout: locked dropout on the embeddings, between layers and on the stored values.
         buffer_width: columns of the shared buffer (>= hidden / 2; the decoder's half may be wider).
+        charges_head: charge the buffer's heads to this encoder (when no reversible decoder
+            continues the buffer; otherwise the decoder pays them).
     """
 
     def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context: str = "emb",
                  size: Optional[int] = None, precision: int = 32, dropout: float = 0.0,
-                 memory_saving: bool = True, buffer_width: Optional[int] = None):
+                 memory_saving: bool = True, buffer_width: Optional[int] = None,
+                 charges_head: bool = False):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         if self.part == "hidden" and memory_saving:
@@ -112,6 +115,8 @@ class ReversibleEncoder(nn.Module):
         stored_size = {"slice": size, "proj": size, "hidden": hidden}.get(self.part, 0)
         self.context_size = stored_size + (embedding_dim if self.use_embeddings else 0)
         self.buffer_width = max(buffer_width or 0, self.rnn.half_size)
+        self.charges_head = charges_head
+        self._memory: dict = {}
 
     @property
     def has_cell(self) -> bool:
@@ -149,13 +154,24 @@ class ReversibleEncoder(nn.Module):
             pieces.append(stored if stored_mask is None else stored * stored_mask.unsqueeze(1))
         context = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
         final_hidden, final_cell = run.final if self.has_cell else (run.final, None)
-        memory = count_memory(self.rnn, mask, buffer, tag=ENCODER_TAG, charge_head=False)
+        memory = count_memory(self.rnn, mask, buffer, tag=ENCODER_TAG,
+                              charge_head=self.charges_head)
         if not self.memory_saving:  # everything stored: nothing saved
             memory = dataclasses.replace(memory, used_bits=memory.normal_bits,
                                          optimal_bits=float(memory.normal_bits))
+        if torch.is_grad_enabled():
+            kept = sum(run.kept_bytes.values()) if run.kept_bytes else 0
+            self._memory = {"encoder_ratio": memory.ratio_used,
+                            "encoder_optimal_ratio": memory.ratio_optimal,
+                            "activation_mib": kept / float(1 << 20)}
         return ReversibleEncoderOutput(
             context=context, mask=mask, lengths=src_lengths, final_hidden=final_hidden,
             final_cell=final_cell, buffer=buffer, memory=memory, kept_bytes=dict(run.kept_bytes))
+
+    def memory_report(self) -> dict:
+        """The encoder's figures for the last training batch (a reversible decoder reports them
+        too, with the shared buffer's total as activation_mib)."""
+        return dict(self._memory)
 
     def _layer_masks(self, batch: int, like: Tensor) -> Optional[Tensor]:
         if self.layers == 1 or not self.training or self.dropout <= 0.0:

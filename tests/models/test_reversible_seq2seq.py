@@ -304,3 +304,34 @@ def test_no_logits_tensor_for_the_whole_target_is_held(multi30k):
         attention={"context": "emb+slice", "size": 4}),
         tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     assert held(plain, long) - held(plain, short) > extra_logits  # the reference point
+
+
+def test_reversible_encoder_before_a_plain_decoder(multi30k):
+    """revgru -> gru: the encoder alone is reversible, pays the buffer's heads and reports its
+    ratio; its reversible backward matches plain autograd."""
+    tokenizer, batch = multi30k
+    torch.manual_seed(0)
+    cfg = tiny_model_config(embedding_dim=16, dropout=0.2,
+                            encoder={"cell": "revgru", "hidden": 16, "dropout": 0.2},
+                            decoder={"cell": "gru", "hidden": 16, "dropout": 0.0},
+                            attention={"context": "emb+proj", "size": 4})
+    model = build_model(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    reference = copy.deepcopy(model)
+    reference.encoder.mode = MemoryMode.REFERENCE
+    outputs = {}
+    for name, net in (("reversible", model), ("reference", reference)):
+        torch.manual_seed(5)
+        outputs[name] = net.training_loss(batch, label_smoothing=0.1)
+        outputs[name].loss.backward()
+    assert torch.equal(outputs["reversible"].loss, outputs["reference"].loss)
+    for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    memory = outputs["reversible"].memory
+    assert memory["encoder_ratio"] > 1 and "decoder_ratio" not in memory
+    model.encoder.charges_head = False
+    torch.manual_seed(5)  # the same dropout masks, so the same words
+    model.encoder(batch.src, batch.src_lengths)
+    without_head = model.encoder.memory_report()["encoder_ratio"]
+    normal = 32 * 16 * int(batch.src_lengths.sum())
+    head = 32 * batch.src.shape[0] * 8  # int32 heads, one per sentence and half-state unit
+    assert 1 / memory["encoder_ratio"] - 1 / without_head == pytest.approx(head / normal)
