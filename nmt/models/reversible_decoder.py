@@ -193,7 +193,8 @@ class ReversibleDecoder(nn.Module):
                        layer_dropout=layer_masks, readout=step_loss,
                        readout_extras=(encoder_output.keys, encoder_output.context),
                        tag=DECODER_TAG)
-        self._record_memory(run, tgt_mask, encoder_output)
+        if torch.is_grad_enabled():  # training batches only (not validation)
+            self._record_memory(run, tgt_mask, encoder_output)
         return run.readout, step_loss.nll
 
     def _record_memory(self, run, tgt_mask: Tensor,
