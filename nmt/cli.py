@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from nmt.errors import UserError
 
@@ -28,21 +28,21 @@ def _first_line(doc: Optional[str]) -> str:
     return (doc or "").strip().splitlines()[0] if doc else ""
 
 
-def build_parser(commands: dict = COMMANDS) -> argparse.ArgumentParser:
+def add_module_commands(subparsers, modules: Dict[str, str], *, run_key: str) -> None:
+    """One subparser per module (name -> module path); its `run` is stored under `run_key`."""
+    for name, module_name in modules.items():
+        module = importlib.import_module(module_name)
+        help_text = _first_line(module.__doc__)
+        command_parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(**{run_key: module.run})
+
+
+def build_parser(commands: Dict[str, str] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt", description="RevNMT: translation with reversible recurrent networks.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in commands.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue  # command not built yet
-        help_text = _first_line(module.__doc__)
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command_parser)
-        command_parser.set_defaults(run=module.run)
+    add_module_commands(sub, commands, run_key="run")
     return parser
 
 
