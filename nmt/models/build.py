@@ -25,7 +25,6 @@ from nmt.models.seq2seq import Seq2Seq
 
 ENCODER_BUILDERS: Dict[str, Callable] = {}
 DECODER_BUILDERS: Dict[str, Callable] = {}
-MODEL_CLASSES: Dict[str, type] = {}  # encoder cell -> Seq2Seq subclass (default: Seq2Seq)
 
 
 def register_encoder(cell: str):
@@ -101,6 +100,6 @@ def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
         model_cfg, src_vocab_size=src_vocab_size)
     decoder = _builder(DECODER_BUILDERS, model_cfg.decoder.cell, "model.decoder.cell")(
         model_cfg, tgt_vocab_size=tgt_vocab_size, encoder=encoder)
-    model = MODEL_CLASSES.get(model_cfg.encoder.cell, Seq2Seq)(encoder, decoder)
+    model = Seq2Seq(encoder, decoder)
     init_parameters(model, model_cfg.init_uniform)
     return model

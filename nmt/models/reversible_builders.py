@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 from nmt.errors import ConfigError
-from nmt.models.build import MODEL_CLASSES, register_decoder, register_encoder
+from nmt.models.build import register_decoder, register_encoder
 from nmt.models.decoders import Bridge
 from nmt.models.reversible_decoder import ReversibleDecoder
 from nmt.models.reversible_encoder import ReversibleEncoder
-from nmt.models.reversible_seq2seq import ReversibleSeq2Seq
 
 REVERSIBLE_CELLS = ("revgru", "revlstm")
-MODEL_CLASSES.update({cell: ReversibleSeq2Seq for cell in REVERSIBLE_CELLS})
 
 
 @register_encoder("revgru")
