@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nmt.models.decoders import DecoderState, RNNDecoder
 from nmt.models.embeddings import PAD_ID
-from nmt.models.encoders import EncoderOutput, RNNEncoder, length_mask
+from nmt.models.encoders import EncoderOutput, RNNEncoder
 from nmt.models.loss import label_smoothed_nll_from_logits
 from nmt.models.seq2seq import LossOutput, Seq2Seq
 
@@ -68,22 +68,9 @@ class CheckpointedSeq2Seq(Seq2Seq):
 
     def _encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         """RNNEncoder.forward with the recurrence run in checkpointed segments."""
-        encoder = self.encoder
-        if bool((src_lengths < 1).any()):
-            raise ValueError("every source sentence needs at least one token (e.g. EOS)")
-        embedded = encoder.embeddings(src)
-        outputs, final = run_in_segments(
-            encoder.rnn, embedded, src_lengths,
-            segment=segment_length(src.size(1), self.segment_steps))
-        outputs = encoder.output_dropout(outputs)
-        hidden, cell = final if encoder.cell == "lstm" else (final, None)
-        return EncoderOutput(
-            context=encoder.context(embedded, outputs),
-            mask=length_mask(src_lengths, src.size(1)),
-            lengths=src_lengths,
-            final_hidden=encoder._layer_states(hidden),
-            final_cell=None if cell is None else encoder._layer_states(cell),
-            outputs=outputs)
+        segment = segment_length(src.size(1), self.segment_steps)
+        return self.encoder(src, src_lengths, recurrence=lambda rnn, embedded, lengths:
+                            run_in_segments(rnn, embedded, lengths, segment=segment))
 
     # -- decoder ----------------------------------------------------------------------------------
 

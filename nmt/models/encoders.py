@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -90,16 +90,17 @@ class RNNEncoder(nn.Module):
         state = state.view(self.layers, self.directions, batch, hidden)
         return state.permute(0, 2, 1, 3).reshape(self.layers, batch, self.directions * hidden)
 
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
-        """src (batch, src_len) long, src_lengths (batch,) long, each >= 1 -> EncoderOutput."""
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, *,
+                recurrence: Optional[Callable] = None) -> EncoderOutput:
+        """src (batch, src_len) long, src_lengths (batch,) long, each >= 1 -> EncoderOutput.
+
+        recurrence: (rnn, embedded, src_lengths) -> (outputs, final) replacing the packed run,
+            e.g. the checkpointed segments of nmt.models.checkpointed.
+        """
         if bool((src_lengths < 1).any()):
             raise ValueError("every source sentence needs at least one token (e.g. EOS)")
         embedded = self.embeddings(src)
-        packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        packed_outputs, final = self.rnn(packed)
-        outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True,
-                                         total_length=src.size(1))
+        outputs, final = (recurrence or self._packed_recurrence)(self.rnn, embedded, src_lengths)
         outputs = self.output_dropout(outputs)
         hidden, cell = final if self.cell == "lstm" else (final, None)
         return EncoderOutput(
@@ -109,3 +110,13 @@ class RNNEncoder(nn.Module):
             final_hidden=self._layer_states(hidden),
             final_cell=None if cell is None else self._layer_states(cell),
             outputs=outputs)
+
+    @staticmethod
+    def _packed_recurrence(rnn: nn.Module, embedded: torch.Tensor, src_lengths: torch.Tensor):
+        """Runs `rnn` on packed sequences, so padding never changes a sentence's states."""
+        packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        packed_outputs, final = rnn(packed)
+        outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True,
+                                         total_length=embedded.size(1))
+        return outputs, final
