@@ -187,6 +187,8 @@ class ReversibleDecoder(nn.Module):
                                                  like=tgt_in, training=self.training))
         buffer = encoder_output.buffer
         mode = self.mode if torch.is_grad_enabled() and buffer.keep_words else MemoryMode.REFERENCE
+        if mode is MemoryMode.REFERENCE and buffer.keep_words:
+            buffer = buffer.clone()  # plain autograd leaves its words: keep the encoder's stack
         run = self.rnn(tgt_in, tgt_mask, mode=mode,
                        initial_state=self._initial_state(encoder_output), buffer=buffer,
                        embedding=self.embedding, input_dropout=input_mask,

@@ -338,3 +338,24 @@ def test_reversible_encoder_before_a_plain_decoder(multi30k):
     normal = 32 * 16 * int(batch.src_lengths.sum())
     head = 32 * batch.src.shape[0] * 8  # int32 heads, one per sentence and half-state unit
     assert 1 / memory["encoder_ratio"] - 1 / without_head == pytest.approx(head / normal)
+
+
+def test_reversible_encoder_under_a_reference_decoder(multi30k):
+    """Mixed modes: a plain-autograd decoder leaves the shared buffer as the encoder left it,
+    so the encoder's reversal is still exact."""
+    tokenizer, batch = multi30k
+    model = _model(tokenizer, "revlstm", "emb+proj", 2)
+    model.decoder.mode = MemoryMode.REFERENCE
+    reference = _reference_twin(model)
+    losses, buffers = [], []
+    for net in (model, reference):
+        torch.manual_seed(2)
+        encoder_output = net.encode(batch.src, batch.src_lengths)
+        loss, _ = net.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output)
+        loss.backward()
+        losses.append(loss)
+        buffers.append(encoder_output.buffer)
+    assert torch.equal(*losses)
+    assert buffers[0].is_initial()  # the reversible encoder undid exactly its own steps
+    for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
