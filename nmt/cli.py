@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Dict, Optional, Sequence
 
@@ -46,7 +47,29 @@ def build_parser(commands: Dict[str, str] = COMMANDS) -> argparse.ArgumentParser
     return parser
 
 
+class _LevelFormatter(logging.Formatter):
+    """`warning: message` for warnings and errors, the bare message for information."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def configure_logging() -> None:
+    """Messages of the nmt.* loggers (e.g. repaired input lines) go to stderr, once."""
+    logger = logging.getLogger("nmt")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

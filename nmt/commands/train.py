@@ -18,12 +18,10 @@ writes checkpoints, logs and TensorBoard. `--resume` works the same way.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import random
-import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import List
 
 import torch
 
@@ -62,7 +60,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    configure_logging()
     config = apply_budget_overrides(load_config(args.config), max_epochs=args.max_epochs,
                                     max_minutes=args.max_minutes)
     placement, device = distributed.initialize(resolve_device(config.train.device))
@@ -97,16 +94,6 @@ def apply_budget_overrides(config: Config, *, max_epochs=None, max_minutes=None)
         key = str(error).split(":", 1)[0].replace("train.max_", "--max-")
         raise UserError(f"{key}: {str(error).split(':', 1)[1].strip()}") from None
     return config
-
-
-def configure_logging() -> None:
-    """Warnings of nmt.* loggers (e.g. repaired input lines) as `warning: ...` lines on stderr."""
-    logger = logging.getLogger("nmt")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 def seed_everything(seed: int) -> None:
