@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from nmt.models.attention import LuongAttention
 from nmt.models.embeddings import PAD_ID
-from nmt.models.loss import label_smoothed_nll
+from nmt.models.loss import label_smoothed_nll_from_logits
 from nmt.models.reversible_encoder import ReversibleEncoderOutput, locked_mask
 from nmt.reversible import InformationBuffer, MemoryMode, ReversibleRNN, count_memory
 
@@ -90,9 +90,9 @@ class StepLoss(nn.Module):
         targets = self.tgt_out[:, t]
         real = targets != PAD_ID
         attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, self.dropout)
-        logits = self.readout.output(attentional[real])
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        loss, nll = label_smoothed_nll(log_probs, targets[real], smoothing=self.label_smoothing)
+        logits = self.readout.output(attentional[real])  # (real rows, vocab): this step only
+        loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
+                                                   smoothing=self.label_smoothing)
         self._nll[t] = nll.detach()
         return loss
 
