@@ -57,15 +57,28 @@ class _LevelFormatter(logging.Formatter):
         return message
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (tests and pipes swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns one; the property ignores it
+        pass
+
+
+_LOG_HANDLER = _StderrHandler()
+_LOG_HANDLER.setFormatter(_LevelFormatter())
+
+
 def configure_logging() -> None:
-    """Messages of the nmt.* loggers (e.g. repaired input lines) go to stderr, once."""
+    """Messages of the nmt.* loggers (e.g. repaired input lines) go to stderr."""
     logger = logging.getLogger("nmt")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_LevelFormatter())
-        logger.addHandler(handler)
+    if _LOG_HANDLER not in logger.handlers:
+        logger.addHandler(_LOG_HANDLER)
         logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
