@@ -67,6 +67,7 @@ def run(args) -> int:
         train_from_config(config, resume=args.resume, echo=placement.is_main,
                           progress=False if args.no_progress or not placement.is_main else None,
                           placement=placement, device=device)
+        distributed.barrier(placement)  # no rank tears gloo down while another still uses it
     finally:
         distributed.shutdown()
     return 0
