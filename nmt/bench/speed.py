@@ -88,20 +88,14 @@ def prepare(path: str, *, rounds: int, device: torch.device, label: str) -> Cont
     from nmt.commands.prepare import prepare_tokenizer
     from nmt.commands.train import seed_everything
     from nmt.config import check_data_files, load_config
-    from nmt.data.batching import TokenBatchSampler, collate
-    from nmt.data.corpus import load_split
+    from nmt.data.batching import collate, training_sampler
     from nmt.models.build import build_model
     from nmt.optim import build_optimizer
 
     config = load_config(path)
     check_data_files(config, ["train"])
     tokenizer, _ = prepare_tokenizer(config)
-    corpus = load_split(config, "train", tokenizer)
-    if len(corpus) == 0:
-        raise UserError(f"{path}: data.train gives no pairs within "
-                        f"data.max_len={config.data.max_len}")
-    sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
-                                batch_tokens=config.data.batch_tokens, seed=config.train.seed)
+    corpus, sampler = training_sampler(config, tokenizer)
     chosen = sampler.batches_for_epoch(0)
     chosen = [chosen[i % len(chosen)] for i in range(rounds)]  # tiny data: wrap around
     batches = [collate([corpus.src[i] for i in ids], [corpus.tgt[i] for i in ids],

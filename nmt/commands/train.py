@@ -29,8 +29,8 @@ from nmt import checkpoint as ckpt
 from nmt import distributed
 from nmt.commands.helptext import describe
 from nmt.config import Config, check_data_files, load_config, validate
-from nmt.data.batching import TokenBatchSampler, collate
-from nmt.data.corpus import encode_parallel, load_split, read_parallel
+from nmt.data.batching import collate, training_sampler
+from nmt.data.corpus import encode_parallel, read_parallel
 from nmt.device import resolve_device
 from nmt.distributed import SINGLE_PROCESS, Distributed, Shard, SilentStats, shard_of
 from nmt.errors import ConfigError, UserError
@@ -249,12 +249,7 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
     device = device or resolve_device(config.train.device)
     seed_everything(config.train.seed)
 
-    train_corpus = load_split(config, "train", tokenizer)
-    if len(train_corpus) == 0:
-        raise UserError(f"data.train: no training pair has at most data.max_len="
-                        f"{config.data.max_len} tokens on both sides")
-    sampler = TokenBatchSampler([len(s) for s in train_corpus.src], [len(t) for t in train_corpus.tgt],
-                                batch_tokens=config.data.batch_tokens, seed=config.train.seed)
+    train_corpus, sampler = training_sampler(config, tokenizer)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size).to(device)
     if placement.rank > 0:  # rank 0's parameters are broadcast; dropout differs between ranks
         seed_everything(config.train.seed + placement.rank)

@@ -17,7 +17,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
+from nmt.data.corpus import EncodedCorpus, load_split
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.errors import UserError
 
 T = TypeVar("T")
 
@@ -253,3 +255,14 @@ def truncate(ids: Sequence[Sequence[int]], max_len: int) -> Tuple[List[List[int]
     """Cut each id list to `max_len` tokens; returns the lists and how many were cut (to warn)."""
     cut = sum(1 for seq in ids if len(seq) > max_len)
     return [list(seq[:max_len]) for seq in ids], cut
+
+
+def training_sampler(config, tokenizer) -> Tuple[EncodedCorpus, "TokenBatchSampler"]:
+    """The training split (encoded, length-filtered) and its seeded token-budget sampler."""
+    corpus = load_split(config, "train", tokenizer)
+    if len(corpus) == 0:
+        raise UserError(f"data.train: no training pair has at most data.max_len="
+                        f"{config.data.max_len} tokens on both sides")
+    sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
+                                batch_tokens=config.data.batch_tokens, seed=config.train.seed)
+    return corpus, sampler
