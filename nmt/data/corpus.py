@@ -63,10 +63,15 @@ class LineCleaner:
         return found
 
     def warn(self, name: str) -> None:
-        """Log one warning naming the input if anything was repaired."""
-        repairs = self.repairs()
-        if repairs:
-            logger.warning("%s: repaired %s", name, "; ".join(repairs))
+        """Log one warning naming the input if anything was repaired (once per process: a
+        file read twice, e.g. for the tokenizer and for training, is reported once)."""
+        message = f"{name}: repaired {'; '.join(self.repairs())}"
+        if self.repairs() and message not in _WARNED:
+            _WARNED.add(message)
+            logger.warning("%s", message)
+
+
+_WARNED: set = set()  # repair warnings already logged by this process
 
 
 def open_binary(path: Path) -> BinaryIO:
