@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
 
@@ -44,20 +43,6 @@ def score_corpus(hypotheses: Sequence[str], references: Sequence[str], *,
                   bleu_signature=str(bleu_metric.get_signature()),
                   chrf_signature=str(chrf_metric.get_signature()),
                   num_sentences=len(hypotheses))
-
-
-def read_lines(path) -> List[str]:
-    """Lines of a UTF-8 text file (plain or .gz) without their newlines; UserError if missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        import gzip
-        opener = lambda: gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="\n")
-    else:
-        opener = lambda: open(path, "r", encoding="utf-8", errors="replace", newline="\n")
-    with opener() as stream:
-        return [line.rstrip("\n").rstrip("\r") for line in stream]
 
 
 # --- scoring a model on a split ------------------------------------------------------------------

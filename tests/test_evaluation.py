@@ -9,7 +9,8 @@ import pytest
 import sacrebleu
 
 from nmt.errors import UserError
-from nmt.evaluation import read_lines, score_corpus
+from nmt.data.corpus import read_lines
+from nmt.evaluation import score_corpus
 from training.toy import train_toy_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from nmt.commands.helptext import describe
 from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
 from nmt.device import resolve_device
 from nmt.errors import UserError
-from nmt.evaluation import read_lines, score_corpus
+from nmt.data.corpus import read_lines
+from nmt.evaluation import score_corpus
 
 
 def add_arguments(parser) -> None:
