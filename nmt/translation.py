@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import select
 import sys
+import dataclasses
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import torch
 
 from nmt import checkpoint as ckpt
+from nmt.config import DecodeConfig
 from nmt.data.batching import make_eval_batches, restore_order
 from nmt.data.corpus import LineCleaner
 
@@ -27,24 +29,14 @@ Hypothesis = Tuple[List[int], float]  # target ids (no BOS/EOS), score
 
 
 @dataclass
-class DecodeOptions:
-    """How to search; defaults come from the checkpoint's `decode` section."""
+class DecodeOptions(DecodeConfig):
+    """How to search: the config's `decode` section plus the source length limit."""
 
-    beam_size: int = 5
-    nbest: int = 1
-    length_penalty: float = 1.0
-    max_len_ratio: float = 1.5
-    max_len_offset: int = 10
-    batch_size: int = 64
     max_src_len: int = 100  # source subword tokens kept per line (EOS not counted)
 
     @classmethod
     def from_config(cls, cfg, **overrides) -> "DecodeOptions":
-        options = cls(beam_size=cfg.decode.beam_size, nbest=cfg.decode.nbest,
-                      length_penalty=cfg.decode.length_penalty,
-                      max_len_ratio=cfg.decode.max_len_ratio,
-                      max_len_offset=cfg.decode.max_len_offset,
-                      batch_size=cfg.decode.batch_size, max_src_len=cfg.data.max_len)
+        options = cls(**dataclasses.asdict(cfg.decode), max_src_len=cfg.data.max_len)
         for key, value in overrides.items():
             if value is not None:
                 setattr(options, key, value)
