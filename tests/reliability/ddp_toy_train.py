@@ -49,6 +49,7 @@ def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None, batch_tokens
     trainer.train()
     if placement.is_main:
         torch.save(model.state_dict(), Path(run_dir) / "params.pt")
+    distributed.barrier(placement)  # as `nmt train` does: no rank tears gloo down before the others
     distributed.shutdown()
 
 
