@@ -18,7 +18,7 @@ from typing import Callable, List
 import torch
 
 from nmt.bench.common import (bench_device, cuda_peak, format_bytes, median, paired_ratio,
-                              positive, time_alternating)
+                              positive, synchronize, time_alternating)
 from nmt.commands.helptext import describe
 from nmt.errors import UserError
 
@@ -33,6 +33,11 @@ def add_arguments(parser) -> None:
                         help="cpu, cuda, cuda:N or auto (default auto: CUDA when present)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, profile N more steps of each config with "
+                             "torch.profiler and print the top operations by self time")
+    parser.add_argument("--profile-rows", type=int, default=15, metavar="R",
+                        help="operations listed per profiled config (default 15)")
 
 
 @dataclass
@@ -76,11 +81,41 @@ def run(args) -> int:
     if args.vs:
         report["ratio"] = paired_ratio(seconds["A"], seconds["B"])
         report["ratio_of_medians"] = (report["A"]["median_step_s"] / report["B"]["median_step_s"])
+    if args.profile:
+        report["profile"] = {c.label: profile_steps(c, steps=positive(args.profile, "--profile"),
+                                                    first=args.warmup, device=device,
+                                                    rows=positive(args.profile_rows, "--profile-rows"))
+                             for c in contenders}
     if args.json:
         print(json.dumps(report))
     else:
         print_report(report)
     return 0
+
+
+def profile_steps(contender: Contender, *, steps: int, first: int, device: torch.device,
+                  rows: int) -> dict:
+    """Where a step's time goes: torch.profiler over `steps` training steps, operations ranked by
+    self time (on the device when it is CUDA). Returns the table and its top rows as data."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for index in range(steps):
+            contender.step(first + index % max(1, len(contender.tokens) - first))
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = profiler.key_averages()
+    total = sum(getattr(event, key) for event in averages) or 1.0
+    top = sorted(averages, key=lambda event: getattr(event, key), reverse=True)[:rows]
+    return {
+        "steps": steps, "sorted_by": key,
+        "total_ms_per_step": total / 1e3 / steps,
+        "table": averages.table(sort_by=key, row_limit=rows),
+        "top": [{"op": event.key, "calls_per_step": event.count / steps,
+                 "self_ms_per_step": getattr(event, key) / 1e3 / steps,
+                 "share": getattr(event, key) / total} for event in top],
+    }
 
 
 def prepare(path: str, *, rounds: int, device: torch.device, label: str) -> Contender:
@@ -148,6 +183,12 @@ def print_report(report: dict) -> None:
         print(f"{label} {figures['config']}: median step {figures['median_step_s'] * 1e3:.1f} ms, "
               f"{figures['tgt_tokens_per_s']:.0f} target tokens/s "
               f"({figures['tgt_tokens_per_step']:.0f} per step){peak}")
+    for label, figures in report.get("profile", {}).items():
+        print(f"\nprofile of {label} ({figures['steps']} steps, "
+              f"{figures['total_ms_per_step']:.1f} ms of operator self time per step):")
+        for row in figures["top"]:
+            print(f"  {row['share'] * 100:5.1f}%  {row['self_ms_per_step']:8.2f} ms/step "
+                  f"{row['calls_per_step']:8.0f} calls/step  {row['op']}")
     if "ratio" in report:
         print(f"step time ratio A/B: {report['ratio']:.3f} (median of per-round ratios; "
               f"ratio of medians {report['ratio_of_medians']:.3f})")

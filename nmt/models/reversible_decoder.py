@@ -3,10 +3,11 @@
 Per step t (design notes, section 7): h_t = RevCell(emb(y_{t-1}), h_{t-1});
 c_t = attention(h_t, encoder context); a_t = tanh(W_c [c_t; h_t]); log p = log_softmax(W_o a_t).
 
-Training runs the recurrence through `ReversibleRNN` with a per-step readout (`StepLoss`): in
-reversible mode the forward pass only runs the recurrence; while step t is reversed, the readout
-computes attention, logits and the label-smoothed loss of step t once, and its gradient joins the
-gradient of h_t. No (batch, tgt_len, vocab) tensor ever exists. Gradients reaching the attention
+Training runs the recurrence through `ReversibleRNN` with a readout (`StepLoss`) over chunks of
+steps: in reversible mode the forward pass runs the recurrence and each chunk's loss without a
+graph; while a chunk is reversed, the readout computes attention, logits and the label-smoothed
+loss of its steps again, with gradients, which join the gradients of their h_t. No
+(batch, tgt_len, vocab) tensor exists beyond one chunk's. Gradients reaching the attention
 keys and values flow on, through ordinary autograd, into the encoder's stored values and its
 reversible backward.
 
@@ -65,18 +66,28 @@ class Readout(nn.Module):
 
     def attentional(self, h: Tensor, keys: Tensor, values: Tensor, src_mask: Tensor,
                     dropout: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """-> a_t (batch, H), attention weights (batch, src_len)."""
-        context, weights = self.attention.step(h, keys, values, mask=src_mask)
-        attentional = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
-        return (attentional if dropout is None else attentional * dropout), weights
+        """h (batch, H), or (batch, C, H) for C steps -> a_t of the same shape and the attention
+        weights (batch[, C], src_len). dropout: a (batch, H) mask, the same for every step."""
+        queries = h if h.dim() == 3 else h.unsqueeze(1)
+        context, weights = self.attention(queries, keys, values, mask=src_mask)
+        attentional = torch.tanh(self.combine(torch.cat([context, queries], dim=-1)))
+        if dropout is not None:
+            attentional = attentional * dropout.unsqueeze(1)
+        if h.dim() == 2:
+            return attentional.squeeze(1), weights.squeeze(1)
+        return attentional, weights
 
 
 class StepLoss(nn.Module):
-    """The per-step readout of one batch: label-smoothed loss of step t, summed over its real
+    """The readout of one batch: label-smoothed loss of a chunk of steps, summed over their real
     tokens (padding rows skip the output layer). Also sums the plain NLL on the side.
 
     Built per batch (holds that batch's targets and masks); its parameters are the readout's.
+    Reads whole chunks (`reads_chunks`): attention, combine and output layer of C steps are one
+    batched product each, as in the plain decoder.
     """
+
+    reads_chunks = True
 
     def __init__(self, readout: Readout, tgt_out: Tensor, src_mask: Tensor, *,
                  label_smoothing: float, dropout: Optional[Tensor]):
@@ -84,16 +95,17 @@ class StepLoss(nn.Module):
         self.readout = readout
         self.tgt_out, self.src_mask, self.dropout = tgt_out, src_mask, dropout
         self.label_smoothing = label_smoothing
-        self._nll = {}  # step -> NLL of its tokens; summed in step order (same in both modes)
+        self._nll = {}  # first step of a chunk -> NLL of its tokens; summed in step order
 
-    def forward(self, h: Tensor, t: int, keys: Tensor, values: Tensor) -> Tensor:
-        targets = self.tgt_out[:, t]
+    def forward(self, h: Tensor, start: int, keys: Tensor, values: Tensor) -> Tensor:
+        """h (batch, C, H): the top states of steps start .. start + C - 1 -> summed loss."""
+        targets = self.tgt_out[:, start: start + h.shape[1]]
         real = targets != PAD_ID
         attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, self.dropout)
-        logits = self.readout.output(attentional[real])  # (real rows, vocab): this step only
+        logits = self.readout.output(attentional[real])  # (real tokens, vocab): this chunk only
         loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
                                                    smoothing=self.label_smoothing)
-        self._nll[t] = nll.detach()
+        self._nll[start] = nll.detach()
         return loss
 
     @property

@@ -1,15 +1,15 @@
-"""Reversible backprop: autograd Functions that keep no per-step activations.
+"""Reversible backprop: an autograd Function that keeps no per-step activations.
 
-Forward runs the steps without a graph and keeps the final exact state, the information buffer and
-the attention storage. Backward walks t = T-1 .. 0: reverse step t exactly (no grad) to get the
-previous state, re-run step t with grad from float leaves of that state (its exact result is
-already known, so the buffer is not touched), backpropagate the gradient of the state after step t
-(plus the storage's and the readout's), and drop the graph. The parameters are inputs of the
-Function, so their gradients arrive through autograd's normal accumulation (DDP hooks fire).
-
-With a per-step readout the reversal must happen before the summed readout exists, so
-`_ReversibleReadout` runs the recurrence and the whole reversal inside its forward, keeps the
-gathered gradients, and its backward scales them by the incoming gradient.
+Forward runs the steps without a graph, chunk by chunk (see `Plan.chunks`), and keeps the final
+exact state, the information buffer and the attention storage; with a readout it also evaluates
+the readout of each chunk, without a graph, for the returned total. Backward walks the chunks
+from last to first: it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact
+states, re-runs them with grad from float leaves of the chunk's first state (each step's exact
+result is already known, so the buffer is not touched), evaluates the chunk's readout on the
+re-run states, and backpropagates the whole chunk at once: the gradient of its last state (from
+the chunk after it), of its storage and of its readout. Then the graph is dropped. The
+parameters are inputs of the Function, so their gradients arrive through autograd's normal
+accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from nmt.reversible.fixed_point import from_fixed, to_fixed
+from nmt.reversible.readout import read_chunk
 
 
 def run_reversible(plan, initial, extras: Sequence[Tensor]):
@@ -26,20 +27,18 @@ def run_reversible(plan, initial, extras: Sequence[Tensor]):
     flat_initial = [part for layer in initial for part in layer]
     raw_inputs = [plan.inputs.inputs] if plan.inputs.embedding is None else []
     tensors = flat_initial + raw_inputs + list(plan.parameters) + list(extras)
+    outputs = list(_ReversibleRun.apply(plan, *tensors))
+    total = outputs.pop(0) if plan.readout is not None else None
     parts = plan.rnn.state_parts
-    if plan.readout is None:
-        outputs = _ReversibleSequence.apply(plan, *tensors)
-        total = None
-    else:
-        total, *outputs = _ReversibleReadout.apply(plan, *tensors)
     flat_values = outputs[: len(flat_initial)]
     values = [tuple(flat_values[i: i + parts]) for i in range(0, len(flat_values), parts)]
     stored = outputs[len(flat_initial)] if plan.rnn.storage is not None else None
     return plan.final_state, values, stored, total
 
 
-def _forward_pass(plan, flat_initial: Sequence[Tensor]):
-    """The recurrence without a graph; returns (final exact state, storage or None)."""
+def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor]):
+    """The recurrence without a graph; returns (final exact state, storage or None, readout
+    total or None)."""
     rnn, mask = plan.rnn, plan.mask
     state = _unflatten([to_fixed(part) for part in flat_initial], rnn.state_parts)
     plan.initial_state = state
@@ -47,25 +46,36 @@ def _forward_pass(plan, flat_initial: Sequence[Tensor]):
     if rnn.storage is not None:
         stored = torch.zeros(mask.shape[0], plan.steps, rnn.storage.units,
                              dtype=rnn.storage.dtype, device=mask.device)
+    losses = []
     with torch.no_grad():
-        for t in range(plan.steps):
-            x, _ = plan.inputs.at(t)
-            values = [tuple(from_fixed(part) for part in layer) for layer in state]
-            state, _, stored_t = rnn.step(x, state, values, plan.buffer, mask[:, t], tag=plan.tag,
-                                          layer_dropout=plan.layer_dropout)
-            if stored is not None:
-                stored[:, t] = stored_t.to(stored.dtype)
+        for start, stop in plan.chunks():
+            x, _ = plan.inputs.chunk(start, stop)
+            projected = rnn.cells[0].project_input(x)
+            tops = []
+            for i, t in enumerate(range(start, stop)):
+                values = [tuple(from_fixed(part) for part in layer) for layer in state]
+                state, values, stored_t = rnn.step(None, state, values, plan.buffer, mask[:, t],
+                                                   tag=plan.tag, layer_dropout=plan.layer_dropout,
+                                                   projected=projected[:, i])
+                if stored is not None:
+                    stored[:, t] = stored_t.to(stored.dtype)
+                if plan.readout is not None:
+                    tops.append(torch.cat(values[-1][:2], dim=-1))
+            if plan.readout is not None:
+                losses.append(read_chunk(plan.readout, tops, start, extras))
     plan.final_state = state
     plan.kept_bytes = _kept_bytes(plan, state, stored)
-    return state, stored
+    total = torch.stack(losses).sum() if plan.readout is not None else None
+    return state, stored, total
 
 
 def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tensor],
-                  grad_stored: Optional[Tensor], extras: Sequence[Tensor]):
-    """Reverse every step, backpropagating one step at a time.
+                  grad_stored: Optional[Tensor], extras: Sequence[Tensor],
+                  grad_total: Optional[Tensor]):
+    """Reverse every chunk, backpropagating one chunk at a time.
 
     Returns (grads of the initial float halves, of the float inputs or None, of the parameters,
-    of the extras, per-step readout values or None).
+    of the extras).
     """
     rnn, mask = plan.rnn, plan.mask
     params = list(plan.parameters)
@@ -75,104 +85,94 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
     if plan.inputs.embedding is not None and plan.inputs.embedding_trainable:
         embedded_grad = torch.zeros(*plan.inputs.inputs.shape, rnn.input_size,
                                     device=plan.inputs.inputs.device)
+    extras = [extra.detach().requires_grad_(extra.requires_grad) for extra in extras]
     param_grads: List[Optional[Tensor]] = [None] * len(params)
     extra_grads: List[Optional[Tensor]] = [None] * len(extras)
-    losses: List[Optional[Tensor]] = [None] * plan.steps
+    reading = plan.readout is not None and grad_total is not None
     grads = list(grad_values)
-    for t in reversed(range(plan.steps)):
-        with torch.no_grad():
-            x, _ = plan.inputs.at(t)
-            previous = rnn.reverse_step(x, state, plan.buffer, mask[:, t],
-                                        restored=_restored_slice(plan, stored, t),
-                                        layer_dropout=plan.layer_dropout)
+    for start, stop in reversed(plan.chunks()):
         with torch.enable_grad():
-            leaves = [tuple(from_fixed(part).requires_grad_() for part in layer) for layer in previous]
-            x, x_leaf = plan.inputs.at(t, leaf=True)
-            _, values, stored_t = rnn.step(x, previous, leaves, None, mask[:, t], next_state=state,
-                                           layer_dropout=plan.layer_dropout)
+            x, x_leaf = plan.inputs.chunk(start, stop, leaf=True)
+            projected = rnn.cells[0].project_input(x)
+        states = [state]  # exact states, from the one after step stop - 1 back to before start
+        with torch.no_grad():
+            exact_projected = projected.detach()
+            for t in reversed(range(start, stop)):
+                state = rnn.reverse_step(None, state, plan.buffer, mask[:, t],
+                                         restored=_restored_slice(plan, stored, t),
+                                         layer_dropout=plan.layer_dropout,
+                                         projected=exact_projected[:, t - start])
+                states.append(state)
+        states.reverse()  # states[i]: before step start + i
+        with torch.enable_grad():
+            leaves = [tuple(from_fixed(part).requires_grad_() for part in layer)
+                      for layer in states[0]]
+            values, tops, stored_steps = leaves, [], []
+            for i, t in enumerate(range(start, stop)):
+                _, values, stored_t = rnn.step(None, states[i], values, None, mask[:, t],
+                                               next_state=states[i + 1],
+                                               layer_dropout=plan.layer_dropout,
+                                               projected=projected[:, i])
+                stored_steps.append(stored_t)
+                if reading:
+                    tops.append(torch.cat(values[-1][:2], dim=-1))
             outputs, out_grads = _flatten(values), list(grads)
-            if stored_t is not None and grad_stored is not None:
-                outputs.append(stored_t)
-                out_grads.append(grad_stored[:, t])
-            if plan.readout is not None:
-                loss = plan.readout(torch.cat(values[-1][:2], dim=-1), t, *extras)
-                losses[t] = loss.detach()
-                outputs.append(loss)
-                out_grads.append(torch.ones_like(loss))
+            if stored is not None and grad_stored is not None:
+                outputs.append(torch.stack(stored_steps, dim=1))
+                out_grads.append(grad_stored[:, start:stop])
+            if reading:
+                outputs.append(read_chunk(plan.readout, tops, start, extras))
+                out_grads.append(grad_total)
             flat_leaves = _flatten(leaves)
             input_slot = [x_leaf] if x_leaf is not None else []
-            step_grads = _grad(outputs, out_grads, flat_leaves + input_slot + params + list(extras))
+            chunk_grads = _grad(outputs, out_grads, flat_leaves + input_slot + params + extras)
         grads = [g if g is not None else torch.zeros_like(leaf)
-                 for g, leaf in zip(step_grads[: len(flat_leaves)], flat_leaves)]
-        step_input_grad = step_grads[len(flat_leaves)] if input_slot else None
-        if step_input_grad is not None:
-            (input_grad if input_grad is not None else embedded_grad)[:, t] = step_input_grad
+                 for g, leaf in zip(chunk_grads[: len(flat_leaves)], flat_leaves)]
+        chunk_input_grad = chunk_grads[len(flat_leaves)] if input_slot else None
+        if chunk_input_grad is not None:
+            (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_input_grad
         offset = len(flat_leaves) + len(input_slot)
-        _accumulate(param_grads, step_grads[offset: offset + len(params)])
-        _accumulate(extra_grads, step_grads[offset + len(params):])
-        state = previous
+        _accumulate(param_grads, chunk_grads[offset: offset + len(params)])
+        _accumulate(extra_grads, chunk_grads[offset + len(params):])
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
                                            [embedded_grad], params))
-    return grads, input_grad, param_grads, extra_grads, losses
+    return grads, input_grad, param_grads, extra_grads
 
 
-class _ReversibleSequence(torch.autograd.Function):
-    """Outputs: the final float halves (flat, per layer) and the storage (batch, T, k) if any."""
+class _ReversibleRun(torch.autograd.Function):
+    """Outputs: the readout total (if a readout is given), the final float halves (flat, per
+    layer) and the storage (batch, T, k) if any."""
 
     @staticmethod
     def forward(ctx, plan, *tensors):
         num_initial = plan.rnn.num_layers * plan.rnn.state_parts
-        state, stored = _forward_pass(plan, tensors[:num_initial])
+        extras = tensors[len(tensors) - plan.num_extras:]
+        state, stored, total = _forward_pass(plan, tensors[:num_initial], extras)
         ctx.plan, ctx.final_state, ctx.num_initial = plan, state, num_initial
+        ctx.has_stored = stored is not None
+        ctx.save_for_backward(*([stored] if stored is not None else []), *extras)
         outputs = [from_fixed(part) for part in _flatten(state)]
         if stored is not None:
-            as_float = stored if stored.dtype == torch.float32 else stored.float()
-            outputs.append(as_float)
-        ctx.save_for_backward(stored)
-        return tuple(outputs)
+            outputs.append(stored if stored.dtype == torch.float32 else stored.float())
+        return tuple(([total] if total is not None else []) + outputs)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
         plan = ctx.plan
-        (stored,) = ctx.saved_tensors
+        saved = list(ctx.saved_tensors)
+        stored = saved.pop(0) if ctx.has_stored else None
+        extras = saved
+        grad_outputs = list(grad_outputs)
+        grad_total = grad_outputs.pop(0) if plan.readout is not None else None
         grad_values = [g if g is not None else torch.zeros_like(from_fixed(part))
                        for g, part in zip(grad_outputs[: ctx.num_initial], _flatten(ctx.final_state))]
         grad_stored = grad_outputs[ctx.num_initial] if stored is not None else None
-        init_grads, input_grad, param_grads, _, _ = _reverse_pass(
-            plan, ctx.final_state, stored, grad_values, grad_stored, extras=())
+        init_grads, input_grad, param_grads, extra_grads = _reverse_pass(
+            plan, ctx.final_state, stored, grad_values, grad_stored, extras, grad_total)
         raw = [input_grad] if plan.inputs.embedding is None else []
-        return (None, *init_grads, *raw, *param_grads)
-
-
-class _ReversibleReadout(torch.autograd.Function):
-    """Outputs: the summed readout (differentiable), then the final float halves and the storage
-    (both without gradient: every gradient has been gathered through the readout already)."""
-
-    @staticmethod
-    def forward(ctx, plan, *tensors):
-        num_initial = plan.rnn.num_layers * plan.rnn.state_parts
-        extras = [tensor.detach().requires_grad_(tensor.requires_grad)
-                  for tensor in tensors[len(tensors) - plan.num_extras:]]
-        state, stored = _forward_pass(plan, tensors[:num_initial])
-        final = [from_fixed(part) for part in _flatten(state)]
-        zero = [torch.zeros_like(value) for value in final]
-        init_grads, input_grad, param_grads, extra_grads, losses = _reverse_pass(
-            plan, state, stored, zero, None, extras)
-        gathered = list(init_grads) + ([input_grad] if plan.inputs.embedding is None else [])
-        gathered += list(param_grads) + list(extra_grads)
-        ctx.has_grad = [g is not None for g in gathered]
-        ctx.save_for_backward(*[g for g in gathered if g is not None])
-        outputs = final + ([stored.float()] if stored is not None else [])
-        ctx.mark_non_differentiable(*outputs)
-        return (torch.stack(losses).sum(), *outputs)
-
-    @staticmethod
-    def backward(ctx, grad_total, *ignored):
-        saved = iter(ctx.saved_tensors)
-        grads = [next(saved) * grad_total if present else None for present in ctx.has_grad]
-        return (None, *grads)
+        return (None, *init_grads, *raw, *param_grads, *extra_grads)
 
 
 def _restored_slice(plan, stored: Optional[Tensor], t: int) -> Optional[Tensor]:

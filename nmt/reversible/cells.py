@@ -5,6 +5,11 @@ the second half reads the *new* first half. Every state-multiplying gate is quan
 and applied through the information buffer, and every additive update is rounded from float32 math
 that `reverse` recomputes bit for bit (one gate function serves both directions).
 
+Every gate reads [x, h_j] through one Linear; its x columns do not depend on the recurrence, so
+`project_input` computes them (biases included) for many steps in one matrix product and the steps
+add only the h_j part. Forward, reverse and the gradient re-run all take the same projected values,
+which keeps them bit-identical.
+
 A state is a tuple of int64 fixed-point tensors, (h1, h2) or (h1, h2, c1, c2), each
 (batch, half) with halves of ceil(H/2) and floor(H/2) units. Beside the exact path, `step` carries
 float32 views of the state with gradients (straight through the rounding), which is what the
@@ -12,10 +17,11 @@ sequence runner differentiates.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.fixed_point import (
@@ -125,24 +131,49 @@ class ReversibleCell(nn.Module):
         self.max_forget_bits = max_forget_bits
         self.half_sizes = ((hidden_size + 1) // 2, hidden_size // 2)
 
+    def input_layers(self) -> List[nn.Linear]:
+        """The Linears over [x, h_j], in the order of `project_input`'s output columns."""
+        raise NotImplementedError
+
+    def project_input(self, x: Tensor) -> Tensor:
+        """x (..., input) -> the x share of every gate pre-activation, biases included (..., P).
+
+        One matrix product for any number of steps; the steps add W_h h_j (see `own_product`)."""
+        layers = self.input_layers()
+        with float32_math(x.device):
+            weight = torch.cat([layer.weight[:, : self.input_size] for layer in layers])
+            bias = torch.cat([layer.bias for layer in layers])
+            return F.linear(x.float(), weight, bias)
+
+    def split_projection(self, projected: Tensor) -> Tuple[Tensor, ...]:
+        """(batch, P) -> one piece per Linear of `input_layers`."""
+        return projected.split([layer.out_features for layer in self.input_layers()], dim=-1)
+
+    def own_product(self, layer: nn.Linear, projected: Tensor, other: Tensor) -> Tensor:
+        """Pre-activation of `layer`: its projected x share plus W_h @ other."""
+        return projected + F.linear(other, layer.weight[:, self.input_size:])
+
     def forward(self, x: Tensor, state: State, buffer: InformationBuffer, mask: Optional[Tensor],
                 *, stored_units: int = 0, precision: int = 32, tag: str = "") -> State:
         """One exact step (no gradient). x: (batch, input); mask: (batch,) bool, True = real step."""
         with torch.no_grad():
             values = tuple(from_fixed(part) for part in state)
-            new_state, _ = self.step(x, state, values, buffer, mask, stored_units=stored_units,
-                                     precision=precision, tag=tag)
+            new_state, _ = self.step(self.project_input(x), state, values, buffer, mask,
+                                     stored_units=stored_units, precision=precision, tag=tag)
         return new_state
 
-    def step(self, x: Tensor, state: State, values: Values, buffer: Optional[InformationBuffer],
-             mask: Optional[Tensor], *, next_state: Optional[State] = None, stored_units: int = 0,
-             precision: int = 32, tag: str = "") -> Tuple[State, Values]:
-        """One step on the exact state and its float views; returns (state, values)."""
+    def step(self, projected: Tensor, state: State, values: Values,
+             buffer: Optional[InformationBuffer], mask: Optional[Tensor], *,
+             next_state: Optional[State] = None, stored_units: int = 0, precision: int = 32,
+             tag: str = "") -> Tuple[State, Values]:
+        """One step on the exact state and its float views; returns (state, values).
+        projected: `project_input(x)` (batch, P)."""
         raise NotImplementedError
 
-    def reverse(self, x: Tensor, state: State, buffer: InformationBuffer, mask: Optional[Tensor],
-                *, restored: Optional[Tensor] = None) -> State:
-        """Undo one `forward` step exactly; `restored` (batch, k) int64 are the stored units of h1."""
+    def reverse(self, projected: Tensor, state: State, buffer: InformationBuffer,
+                mask: Optional[Tensor], *, restored: Optional[Tensor] = None) -> State:
+        """Undo one `step` exactly, given the same `projected` input; `restored` (batch, k) int64
+        are the stored units of h1."""
         raise NotImplementedError
 
     def initial_state(self, batch: int, device=None) -> State:
@@ -169,32 +200,39 @@ class RevGRUCell(ReversibleCell):
         self.candidates = nn.ModuleList([nn.Linear(input_size + second, first),
                                          nn.Linear(input_size + first, second)])
 
-    def half_update(self, half: int, x: Tensor, other: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def input_layers(self):
+        return [self.gates[0], self.candidates[0], self.gates[1], self.candidates[1]]
+
+    def half_update(self, half: int, projected: Tuple[Tensor, ...],
+                    other: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """The gate function of one half, shared by forward and reverse: (z_q, n, (1 - z_q) * g)."""
         own = self.half_sizes[half]
-        with float32_math(x.device):
-            logits = self.gates[half](torch.cat([x, other], dim=-1))
+        with float32_math(other.device):
+            logits = self.own_product(self.gates[half], projected[2 * half], other)
             z_q, n = forget_gate(logits[:, :own], self.max_forget_bits)
             reset = torch.sigmoid(logits[:, own:])
-            candidate = torch.tanh(self.candidates[half](torch.cat([x, reset * other], dim=-1)))
+            candidate = torch.tanh(self.own_product(self.candidates[half], projected[2 * half + 1],
+                                                    reset * other))
             return z_q, n, (1.0 - z_q) * candidate
 
-    def step(self, x, state, values, buffer, mask, *, next_state=None, stored_units=0,
+    def step(self, projected, state, values, buffer, mask, *, next_state=None, stored_units=0,
              precision=32, tag=""):
         exact, floats = list(state), list(values)
+        pieces = self.split_projection(projected)
         for half in (0, 1):
-            z_q, n, update = self.half_update(half, x, floats[1 - half])
+            z_q, n, update = self.half_update(half, pieces, floats[1 - half])
             exact[half], floats[half] = gated_step(
                 exact[half], floats[half], z_q, n, update, buffer=buffer, mask=mask,
                 next_exact=None if next_state is None else next_state[half],
                 stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
         return tuple(exact), tuple(floats)
 
-    def reverse(self, x, state, buffer, mask, *, restored=None):
+    def reverse(self, projected, state, buffer, mask, *, restored=None):
         exact = list(state)
+        pieces = self.split_projection(projected)
         with torch.no_grad():
             for half in (1, 0):
-                _, n, update = self.half_update(half, x, from_fixed(exact[1 - half]))
+                _, n, update = self.half_update(half, pieces, from_fixed(exact[1 - half]))
                 exact[half] = undo_step(exact[half], n, update, buffer=buffer, mask=mask,
                                         restored=restored if half == 0 else None)
         return tuple(exact)
@@ -215,11 +253,14 @@ class RevLSTMCell(ReversibleCell):
         self.gates = nn.ModuleList([nn.Linear(input_size + second, 5 * first),
                                     nn.Linear(input_size + first, 5 * second)])
 
-    def half_gates(self, half: int, x: Tensor, other: Tensor):
+    def input_layers(self):
+        return list(self.gates)
+
+    def half_gates(self, half: int, projected: Tuple[Tensor, ...], other: Tensor):
         """Gate function of one half (forward and reverse): (f_q, n_f, i * g, o, p_q, n_p)."""
         own = self.half_sizes[half]
-        with float32_math(x.device):
-            gates = self.gates[half](torch.cat([x, other], dim=-1))
+        with float32_math(other.device):
+            gates = self.own_product(self.gates[half], projected[half], other)
             forget, inp, out, keep, cand = gates.split(own, -1)
             f_q, n_f = forget_gate(forget, self.max_forget_bits)
             p_q, n_p = forget_gate(keep, self.max_forget_bits)
@@ -231,11 +272,13 @@ class RevLSTMCell(ReversibleCell):
         directions call one function with the same arguments)."""
         return out_gate * torch.tanh(cell_value)
 
-    def step(self, x, state, values, buffer, mask, *, next_state=None, stored_units=0,
+    def step(self, projected, state, values, buffer, mask, *, next_state=None, stored_units=0,
              precision=32, tag=""):
         exact, floats = list(state), list(values)
+        pieces = self.split_projection(projected)
         for half in (0, 1):
-            f_q, n_f, cell_update, out_gate, p_q, n_p = self.half_gates(half, x, floats[1 - half])
+            f_q, n_f, cell_update, out_gate, p_q, n_p = self.half_gates(half, pieces,
+                                                                        floats[1 - half])
             c = 2 + half
             exact[c], floats[c] = gated_step(
                 exact[c], floats[c], f_q, n_f, cell_update, buffer=buffer, mask=mask,
@@ -247,13 +290,14 @@ class RevLSTMCell(ReversibleCell):
                 stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
         return tuple(exact), tuple(floats)
 
-    def reverse(self, x, state, buffer, mask, *, restored=None):
+    def reverse(self, projected, state, buffer, mask, *, restored=None):
         exact = list(state)
+        pieces = self.split_projection(projected)
         with torch.no_grad():
             for half in (1, 0):
                 c = 2 + half
                 _, n_f, cell_update, out_gate, p_q, n_p = self.half_gates(
-                    half, x, from_fixed(exact[1 - half]))
+                    half, pieces, from_fixed(exact[1 - half]))
                 exact[half] = undo_step(
                     exact[half], n_p, self.hidden_update(p_q, out_gate, from_fixed(exact[c])),
                     buffer=buffer, mask=mask, restored=restored if half == 0 else None)

@@ -9,8 +9,10 @@
 Both modes run the same steps, so losses are bit-identical and gradients agree to float rounding.
 Inputs are floats (batch, T, input) or token ids (batch, T) with an embedding module, looked up
 again step by step in reverse. Masks are (batch, T) bool, True on real steps (a prefix of each row).
-A per-step readout hook, readout(h_t (batch, H), t, *extras) -> scalar, is summed in forward time
-order; in reversible mode it is evaluated once, while step t is reversed.
+Steps run in chunks of `chunk_steps`: the first layer's input projections of a chunk are one
+matrix product. A readout hook (a loss on the top states, see `read_chunk`) is summed over chunks
+in forward time order; in reversible mode forward evaluates it without a graph for its value and
+backward again, with gradients, while the chunk is reversed (so it must be deterministic).
 """
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ from torch import Tensor, nn
 from nmt.reversible.accounting import MemoryAccount, count_memory
 from nmt.reversible.backprop import run_reversible
 from nmt.reversible.buffer import InformationBuffer
+from nmt.reversible.readout import read_chunk
 from nmt.reversible.cells import CELLS, State, Values, float32_math
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
 from nmt.reversible.validation import check_run
 
+DEFAULT_CHUNK_STEPS = 16
 InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
 
 
@@ -41,12 +45,11 @@ class MemoryMode(enum.Enum):
 class SequenceOutput:
     """What a run returns.
 
-    final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable unless a readout ran in
-        reversible mode (then the readout carries all gradients).
+    final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable.
     final_state: the exact int64 state per layer (tuples of halves).
     stored: (batch, T, units) float32 attention storage (zero on padded steps), or None;
         differentiable like `final`.
-    readout: the summed per-step readout (scalar), or None.
+    readout: the summed readout (scalar), or None.
     memory: counted bits of this run (accounting.py; heads charged to this run: recount with
         count_memory(..., charge_head=False) for all but one run sharing a buffer).
     kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
@@ -64,32 +67,33 @@ class SequenceOutput:
 
 
 class StepInputs:
-    """The first layer's input at step t: inputs[:, t], or embedding(ids[:, t]), times a fixed
-    per-sequence dropout mask (batch, input) if given. Nothing (batch, T, input) is built."""
+    """The first layer's input over a range of steps: inputs[:, start:stop], or
+    embedding(ids[:, start:stop]), times a fixed per-sequence dropout mask (batch, input) if given.
+    Nothing (batch, T, input) is built: runs take one chunk of steps at a time."""
 
     def __init__(self, inputs: Tensor, embedding: Optional[nn.Module], dropout: Optional[Tensor]):
         self.inputs, self.embedding, self.dropout = inputs, embedding, dropout
         self.embedding_trainable = embedding is not None and any(
             p.requires_grad for p in embedding.parameters())
 
-    def at(self, t: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """(x_t, leaf): with leaf=True the float inputs, or the looked-up embeddings, are cut from
-        their graph as a grad leaf (backward then runs the embedding once for all steps, instead
-        of a dense embedding-table gradient per step)."""
+    def chunk(self, start: int, stop: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """(x (batch, stop - start, input), leaf): with leaf=True the float inputs, or the
+        looked-up embeddings, are cut from their graph as a grad leaf (backward then runs the
+        embedding once for all steps, instead of a dense embedding-table gradient per chunk)."""
         source = None
         if self.embedding is not None:
             if leaf:
                 with torch.no_grad():
-                    x = self.embedding(self.inputs[:, t])
+                    x = self.embedding(self.inputs[:, start:stop])
                 x = source = x.requires_grad_(self.embedding_trainable)
             else:
-                x = self.embedding(self.inputs[:, t])
+                x = self.embedding(self.inputs[:, start:stop])
         else:
-            x = self.inputs[:, t]
+            x = self.inputs[:, start:stop]
             if leaf:
                 x = source = x.detach().requires_grad_(self.inputs.requires_grad)
         if self.dropout is not None:
-            x = x * self.dropout
+            x = x * self.dropout.unsqueeze(1)
         return x, source
 
 
@@ -105,6 +109,7 @@ class Plan:
     readout: Optional[Callable] = None
     num_extras: int = 0
     layer_dropout: Optional[Tensor] = None  # (layers - 1, batch, H) fixed masks between layers
+    chunk_steps: int = DEFAULT_CHUNK_STEPS
     parameters: List[Tensor] = field(default_factory=list)
     initial_state: Optional[List[State]] = None  # set by the reversible forward
     final_state: Optional[List[State]] = None
@@ -113,6 +118,12 @@ class Plan:
     @property
     def steps(self) -> int:
         return self.mask.shape[1]
+
+    def chunks(self) -> List[Tuple[int, int]]:
+        """[start, stop) ranges of at most `chunk_steps` steps, in forward order. Every mode uses
+        the same ranges, so the batched input projections agree bit for bit."""
+        return [(start, min(start + self.chunk_steps, self.steps))
+                for start in range(0, self.steps, self.chunk_steps)]
 
 
 class ReversibleRNN(nn.Module):
@@ -124,11 +135,17 @@ class ReversibleRNN(nn.Module):
         num_layers: stacked layers; layer l > 0 reads layer l-1's new state.
         max_forget_bits: k in {1, 2, 3, 5, None}.
         storage: optional AttentionStorage of the top layer (slice or proj).
+        chunk_steps: steps per chunk (first-layer input projections and readouts are batched
+            over a chunk; reversible backward holds one chunk's graph at a time).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
-                 max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None):
+                 max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None,
+                 chunk_steps: int = DEFAULT_CHUNK_STEPS):
         super().__init__()
+        if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
+            raise ValueError(f"chunk_steps must be a positive integer, got {chunk_steps!r}")
+        self.chunk_steps = chunk_steps
         if cell not in CELLS:
             raise ValueError(f"cell {cell!r} is not one of {', '.join(CELLS)}")
         if num_layers < 1:
@@ -166,12 +183,14 @@ class ReversibleRNN(nn.Module):
 
     # -- one step of the whole stack ------------------------------------------------------------
 
-    def step(self, x: Tensor, state: List[State], values: List[Values],
+    def step(self, x: Optional[Tensor], state: List[State], values: List[Values],
              buffer: Optional[InformationBuffer], mask: Tensor, *,
              next_state: Optional[List[State]] = None, tag: str = "",
-             layer_dropout: Optional[Tensor] = None):
+             layer_dropout: Optional[Tensor] = None, projected: Optional[Tensor] = None):
         """All layers at one step; returns (state, values, stored_t or None).
 
+        x: the first layer's input (batch, input), or None when `projected` gives its
+        `cells[0].project_input(x)` (computed for a chunk of steps at once).
         layer_dropout: (layers - 1, batch, H) masks multiplied into the input of layers 1.. ."""
         new_state, new_values = [], []
         layer_input = x
@@ -179,8 +198,10 @@ class ReversibleRNN(nn.Module):
             top = layer == self.num_layers - 1
             if layer > 0 and layer_dropout is not None:
                 layer_input = layer_input * layer_dropout[layer - 1]
+            if layer > 0 or projected is None:
+                projected = cell.project_input(layer_input)
             exact, floats = cell.step(
-                layer_input, state[layer], values[layer], buffer, mask,
+                projected, state[layer], values[layer], buffer, mask,
                 next_state=None if next_state is None else next_state[layer],
                 stored_units=self.stored_slice if top else 0,
                 precision=self.storage.precision if self.storage is not None else 32, tag=tag)
@@ -201,20 +222,26 @@ class ReversibleRNN(nn.Module):
                                            self.storage.precision)
         return torch.where(mask.view(-1, 1), value, torch.zeros((), device=value.device))
 
-    def reverse_step(self, x: Tensor, state: List[State], buffer: InformationBuffer, mask: Tensor,
-                     *, restored: Optional[Tensor] = None,
-                     layer_dropout: Optional[Tensor] = None) -> List[State]:
-        """Undo `step` exactly, top layer first; `restored` (batch, k) int64: the previous slice."""
+    def reverse_step(self, x: Optional[Tensor], state: List[State], buffer: InformationBuffer,
+                     mask: Tensor, *, restored: Optional[Tensor] = None,
+                     layer_dropout: Optional[Tensor] = None,
+                     projected: Optional[Tensor] = None) -> List[State]:
+        """Undo `step` exactly, top layer first; `restored` (batch, k) int64: the previous slice.
+        x / projected: as for `step` (the same values it was given)."""
         with torch.no_grad():
-            inputs = [x] + [from_fixed(torch.cat(state[layer][:2], dim=-1))
-                            for layer in range(self.num_layers - 1)]
+            below = [from_fixed(torch.cat(state[layer][:2], dim=-1))
+                     for layer in range(self.num_layers - 1)]
             if layer_dropout is not None:
-                inputs = [x] + [value * drop for value, drop in zip(inputs[1:], layer_dropout)]
+                below = [value * drop for value, drop in zip(below, layer_dropout)]
             previous = list(state)
             for layer in reversed(range(self.num_layers)):
                 top = layer == self.num_layers - 1
+                if layer > 0:
+                    layer_projected = self.cells[layer].project_input(below[layer - 1])
+                else:
+                    layer_projected = self.cells[0].project_input(x) if projected is None else projected
                 previous[layer] = self.cells[layer].reverse(
-                    inputs[layer], state[layer], buffer, mask, restored=restored if top else None)
+                    layer_projected, state[layer], buffer, mask, restored=restored if top else None)
         return previous
 
     # -- whole sequences ------------------------------------------------------------------------
@@ -229,9 +256,11 @@ class ReversibleRNN(nn.Module):
                 tag: str = "") -> SequenceOutput:
         """Run the stack over (batch, T, input) floats or (batch, T) ids (with `embedding`).
 
-        readout: fn(h_t (batch, H) float, t, *readout_extras) -> scalar; if it is an nn.Module its
-            parameters get gradients; a plain function must receive trainable tensors through
-            `readout_extras`.
+        readout: a loss on the top layer's states (see `read_chunk`): fn(h_t (batch, H) float, t,
+            *readout_extras) -> scalar, or with `reads_chunks = True` fn(h (batch, C, H), start,
+            *readout_extras) for C steps at once; if it is an nn.Module its parameters get
+            gradients; a plain function must receive trainable tensors through `readout_extras`.
+            Deterministic: reversible mode evaluates it twice (value, then gradient).
         input_dropout: (batch, input) mask for the first layer's input, fixed for the sequence;
         layer_dropout: (layers - 1, batch, H) masks for the inputs of the layers above.
         buffer: shared with other runs of the same batch, or None for a fresh one.
@@ -249,7 +278,7 @@ class ReversibleRNN(nn.Module):
         readout_params = list(readout.parameters()) if isinstance(readout, nn.Module) else []
         plan = Plan(rnn=self, inputs=StepInputs(inputs, embedding, input_dropout), mask=mask,
                     buffer=buffer, tag=tag, readout=readout, num_extras=len(readout_extras),
-                    layer_dropout=layer_dropout,
+                    layer_dropout=layer_dropout, chunk_steps=self.chunk_steps,
                     parameters=_unique(list(self.parameters()) + readout_params
                                        + (list(embedding.parameters()) if embedding else [])))
         initial = self.initial_halves(initial_state, batch, inputs.device)
@@ -267,13 +296,20 @@ class ReversibleRNN(nn.Module):
         values = [tuple(straight_through(part, from_fixed(exact)) for part, exact in zip(layer, ex))
                   for layer, ex in zip(initial, state)]
         stored, losses = [], []
-        for t in range(plan.steps):
-            x, _ = plan.inputs.at(t)
-            state, values, stored_t = self.step(x, state, values, plan.buffer, plan.mask[:, t],
-                                                tag=plan.tag, layer_dropout=plan.layer_dropout)
-            stored.append(stored_t)
+        for start, stop in plan.chunks():
+            x, _ = plan.inputs.chunk(start, stop)
+            projected = self.cells[0].project_input(x)
+            tops = []
+            for i, t in enumerate(range(start, stop)):
+                state, values, stored_t = self.step(None, state, values, plan.buffer,
+                                                    plan.mask[:, t], tag=plan.tag,
+                                                    layer_dropout=plan.layer_dropout,
+                                                    projected=projected[:, i])
+                stored.append(stored_t)
+                if plan.readout is not None:
+                    tops.append(torch.cat(values[-1][:2], dim=-1))
             if plan.readout is not None:
-                losses.append(plan.readout(torch.cat(values[-1][:2], dim=-1), t, *extras))
+                losses.append(read_chunk(plan.readout, tops, start, extras))
         stored = torch.stack(stored, dim=1) if self.storage is not None else None
         total = torch.stack(losses).sum() if plan.readout is not None else None
         return state, values, stored, total
@@ -291,8 +327,11 @@ class ReversibleRNN(nn.Module):
         """One step of the whole stack without gradient, e.g. for search.
 
         x: (batch, input); buffer: typically keep_words=False (rows reorder with
-        buffer.reorder). Returns (state, top h (batch, H) float, stored (batch, units) or None),
-        bit-identical to the same step inside a full run.
+        buffer.reorder). Returns (state, top h (batch, H) float, stored (batch, units) or None):
+        the arithmetic of the same step inside a full run, except that the input projection is
+        one step's matrix product rather than a chunk's; BLAS computes the rows of both alike on
+        one CPU thread (then the results are bit-identical), elsewhere they may differ in the
+        last bit of a pre-activation.
         """
         if mask is None:
             mask = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)

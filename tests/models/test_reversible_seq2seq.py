@@ -112,8 +112,9 @@ def test_backward_restores_initial_states_and_empties_the_buffer(multi30k, monke
     buffer = encoder_output.buffer
     loss, _ = model.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output,
                                           label_smoothing=0.1)
-    assert buffer.num_chunks == batch.src.shape[1] * layers * model.encoder.rnn.state_parts
-    assert not buffer.is_initial()  # the decoder's words were popped; the encoder's are left
+    # both sides' words are kept until backward reverses the decoder, then the encoder
+    steps = batch.src.shape[1] + batch.tgt_in.shape[1]
+    assert buffer.num_chunks == steps * layers * model.encoder.rnn.state_parts
     loss.backward()
     assert len(encoder_steps) == batch.src.shape[1] and len(decoder_steps) == batch.tgt_in.shape[1]
     batch_size = batch.src.shape[0]
@@ -162,7 +163,7 @@ def test_inference_from_checkpoint_matches_the_buffer_code_path(multi30k, tmp_pa
     outputs = [h.tokens for h in hypotheses]
     assert any(len(tokens) > 2 for tokens in outputs)
     # The same words teacher-forced through the training path: a reversible run whose buffer
-    # keeps its words and continues the encoder's; queries are recorded as each step is reversed.
+    # keeps its words and continues the encoder's; its forward reads the queries chunk by chunk.
     tgt_in = torch.zeros(len(outputs), max(len(t) for t in outputs) + 1, dtype=torch.long)
     tgt_out = torch.zeros_like(tgt_in)
     for row, tokens in enumerate(outputs):
@@ -174,7 +175,7 @@ def test_inference_from_checkpoint_matches_the_buffer_code_path(multi30k, tmp_pa
         encoder_output = model.encode(src, lengths)
         assert encoder_output.buffer.keep_words
         model.decoder.training_loss(tgt_in, tgt_out, encoder_output)
-    training_queries.reverse()  # recorded t = T-1 .. 0
+    training_queries = list(torch.cat(training_queries, dim=1).unbind(1))  # chunks -> steps
     _record_queries(monkeypatch, model, inference_queries)
     with torch.no_grad():
         encoder_output = model.encode(src, lengths)

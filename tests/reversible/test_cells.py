@@ -88,7 +88,7 @@ def test_reverse_restores_every_state_bit_for_bit(cell_type, k, hidden):
     assert buffer.pushed_words() > 0
     state = states[-1]
     for t in reversed(range(steps)):
-        state = cell.reverse(xs[t], state, buffer, masks[t])
+        state = cell.reverse(cell.project_input(xs[t]), state, buffer, masks[t])
         assert all(torch.equal(a, b) for a, b in zip(state, states[t])), f"step {t} not restored"
     assert buffer.is_initial()
 
@@ -136,7 +136,7 @@ def test_stored_units_skip_the_buffer_and_come_back_from_storage(cell_type, prec
     dtype = torch.float16 if precision == 16 else torch.float32
     assert torch.equal(stored.to(dtype).float(), stored)
     assert torch.equal(round_to_storage(stored, precision), new[0][:, :units])
-    back = cell.reverse(x, new, buffer, None, restored=state[0][:, :units])
+    back = cell.reverse(cell.project_input(x), new, buffer, None, restored=state[0][:, :units])
     assert all(torch.equal(a, b) for a, b in zip(back, state))
     assert buffer.is_initial()
 
@@ -148,13 +148,13 @@ def test_float_views_are_the_exact_state_and_carry_gradients(cell_type):
     state = _random_state(cell, 3, generator)
     values = tuple(from_fixed(part).requires_grad_() for part in state)
     x = torch.randn(3, 4, generator=generator)
-    exact, floats = cell.step(x, state, values, InformationBuffer((3, 4)), None)
+    exact, floats = cell.step(cell.project_input(x), state, values, InformationBuffer((3, 4)), None)
     for part, value in zip(exact, floats):
         assert torch.equal(value, from_fixed(part))
     sum(value.sum() for value in floats).backward()
     assert all(value.grad is not None and value.grad.abs().sum() > 0 for value in values)
     # recomputing with the known result leaves the buffer alone and gives the same views
-    again, floats_again = cell.step(x, state, values, None, None, next_state=exact)
+    again, floats_again = cell.step(cell.project_input(x), state, values, None, None, next_state=exact)
     assert all(torch.equal(a, b) for a, b in zip(floats, floats_again))
 
 
@@ -189,6 +189,6 @@ def test_property_any_cell_reverses_exactly(cell_index, hidden, k, steps, input_
         states.append(cell(xs[t], states[-1], buffer, masks[t]))
     state = states[-1]
     for t in reversed(range(steps)):
-        state = cell.reverse(xs[t], state, buffer, masks[t])
+        state = cell.reverse(cell.project_input(xs[t]), state, buffer, masks[t])
         assert all(torch.equal(a, b) for a, b in zip(state, states[t]))
     assert buffer.is_initial()
