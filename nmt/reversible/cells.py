@@ -143,7 +143,8 @@ class ReversibleCell(nn.Module):
         with float32_math(x.device):
             weight = torch.cat([layer.weight[:, : self.input_size] for layer in layers])
             bias = torch.cat([layer.bias for layer in layers])
-            return F.linear(x.float(), weight, bias)
+            flat = x.float().reshape(-1, x.shape[-1])  # one 2-D product, whatever x's layout
+            return F.linear(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     def split_projection(self, projected: Tensor) -> Tuple[Tensor, ...]:
         """(batch, P) -> one piece per Linear of `input_layers`."""

@@ -42,14 +42,15 @@ def _initial(cell, generator):
     return (h, c), [h, c]
 
 
+@pytest.mark.parametrize("chunk_steps", [4, 16])  # chunks of 4, 4, 1 steps; one chunk
 @pytest.mark.parametrize("storage", list(STORAGES))
 @pytest.mark.parametrize("cell", ["revgru", "revlstm"])
-def test_loss_is_bit_identical_and_gradients_agree(cell, storage):
+def test_loss_is_bit_identical_and_gradients_agree(cell, storage, chunk_steps):
     """Two layers, padding, float inputs and initial state with gradients, storage in the loss."""
     torch.manual_seed(30)
     generator = torch.Generator().manual_seed(31)
     rnn = ReversibleRNN(cell, INPUT, HIDDEN, num_layers=2, max_forget_bits=2,
-                        storage=STORAGES[storage])
+                        storage=STORAGES[storage], chunk_steps=chunk_steps)
     inputs = (torch.randn(BATCH, STEPS, INPUT, generator=generator) * 2).requires_grad_()
     initial, initial_leaves = _initial(cell, generator)
     final_weight = torch.randn(2, BATCH, HIDDEN, generator=generator)
@@ -110,8 +111,9 @@ class _Readout(nn.Module):
         return (nll * tgt_mask[:, t]).sum()
 
 
+@pytest.mark.parametrize("chunk_steps", [3, 16])
 @pytest.mark.parametrize("cell", ["revgru", "revlstm"])
-def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell):
+def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell, chunk_steps):
     """Token ids + embeddings + fixed dropout masks (input and between layers), a proj-storing
     encoder, a decoder with a per-step readout attending over the encoder's storage and starting
     from its final state."""
@@ -121,8 +123,9 @@ def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell):
     tgt = torch.randint(0, vocab, (BATCH, 7))
     src_mask = _mask()
     tgt_mask = torch.arange(7)[None] < torch.tensor([7, 2, 5, 4])[:, None]
-    encoder = ReversibleRNN(cell, emb, HIDDEN, storage=AttentionStorage("proj", 4, 16))
-    decoder = ReversibleRNN(cell, emb, HIDDEN, num_layers=2)
+    encoder = ReversibleRNN(cell, emb, HIDDEN, storage=AttentionStorage("proj", 4, 16),
+                            chunk_steps=chunk_steps)
+    decoder = ReversibleRNN(cell, emb, HIDDEN, num_layers=2, chunk_steps=chunk_steps)
     src_embedding, tgt_embedding = nn.Embedding(vocab, emb), nn.Embedding(vocab, emb)
     readout = _Readout(HIDDEN, 4, vocab, tgt)
     dropout = (torch.rand(BATCH, emb) > 0.3).float() / 0.7
@@ -204,7 +207,18 @@ def test_autocast_does_not_break_exactness():
 
 @pytest.mark.parametrize("cell", ["revgru", "revlstm"])
 def test_inference_steps_match_a_full_run_bit_for_bit(cell):
-    """Step-by-step decoding sees the very states and storage a whole-sequence run computes."""
+    """Step-by-step decoding sees the very states and storage a whole-sequence run computes.
+    (One thread: a run projects a chunk's inputs in one product, decoding one step's; BLAS may
+    split rows differently across threads.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_inference_steps(cell)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_inference_steps(cell):
     torch.manual_seed(37)
     rnn = ReversibleRNN(cell, INPUT, HIDDEN, num_layers=2, storage=STORAGES["slice16"])
     inputs = torch.randn(BATCH, STEPS, INPUT)
@@ -220,3 +234,57 @@ def test_inference_steps_match_a_full_run_bit_for_bit(cell):
         assert torch.equal(top, tops[t]) and torch.equal(stored, full.stored[:, t])
     assert all(torch.equal(a, b) for layer_a, layer_b in zip(state, full.final_state)
                for a, b in zip(layer_a, layer_b))
+
+
+class _ChunkReadout(_Readout):
+    """The same loss read a chunk of steps at a time (h: (batch, C, H))."""
+
+    reads_chunks = True
+
+    def forward(self, h, start, context, context_mask, tgt_mask):
+        steps = range(start, start + h.shape[1])
+        return torch.stack([super(_ChunkReadout, self).forward(h[:, i], t, context, context_mask,
+                                                               tgt_mask)
+                            for i, t in enumerate(steps)]).sum()
+
+
+@pytest.mark.parametrize("chunk_steps", [2, 3, 16])
+def test_a_chunk_readout_sees_every_step_once_in_both_modes(chunk_steps):
+    """A readout over chunks gets each step's state exactly once per evaluation, with the right
+    step indices, and gives the per-step readout's loss and gradients."""
+    torch.manual_seed(39)
+    targets = torch.randint(0, 7, (BATCH, STEPS))
+    context, context_mask = torch.randn(BATCH, 5, 3), torch.ones(BATCH, 5, dtype=torch.bool)
+    tgt_mask = _mask().float()
+    rnn = ReversibleRNN("revgru", INPUT, HIDDEN, chunk_steps=chunk_steps)
+    per_step, chunked = _Readout(HIDDEN, 3, 7, targets), _ChunkReadout(HIDDEN, 3, 7, targets)
+    chunked.load_state_dict(per_step.state_dict())
+    inputs = torch.randn(BATCH, STEPS, INPUT)
+    seen, results = [], {}
+    original = chunked.forward
+
+    def recording(h, start, *extras):
+        seen.append((start, h.shape[1]))
+        return original(h, start, *extras)
+
+    chunked.forward = recording
+    for name, readout in (("per_step", per_step), ("chunked", chunked)):
+        for mode in MemoryMode:
+            seen.clear()
+            out = rnn(inputs, _mask(), mode=mode, readout=readout,
+                      readout_extras=(context, context_mask, tgt_mask))
+            out.readout.backward()
+            results[name, mode] = (out.readout.detach(), _grads_of(list(rnn.parameters())
+                                                                  + list(readout.parameters())))
+            if name == "chunked":
+                expected = [(start, min(chunk_steps, STEPS - start))
+                            for start in range(0, STEPS, chunk_steps)]
+                # reference: once; reversible: forward (value), then backward (gradient, reversed)
+                twice = expected + expected[::-1]
+                assert seen == (expected if mode is MemoryMode.REFERENCE else twice)
+    for mode in MemoryMode:
+        torch.testing.assert_close(results["chunked", mode][0], results["per_step", mode][0])
+        for a, b in zip(results["chunked", mode][1], results["per_step", mode][1]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert torch.equal(results["chunked", MemoryMode.REFERENCE][0],
+                       results["chunked", MemoryMode.REVERSIBLE][0])
