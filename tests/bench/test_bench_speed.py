@@ -88,3 +88,20 @@ def test_bad_input_is_one_line_exit_2(tmp_path, configs):
     assert "nope.yaml" in missing.stderr
     zero = nmt("bench", "speed", "--config", str(gru), "--steps", "0")
     assert zero.returncode == 2 and "--steps" in zero.stderr and zero.stderr.count("\n") == 1
+
+
+def test_profile_ranks_operations_by_self_time(configs, capsys):
+    """--profile N: per config, the operations that took the step's time, largest first, with
+    shares of the profiled total; the GRU step's matrix products are among them."""
+    gru, _, _ = configs
+    report = bench(capsys, "--config", str(gru), "--steps", "1", "--warmup", "1", "--device",
+                   "cpu", "--profile", "2", "--profile-rows", "8", "--json")
+    profile = report["profile"]["A"]
+    assert profile["steps"] == 2 and profile["sorted_by"] == "self_cpu_time_total"
+    rows = profile["top"]
+    assert 1 <= len(rows) <= 8
+    times = [row["self_ms_per_step"] for row in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert 0 < sum(row["share"] for row in rows) <= 1 + 1e-9
+    assert any(name in row["op"] for row in rows for name in ("mm", "linear", "gru", "bmm"))
+    assert "Self CPU" in profile["table"]
