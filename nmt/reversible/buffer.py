@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ class InformationBuffer:
         self.head = torch.full(self.shape, self.lower, dtype=torch.int32, device=device)
         self._chunks: List[Tensor] = []
         self._no_words = torch.empty(0, dtype=torch.int16, device=device)  # shared by empty steps
+        self._lost_bits: Optional[Tensor] = None  # -log2(n / 2**R) by numerator n
         self.reset_counts()
 
     # -- the bijection ---------------------------------------------------------------------------
@@ -69,11 +70,14 @@ class InformationBuffer:
             chunk = torch.masked_select(state & ((1 << word) - 1), spill)
             self._chunks.append((chunk - 2 ** (word - 1)).to(torch.int16) if chunk.numel()
                                 else self._no_words)
-        self._count(spill, n, tag)
+            self._count(chunk.numel(), n, tag)
+        else:
+            self._count(spill.sum(), n, tag)
         state = torch.where(spill, state >> word, state)
         state = (state << radix) | (h & ((1 << radix) - 1))
-        out = (h >> radix) * n + torch.remainder(state, n)
-        head.copy_(torch.div(state, n, rounding_mode="floor"))
+        quotient = torch.div(state, n, rounding_mode="floor")
+        out = (h >> radix) * n + (state - quotient * n)  # one integer division, not two
+        head.copy_(quotient)
         return out
 
     def unforget(self, h: Tensor, n: Tensor) -> Tensor:
@@ -84,8 +88,9 @@ class InformationBuffer:
             raise RuntimeError("information buffer is empty: more reverse steps than forward steps")
         head = self._head_view(h)
         radix, word = self.forget_radix, self.word_bits
-        state = head.to(torch.int64) * n + torch.remainder(h, n)
-        out = (torch.div(h, n, rounding_mode="floor") << radix) | (state & ((1 << radix) - 1))
+        quotient = torch.div(h, n, rounding_mode="floor")
+        state = head.to(torch.int64) * n + (h - quotient * n)
+        out = (quotient << radix) | (state & ((1 << radix) - 1))
         state = state >> radix
         refill = state < self.lower
         words = torch.zeros_like(state)
@@ -114,7 +119,7 @@ class InformationBuffer:
 
     def reset_counts(self) -> None:
         """Start counting pushed words and optimal bits afresh (e.g. per training step)."""
-        self._pushed: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.int64))
+        self._pushed: Dict[str, Union[int, Tensor]] = defaultdict(int)
         self._log2_gate: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
 
     def pushed_words(self, tag: Optional[str] = None) -> int:
@@ -166,10 +171,13 @@ class InformationBuffer:
             return self.head
         return self.head[..., : h.shape[-1]]
 
-    def _count(self, spill: Tensor, n: Tensor, tag: str) -> None:
-        self._pushed[tag] = self._pushed[tag] + spill.sum()
-        lost = self.forget_radix - torch.log2(n.to(torch.float64))
-        self._log2_gate[tag] = self._log2_gate[tag] + lost.sum()
+    def _count(self, pushed, n: Tensor, tag: str) -> None:
+        """pushed: words spilled by this step (int, or a tensor when they were not kept)."""
+        self._pushed[tag] = self._pushed[tag] + pushed
+        if self._lost_bits is None or self._lost_bits.device != n.device:
+            numerators = torch.arange(2**self.forget_radix + 1, dtype=torch.float64, device=n.device)
+            self._lost_bits = self.forget_radix - torch.log2(numerators.clamp(min=1))
+        self._log2_gate[tag] = self._log2_gate[tag] + self._lost_bits[n].sum()  # -log2(n / 2**R)
 
     @staticmethod
     def _select(counts: Dict[str, Tensor], tag: Optional[str]):
