@@ -80,6 +80,7 @@ def machine_description() -> dict:
         pass
     return {"arch": platform.machine(), "cores": os.cpu_count(), "processor": processor,
             "system": platform.system(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -330,6 +331,9 @@ def _row_cells(result: dict, results: List[dict]) -> List[str]:
         cells += f" {result['language_pair']}"
     machine = result["machine"] or {}
     where = f"{machine.get('arch', '?')}, {machine.get('cores', '?')} cores"
+    if machine.get("torch_threads"):
+        threads = machine["torch_threads"]
+        where += f", {threads} thread{'s' if threads > 1 else ''}"
     if machine.get("cuda"):
         where += f", {machine['cuda']}"
     budget = str(result["budget"]).replace("--", "")

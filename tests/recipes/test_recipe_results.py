@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from nmt.errors import UserError
@@ -82,6 +83,8 @@ def test_table_has_one_row_per_run_with_its_figures():
     assert rows["revlstm-emb20h"]["bench enc / dec (measured)"] == "–"
     assert rev["train tok/s"] == "1,500" and rev["train min"] == "61.2" and rev["epochs"] == "10"
     assert rev["budget"] == "epochs 10" and rev["machine"] == "x86_64, 2 cores"
+    threaded = dict(grid_results()[0], machine={"arch": "x86_64", "cores": 2, "torch_threads": 1})
+    assert parse_table(render_results_table([threaded]))[0]["machine"] == "x86_64, 2 cores, 1 thread"
     assert rev["commit"] == "`0123456789ab`"
     baseline = rows["gru"]
     assert baseline["k"] == "" and baseline["enc ratio (counted / optimal)"] == "–"
@@ -167,6 +170,7 @@ def test_collect_reads_the_run_directory(tmp_path):
     assert results["model"]["context"] == "emb+slice" and results["model"]["precision"] == 16
     assert results["language_pair"] == "en-fr" and results["budget"] == "--epochs 4"
     assert results["machine"]["cores"] >= 1 and results["machine"]["arch"]
+    assert results["machine"]["torch_threads"] == torch.get_num_threads()
     row = parse_table(render_results_table([results]))[0]
     assert row["attention"] == "Emb+20H (16-bit)" and row["enc ratio (counted / optimal)"] == "11.0 / –"
 
