@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from nmt.reversible.deferred import DeferredWeightGrads, deferred_weight_grads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.readout import read_chunk
 
@@ -50,13 +51,13 @@ def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor]
     with torch.no_grad():
         for start, stop in plan.chunks():
             x, _ = plan.inputs.chunk(start, stop)
-            projected = rnn.cells[0].project_input(x)
+            projected = rnn.cells[0].project_input(x).unbind(1)
             tops = []
             for i, t in enumerate(range(start, stop)):
                 values = [tuple(from_fixed(part) for part in layer) for layer in state]
                 state, values, stored_t = rnn.step(None, state, values, plan.buffer, mask[:, t],
                                                    tag=plan.tag, layer_dropout=plan.layer_dropout,
-                                                   projected=projected[:, i])
+                                                   projected=projected[i])
                 if stored is not None:
                     stored[:, t] = stored_t.to(stored.dtype)
                 if plan.readout is not None:
@@ -93,18 +94,19 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
     for start, stop in reversed(plan.chunks()):
         with torch.enable_grad():
             x, x_leaf = plan.inputs.chunk(start, stop, leaf=True)
-            projected = rnn.cells[0].project_input(x)
+            # per-step views by unbind: their backward is one stack, not a zero-filled copy each
+            projected = rnn.cells[0].project_input(x).unbind(1)
         states = [state]  # exact states, from the one after step stop - 1 back to before start
         with torch.no_grad():
-            exact_projected = projected.detach()
+            exact_projected = [step.detach() for step in projected]
             for t in reversed(range(start, stop)):
                 state = rnn.reverse_step(None, state, plan.buffer, mask[:, t],
                                          restored=_restored_slice(plan, stored, t),
                                          layer_dropout=plan.layer_dropout,
-                                         projected=exact_projected[:, t - start])
+                                         projected=exact_projected[t - start])
                 states.append(state)
         states.reverse()  # states[i]: before step start + i
-        with torch.enable_grad():
+        with torch.enable_grad(), deferred_weight_grads() as deferred:
             leaves = [tuple(from_fixed(part).requires_grad_() for part in layer)
                       for layer in states[0]]
             values, tops, stored_steps = leaves, [], []
@@ -112,7 +114,7 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
                 _, values, stored_t = rnn.step(None, states[i], values, None, mask[:, t],
                                                next_state=states[i + 1],
                                                layer_dropout=plan.layer_dropout,
-                                               projected=projected[:, i])
+                                               projected=projected[i])
                 stored_steps.append(stored_t)
                 if reading:
                     tops.append(torch.cat(values[-1][:2], dim=-1))
@@ -134,6 +136,7 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
         offset = len(flat_leaves) + len(input_slot)
         _accumulate(param_grads, chunk_grads[offset: offset + len(params)])
         _accumulate(extra_grads, chunk_grads[offset + len(params):])
+        _add_weight_grads(param_grads, params, deferred)
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
@@ -207,6 +210,17 @@ def _accumulate(totals: List[Optional[Tensor]], new: Sequence[Optional[Tensor]])
                 totals[i] = g.clone()
             else:
                 totals[i].add_(g)
+
+
+def _add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
+                      deferred: DeferredWeightGrads) -> None:
+    """Add the chunk's deferred recurrent-weight gradients into the columns they belong to."""
+    index = {id(param): i for i, param in enumerate(params)}
+    for layer, first, grad in deferred.weight_grads():
+        i = index[id(layer.weight)]
+        if param_grads[i] is None:
+            param_grads[i] = torch.zeros_like(layer.weight)
+        param_grads[i][:, first:] += grad
 
 
 def _flatten(layers) -> List[Tensor]:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from nmt.reversible.buffer import InformationBuffer
+from nmt.reversible.deferred import column_product
 from nmt.reversible.fixed_point import (
     FORGET_RADIX, check_max_forget_bits, forget_gate, from_fixed, scaled_update, straight_through,
     to_fixed,
@@ -151,8 +152,9 @@ class ReversibleCell(nn.Module):
         return projected.split([layer.out_features for layer in self.input_layers()], dim=-1)
 
     def own_product(self, layer: nn.Linear, projected: Tensor, other: Tensor) -> Tensor:
-        """Pre-activation of `layer`: its projected x share plus W_h @ other."""
-        return projected + F.linear(other, layer.weight[:, self.input_size:])
+        """Pre-activation of `layer`: its projected x share plus W_h @ other (weight gradient
+        deferred inside `deferred_weight_grads()`)."""
+        return projected + column_product(layer, self.input_size, other)
 
     def forward(self, x: Tensor, state: State, buffer: InformationBuffer, mask: Optional[Tensor],
                 *, stored_units: int = 0, precision: int = 32, tag: str = "") -> State:
@@ -210,8 +212,9 @@ class RevGRUCell(ReversibleCell):
         own = self.half_sizes[half]
         with float32_math(other.device):
             logits = self.own_product(self.gates[half], projected[2 * half], other)
-            z_q, n = forget_gate(logits[:, :own], self.max_forget_bits)
-            reset = torch.sigmoid(logits[:, own:])
+            forget, reset = logits.split([own, logits.shape[1] - own], dim=-1)  # split: its
+            z_q, n = forget_gate(forget, self.max_forget_bits)  # backward is one cat, not two fills
+            reset = torch.sigmoid(reset)
             candidate = torch.tanh(self.own_product(self.candidates[half], projected[2 * half + 1],
                                                     reset * other))
             return z_q, n, (1.0 - z_q) * candidate

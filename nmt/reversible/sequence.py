@@ -298,13 +298,13 @@ class ReversibleRNN(nn.Module):
         stored, losses = [], []
         for start, stop in plan.chunks():
             x, _ = plan.inputs.chunk(start, stop)
-            projected = self.cells[0].project_input(x)
+            projected = self.cells[0].project_input(x).unbind(1)
             tops = []
             for i, t in enumerate(range(start, stop)):
                 state, values, stored_t = self.step(None, state, values, plan.buffer,
                                                     plan.mask[:, t], tag=plan.tag,
                                                     layer_dropout=plan.layer_dropout,
-                                                    projected=projected[:, i])
+                                                    projected=projected[i])
                 stored.append(stored_t)
                 if plan.readout is not None:
                     tops.append(torch.cat(values[-1][:2], dim=-1))
