@@ -17,6 +17,7 @@ sequence runner differentiates.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -39,8 +40,20 @@ STORAGE_PRECISIONS = (32, 16)
 
 def float32_math(device: torch.device):
     """Autocast off: gates are float32 however the caller runs, so backward (which runs outside
-    the caller's autocast) recomputes them bit for bit."""
-    return torch.autocast(device_type=device.type, enabled=False)
+    the caller's autocast) recomputes them bit for bit. (Entering an autocast context costs more
+    than a small step's arithmetic: done only when autocast is on.)"""
+    if _autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
 
 
 def round_to_storage(value: Tensor, precision: int) -> Tensor:

@@ -7,6 +7,7 @@ Gradients pass straight through every rounding (the conversions count as identit
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -33,6 +34,11 @@ def min_forget_numerator(max_forget_bits: Optional[int], forget_radix: int = FOR
     if max_forget_bits is None:
         return 1
     return 2 ** (forget_radix - max_forget_bits)
+
+
+@functools.lru_cache(maxsize=None)
+def _min_numerator(max_forget_bits: Optional[int], forget_radix: int) -> int:
+    return min_forget_numerator(max_forget_bits, forget_radix)  # validated once per setting
 
 
 def to_fixed(x: Tensor) -> Tensor:
@@ -76,7 +82,7 @@ def forget_gate(logits: Tensor, max_forget_bits: Optional[int],
     z = (1 - 2**-k) * sigmoid(logits) + 2**-k, n = clamp(round(z * 2**R), n_min, 2**R).
     Returns (z_q, n): z_q has the values n / 2**R (float32) and z's gradient; n is int64.
     """
-    n_min = min_forget_numerator(max_forget_bits, forget_radix)
+    n_min = _min_numerator(max_forget_bits, forget_radix)
     scale = float(2**forget_radix)
     floor = n_min / scale
     z = (1.0 - floor) * torch.sigmoid(logits) + floor
