@@ -37,8 +37,9 @@ def min_forget_numerator(max_forget_bits: Optional[int], forget_radix: int = FOR
 
 
 @functools.lru_cache(maxsize=None)
-def _min_numerator(max_forget_bits: Optional[int], forget_radix: int) -> int:
-    return min_forget_numerator(max_forget_bits, forget_radix)  # validated once per setting
+def _min_numerator(kind: type, max_forget_bits: Optional[int], forget_radix: int) -> int:
+    """Validated once per setting (`kind` keeps True apart from 1 in the cache)."""
+    return min_forget_numerator(max_forget_bits, forget_radix)
 
 
 def to_fixed(x: Tensor) -> Tensor:
@@ -82,7 +83,7 @@ def forget_gate(logits: Tensor, max_forget_bits: Optional[int],
     z = (1 - 2**-k) * sigmoid(logits) + 2**-k, n = clamp(round(z * 2**R), n_min, 2**R).
     Returns (z_q, n): z_q has the values n / 2**R (float32) and z's gradient; n is int64.
     """
-    n_min = _min_numerator(max_forget_bits, forget_radix)
+    n_min = _min_numerator(type(max_forget_bits), max_forget_bits, forget_radix)
     scale = float(2**forget_radix)
     floor = n_min / scale
     z = (1.0 - floor) * torch.sigmoid(logits) + floor
