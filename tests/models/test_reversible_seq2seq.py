@@ -62,22 +62,29 @@ def _reference_twin(model):
     return twin
 
 
+def _step_both_and_compare(model, reference, batch, *, seed):
+    """One training step of each (the same locked dropout masks): bit-identical losses and
+    gradients that agree to rounding. Returns {"reversible": ..., "reference": ...} outputs."""
+    outputs = {}
+    for name, net in (("reversible", model), ("reference", reference)):
+        torch.manual_seed(seed)
+        outputs[name] = net.training_loss(batch, label_smoothing=0.1)
+        outputs[name].loss.backward()
+    assert torch.equal(outputs["reversible"].loss, outputs["reference"].loss)
+    for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
+        assert (mine.grad is None) == (theirs.grad is None), name
+        if theirs.grad is not None:
+            torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    return outputs
+
+
 @pytest.mark.parametrize("cell,context,layers", list(itertools.product(CELLS, CONTEXTS, (1, 2))))
 def test_reversible_step_matches_plain_autograd(multi30k, cell, context, layers):
     tokenizer, batch = multi30k
     model = _model(tokenizer, cell, context, layers)
     reference = _reference_twin(model)
-    outputs = {}
-    for name, net in (("reversible", model), ("reference", reference)):
-        torch.manual_seed(7)  # the same locked dropout masks in both runs
-        outputs[name] = net.training_loss(batch, label_smoothing=0.1)
-        outputs[name].loss.backward()
-    assert torch.equal(outputs["reversible"].loss, outputs["reference"].loss)
+    outputs = _step_both_and_compare(model, reference, batch, seed=7)
     assert outputs["reversible"].nll == outputs["reference"].nll
-    for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
-        assert (mine.grad is None) == (theirs.grad is None), name
-        if theirs.grad is not None:
-            torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
     encoder_grads = [p.grad for n, p in model.named_parameters() if n.startswith("encoder.rnn")]
     assert encoder_grads and all(g is not None and g.abs().sum() > 0 for g in encoder_grads)
     memory = outputs["reversible"].memory
@@ -240,14 +247,7 @@ def test_hidden_context_stores_every_state_only_without_memory_saving(multi30k):
     model = build_model(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     assert model.encoder.context_size == 16
     reference = _reference_twin(model)
-    outputs = {}
-    for name, net in (("reversible", model), ("reference", reference)):
-        torch.manual_seed(5)
-        outputs[name] = net.training_loss(batch, label_smoothing=0.1)
-        outputs[name].loss.backward()
-    assert torch.equal(outputs["reversible"].loss, outputs["reference"].loss)
-    for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    outputs = _step_both_and_compare(model, reference, batch, seed=5)
     assert outputs["reversible"].memory["encoder_ratio"] == 1.0
     assert outputs["reversible"].memory["decoder_ratio"] > 1.0
     # attention reads the top states themselves: they differ from the embeddings and are zero
@@ -322,14 +322,7 @@ def test_reversible_encoder_before_a_plain_decoder(multi30k):
     model = build_model(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     reference = copy.deepcopy(model)
     reference.encoder.mode = MemoryMode.REFERENCE
-    outputs = {}
-    for name, net in (("reversible", model), ("reference", reference)):
-        torch.manual_seed(5)
-        outputs[name] = net.training_loss(batch, label_smoothing=0.1)
-        outputs[name].loss.backward()
-    assert torch.equal(outputs["reversible"].loss, outputs["reference"].loss)
-    for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
-        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    outputs = _step_both_and_compare(model, reference, batch, seed=5)
     memory = outputs["reversible"].memory
     assert memory["encoder_ratio"] > 1 and "decoder_ratio" not in memory
     model.encoder.charges_head = False
