@@ -175,13 +175,16 @@ class Trainer:
             output = self.train_model(batch, label_smoothing=self.cfg.label_smoothing)
         else:
             output = self.model.training_loss(batch, label_smoothing=self.cfg.label_smoothing)
-        loss_sum, nll_sum, num_tokens = distributed.all_reduce_sums(
-            [float(output.loss.detach()) * shard.weight, float(output.nll) * shard.weight,
-             int(batch.num_tgt_tokens) * shard.weight], placement, self.device)
+        (num_tokens,) = distributed.all_reduce_sums([int(batch.num_tgt_tokens) * shard.weight],
+                                                    placement, self.device)
+        (output.loss * (placement.world_size * shard.weight) / num_tokens).backward()
+        # read after backward: a reversible decoder computes its loss while reversing
+        loss_sum, nll_sum = distributed.all_reduce_sums(
+            [float(output.loss.detach()) * shard.weight, float(output.nll) * shard.weight],
+            placement, self.device)
         if not math.isfinite(loss_sum):
             self._skip_batch(f"loss is {loss_sum}")
             return
-        (output.loss * (placement.world_size * shard.weight) / num_tokens).backward()
         norm = self._gradient_norm()
         if not math.isfinite(norm):
             self._skip_batch(f"gradient norm is {norm}")

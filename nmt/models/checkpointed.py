@@ -62,7 +62,7 @@ class CheckpointedSeq2Seq(Seq2Seq):
         encoder_output = self.decoder.attach(self._encode(batch.src, batch.src_lengths))
         loss, nll = self._decoder_loss(batch.tgt_in, batch.tgt_out, encoder_output,
                                        label_smoothing=label_smoothing)
-        return LossOutput(loss=loss, nll=float(nll), num_tokens=int(batch.num_tgt_tokens))
+        return LossOutput(loss=loss, nll=nll.detach(), num_tokens=int(batch.num_tgt_tokens))
 
     # -- encoder ----------------------------------------------------------------------------------
 

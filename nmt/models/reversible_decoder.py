@@ -4,10 +4,10 @@ Per step t (design notes, section 7): h_t = RevCell(emb(y_{t-1}), h_{t-1});
 c_t = attention(h_t, encoder context); a_t = tanh(W_c [c_t; h_t]); log p = log_softmax(W_o a_t).
 
 Training runs the recurrence through `ReversibleRNN` with a readout (`StepLoss`) over chunks of
-steps: in reversible mode the forward pass runs the recurrence and each chunk's loss without a
-graph; while a chunk is reversed, the readout computes attention, logits and the label-smoothed
-loss of its steps again, with gradients, which join the gradients of their h_t. No
-(batch, tgt_len, vocab) tensor exists beyond one chunk's. Gradients reaching the attention
+steps: in reversible mode the forward pass runs only the recurrence; while a chunk is reversed in
+backward, the readout computes attention, logits and the label-smoothed loss of its steps, once,
+with gradients, which join the gradients of their h_t. So the loss (and NLL) of a training batch
+is known once its backward is done. No (batch, tgt_len, vocab) tensor exists beyond one chunk's. Gradients reaching the attention
 keys and values flow on, through ordinary autograd, into the encoder's stored values and its
 reversible backward.
 
@@ -96,6 +96,8 @@ class StepLoss(nn.Module):
         self.tgt_out, self.src_mask, self.dropout = tgt_out, src_mask, dropout
         self.label_smoothing = label_smoothing
         self._nll = {}  # first step of a chunk -> NLL of its tokens; summed in step order
+        # their sum, updated in place: in training it is complete once backward has read every chunk
+        self.nll = torch.full((), float("nan"), device=tgt_out.device)
 
     def forward(self, h: Tensor, start: int, keys: Tensor, values: Tensor) -> Tensor:
         """h (batch, C, H): the top states of steps start .. start + C - 1 -> summed loss."""
@@ -106,11 +108,8 @@ class StepLoss(nn.Module):
         loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
                                                    smoothing=self.label_smoothing)
         self._nll[start] = nll.detach()
+        self.nll.copy_(torch.stack([self._nll[t] for t in sorted(self._nll)]).sum())
         return loss
-
-    @property
-    def nll(self) -> Tensor:
-        return torch.stack([self._nll[t] for t in sorted(self._nll)]).sum()
 
 
 class ReversibleDecoder(nn.Module):
@@ -184,7 +183,9 @@ class ReversibleDecoder(nn.Module):
     def training_loss(self, tgt_in: Tensor, tgt_out: Tensor,
                       encoder_output: ReversibleEncoderOutput, *, label_smoothing: float = 0.0
                       ) -> Tuple[Tensor, Tensor]:
-        """-> (label-smoothed loss, nll), summed over the non-padding tokens of tgt_out."""
+        """-> (label-smoothed loss, nll), summed over the non-padding tokens of tgt_out.
+
+        With gradients on (reversible training) both are NaN until backward fills them in."""
         batch = tgt_in.shape[0]
         tgt_mask = tgt_out != PAD_ID
         input_mask = locked_mask(batch, self.embedding.embedding_dim, self.dropout, like=tgt_in,

@@ -21,11 +21,13 @@ from torch import nn
 @dataclass
 class LossOutput:
     """loss: scalar to backpropagate (label-smoothed, summed over target tokens);
-    nll: summed token NLL without smoothing; num_tokens: non-padding target tokens;
-    memory: counted memory figures ({} for models that count none)."""
+    nll: summed token NLL without smoothing (a detached scalar tensor); num_tokens: non-padding
+    target tokens; memory: counted memory figures ({} for models that count none).
+    A reversible decoder evaluates its loss while backward reverses it: in training, read `loss`
+    and `nll` after `loss.backward()` (they are NaN before)."""
 
     loss: torch.Tensor
-    nll: float
+    nll: torch.Tensor
     num_tokens: int
     memory: Dict[str, float] = field(default_factory=dict)
 
@@ -65,7 +67,7 @@ class Seq2Seq(nn.Module):
             report = getattr(part, "memory_report", None)
             if report is not None:
                 memory.update(report())
-        return LossOutput(loss=loss, nll=float(nll), num_tokens=int(batch.num_tgt_tokens),
+        return LossOutput(loss=loss, nll=nll.detach(), num_tokens=int(batch.num_tgt_tokens),
                           memory=memory)
 
     def forward(self, batch, *, label_smoothing: float = 0.0) -> LossOutput:

@@ -1,18 +1,23 @@
 """Reversible backprop: an autograd Function that keeps no per-step activations.
 
 Forward runs the steps without a graph, chunk by chunk (see `Plan.chunks`), and keeps the final
-exact state, the information buffer and the attention storage; with a readout it also evaluates
-the readout of each chunk, without a graph, for the returned total. Backward walks the chunks
-from last to first: it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact
+exact state, the information buffer and the attention storage. Backward walks the chunks from
+last to first: it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact
 states, re-runs them with grad from float leaves of the chunk's first state (each step's exact
 result is already known, so the buffer is not touched), evaluates the chunk's readout on the
 re-run states, and backpropagates the whole chunk at once: the gradient of its last state (from
 the chunk after it), of its storage and of its readout. Then the graph is dropped. The
 parameters are inputs of the Function, so their gradients arrive through autograd's normal
 accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's.
+
+The readout (e.g. attention, output layer and loss of the decoder) is evaluated once, with
+gradient, while its chunk is reversed: forward returns its total as a placeholder (NaN) that
+backward fills in, so the value is there once the training step's backward is done. Only when
+nothing will be differentiated (no input requires grad) does forward evaluate it itself.
 """
 from __future__ import annotations
 
+import weakref
 from typing import List, Optional, Sequence
 
 import torch
@@ -37,9 +42,9 @@ def run_reversible(plan, initial, extras: Sequence[Tensor]):
     return plan.final_state, values, stored, total
 
 
-def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor]):
+def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor], *, read: bool):
     """The recurrence without a graph; returns (final exact state, storage or None, readout
-    total or None)."""
+    total, or None when not `read`)."""
     rnn, mask = plan.rnn, plan.mask
     state = _unflatten([to_fixed(part) for part in flat_initial], rnn.state_parts)
     plan.initial_state = state
@@ -60,14 +65,13 @@ def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor]
                                                    projected=projected[i])
                 if stored is not None:
                     stored[:, t] = stored_t.to(stored.dtype)
-                if plan.readout is not None:
+                if read:
                     tops.append(torch.cat(values[-1][:2], dim=-1))
-            if plan.readout is not None:
+            if read:
                 losses.append(read_chunk(plan.readout, tops, start, extras))
     plan.final_state = state
     plan.kept_bytes = _kept_bytes(plan, state, stored)
-    total = torch.stack(losses).sum() if plan.readout is not None else None
-    return state, stored, total
+    return state, stored, torch.stack(losses).sum() if read else None
 
 
 def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tensor],
@@ -76,7 +80,7 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
     """Reverse every chunk, backpropagating one chunk at a time.
 
     Returns (grads of the initial float halves, of the float inputs or None, of the parameters,
-    of the extras).
+    of the extras, the readout total or None).
     """
     rnn, mask = plan.rnn, plan.mask
     params = list(plan.parameters)
@@ -89,7 +93,10 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
     extras = [extra.detach().requires_grad_(extra.requires_grad) for extra in extras]
     param_grads: List[Optional[Tensor]] = [None] * len(params)
     extra_grads: List[Optional[Tensor]] = [None] * len(extras)
-    reading = plan.readout is not None and grad_total is not None
+    reading = plan.readout is not None
+    if reading and grad_total is None:  # the total was not used: its value is still wanted
+        grad_total = torch.zeros((), device=mask.device)
+    chunk_totals = []  # readout of each chunk, last chunk first
     grads = list(grad_values)
     for start, stop in reversed(plan.chunks()):
         with torch.enable_grad():
@@ -125,6 +132,7 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
             if reading:
                 outputs.append(read_chunk(plan.readout, tops, start, extras))
                 out_grads.append(grad_total)
+                chunk_totals.append(outputs[-1].detach())
             flat_leaves = _flatten(leaves)
             input_slot = [x_leaf] if x_leaf is not None else []
             chunk_grads = _grad(outputs, out_grads, flat_leaves + input_slot + params + extras)
@@ -141,18 +149,26 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
                                            [embedded_grad], params))
-    return grads, input_grad, param_grads, extra_grads
+    total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
+    return grads, input_grad, param_grads, extra_grads, total
 
 
 class _ReversibleRun(torch.autograd.Function):
-    """Outputs: the readout total (if a readout is given), the final float halves (flat, per
-    layer) and the storage (batch, T, k) if any."""
+    """Outputs: the readout total (if a readout is given; NaN until backward fills it in when
+    anything is to be differentiated), the final float halves (flat, per layer) and the
+    storage (batch, T, k) if any."""
 
     @staticmethod
     def forward(ctx, plan, *tensors):
         num_initial = plan.rnn.num_layers * plan.rnn.state_parts
         extras = tensors[len(tensors) - plan.num_extras:]
-        state, stored, total = _forward_pass(plan, tensors[:num_initial], extras)
+        settle_in_backward = plan.readout is not None and any(ctx.needs_input_grad)
+        state, stored, total = _forward_pass(plan, tensors[:num_initial], extras,
+                                             read=plan.readout is not None and not settle_in_backward)
+        ctx.pending_total = None
+        if settle_in_backward:
+            total = torch.full((), float("nan"), device=plan.mask.device)
+            ctx.pending_total = weakref.ref(total)  # weak: the output must not keep itself alive
         ctx.plan, ctx.final_state, ctx.num_initial = plan, state, num_initial
         ctx.has_stored = stored is not None
         ctx.save_for_backward(*([stored] if stored is not None else []), *extras)
@@ -172,8 +188,11 @@ class _ReversibleRun(torch.autograd.Function):
         grad_values = [g if g is not None else torch.zeros_like(from_fixed(part))
                        for g, part in zip(grad_outputs[: ctx.num_initial], _flatten(ctx.final_state))]
         grad_stored = grad_outputs[ctx.num_initial] if stored is not None else None
-        init_grads, input_grad, param_grads, extra_grads = _reverse_pass(
+        init_grads, input_grad, param_grads, extra_grads, total = _reverse_pass(
             plan, ctx.final_state, stored, grad_values, grad_stored, extras, grad_total)
+        pending = ctx.pending_total() if ctx.pending_total is not None else None
+        if pending is not None:
+            pending.copy_(total)
         raw = [input_grad] if plan.inputs.embedding is None else []
         return (None, *init_grads, *raw, *param_grads, *extra_grads)
 

@@ -49,7 +49,9 @@ class SequenceOutput:
     final_state: the exact int64 state per layer (tuples of halves).
     stored: (batch, T, units) float32 attention storage (zero on padded steps), or None;
         differentiable like `final`.
-    readout: the summed readout (scalar), or None.
+    readout: the summed readout (scalar), or None. In reversible mode, when anything is to be
+        differentiated, the readout is evaluated during backward and this scalar is NaN until
+        backward has filled it in: read it after `backward()`.
     memory: counted bits of this run (accounting.py; heads charged to this run: recount with
         count_memory(..., charge_head=False) for all but one run sharing a buffer).
     kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
@@ -260,7 +262,8 @@ class ReversibleRNN(nn.Module):
             *readout_extras) -> scalar, or with `reads_chunks = True` fn(h (batch, C, H), start,
             *readout_extras) for C steps at once; if it is an nn.Module its parameters get
             gradients; a plain function must receive trainable tensors through `readout_extras`.
-            Deterministic: reversible mode evaluates it twice (value, then gradient).
+            Reversible mode evaluates it once per chunk, with gradient, while the chunk is
+            reversed in backward (so `readout` of the result is known after backward).
         input_dropout: (batch, input) mask for the first layer's input, fixed for the sequence;
         layer_dropout: (layers - 1, batch, H) masks for the inputs of the layers above.
         buffer: shared with other runs of the same batch, or None for a fresh one.

@@ -170,7 +170,8 @@ def test_inference_from_checkpoint_matches_the_buffer_code_path(multi30k, tmp_pa
     outputs = [h.tokens for h in hypotheses]
     assert any(len(tokens) > 2 for tokens in outputs)
     # The same words teacher-forced through the training path: a reversible run whose buffer
-    # keeps its words and continues the encoder's; its forward reads the queries chunk by chunk.
+    # keeps its words and continues the encoder's; its backward reads the queries chunk by chunk,
+    # last chunk first.
     tgt_in = torch.zeros(len(outputs), max(len(t) for t in outputs) + 1, dtype=torch.long)
     tgt_out = torch.zeros_like(tgt_in)
     for row, tokens in enumerate(outputs):
@@ -181,8 +182,10 @@ def test_inference_from_checkpoint_matches_the_buffer_code_path(multi30k, tmp_pa
     with torch.enable_grad():
         encoder_output = model.encode(src, lengths)
         assert encoder_output.buffer.keep_words
-        model.decoder.training_loss(tgt_in, tgt_out, encoder_output)
-    training_queries = list(torch.cat(training_queries, dim=1).unbind(1))  # chunks -> steps
+        loss, _ = model.decoder.training_loss(tgt_in, tgt_out, encoder_output)
+        assert not training_queries  # nothing is read before backward
+        loss.backward()
+    training_queries = list(torch.cat(training_queries[::-1], dim=1).unbind(1))  # chunks -> steps
     _record_queries(monkeypatch, model, inference_queries)
     with torch.no_grad():
         encoder_output = model.encode(src, lengths)

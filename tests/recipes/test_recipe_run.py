@@ -156,9 +156,14 @@ def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
                  cwd=tmp_path)  # a finished run is skipped, the table stays
     assert again.returncode == 0 and "=== skip" in again.stdout and results_md.read_text() == table
 
-    (tmp_path / "runs" / "toy-grid" / "results.json").unlink()
-    failed = bash(GRID_SH, "--epochs", "1", "--results", results_md, config, data_dir=data_dir,
-                  cwd=tmp_path)  # checkpoints without results: nmt train refuses, the grid says so
-    assert failed.returncode == 1 and "1 run(s) failed" in failed.stderr
-    assert "already has checkpoints" in failed.stdout
-    assert "| toy-grid |" not in results_md.read_text()
+    # an interrupted run (checkpoints, no results.json) is resumed, and its earlier time counted
+    (run_dir / "results.json").unlink()
+    resumed = bash(GRID_SH, "--epochs", "1", "--results", results_md, config, data_dir=data_dir,
+                   cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming the interrupted run in runs/toy-grid (earlier attempts: " in resumed.stdout
+    assert "resumed from" in resumed.stdout
+    again_results = json.loads((run_dir / "results.json").read_text())
+    assert again_results["training"]["epochs"] == 1  # nothing trained twice
+    assert again_results["wall_seconds"] > results["wall_seconds"]
+    assert "| toy-grid |" in results_md.read_text()
