@@ -8,6 +8,8 @@
 # --minutes M: train for at most M minutes of wall clock (the config's max_epochs still applies).
 # --epochs E:  train for E epochs, without the config's time limit (early stopping still applies).
 # Neither: the config's own budget. The config file is never edited.
+# Run again after an interruption (a killed session, a reboot), it resumes training from the run's
+# last complete checkpoint with the same budget; the wall time reported adds up every attempt.
 # MULTI30K_DIR defaults to data/multi30k; when it holds no Multi30K files they are fetched there.
 # PYTHON selects the interpreter (default: python3). Run from the repository root: relative paths
 # in the config (run_dir, data.dir) are relative to the current directory.
@@ -69,8 +71,22 @@ echo "run directory: $RUN_DIR"
 step "prepare"
 nmt prepare "$CONFIG"
 
+# An interrupted earlier attempt left checkpoints: continue it (its training time counts towards
+# --minutes) and add its wall time to this one's.
+RESUME=()
+EARLIER_SECONDS=0
+if compgen -G "$RUN_DIR/checkpoints/step-*.pt" > /dev/null; then
+  RESUME=(--resume)
+  EARLIER_SECONDS="$(cat "$RUN_DIR/recipe_seconds" 2>/dev/null || echo 0)"
+  [[ "$EARLIER_SECONDS" =~ ^[0-9]+$ ]] || EARLIER_SECONDS=0
+  echo "resuming the interrupted run in $RUN_DIR (earlier attempts: $EARLIER_SECONDS s)"
+fi
+START_SECONDS=$((START_SECONDS - EARLIER_SECONDS))
+trap 'echo $((SECONDS - START_SECONDS)) > "$RUN_DIR/recipe_seconds"' EXIT
+trap 'exit 143' TERM HUP INT  # still record the time when stopped
+
 step "train (budget: $BUDGET)"
-nmt train "$CONFIG" "${TRAIN_BUDGET[@]}"
+nmt train "$CONFIG" "${TRAIN_BUDGET[@]}" "${RESUME[@]}"
 
 CHECKPOINT="$RUN_DIR/best.pt"
 [ -e "$CHECKPOINT" ] || CHECKPOINT="$RUN_DIR/latest.pt"
