@@ -2,18 +2,24 @@
 
 Forward runs the steps without a graph, chunk by chunk (see `Plan.chunks`), and keeps the final
 exact state, the information buffer and the attention storage. Backward walks the chunks from
-last to first: it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact
-states, re-runs them with grad from float leaves of the chunk's first state (each step's exact
-result is already known, so the buffer is not touched), evaluates the chunk's readout on the
-re-run states, and backpropagates the whole chunk at once: the gradient of its last state (from
-the chunk after it), of its storage and of its readout. Then the graph is dropped. The
-parameters are inputs of the Function, so their gradients arrive through autograd's normal
-accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's.
+last to first:
 
-The readout (e.g. attention, output layer and loss of the decoder) is evaluated once, with
-gradient, while its chunk is reversed: forward returns its total as a placeholder (NaN) that
-backward fills in, so the value is there once the training step's backward is done. Only when
-nothing will be differentiated (no input requires grad) does forward evaluate it itself.
+1. it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact states and the
+   gate values the reversal computes anyway (the cells' tapes);
+2. it evaluates the chunk's readout (e.g. the decoder's attention, output layer and loss) and
+   storage on the chunk's top states, as one leaf, by autograd: the readout is evaluated once,
+   with gradient, while its chunk is reversed;
+3. it backpropagates through the steps by hand (`backward_step` of the cells: the paper's update
+   equations differentiated, gradients straight through every rounding), recording the
+   recurrent weights' (input, gradient) pairs for one product per chunk;
+4. it backpropagates the chunk's first-layer input projection (one product) by autograd.
+
+The parameters are inputs of the Function, so their gradients arrive through autograd's normal
+accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's. Forward
+returns the readout total as a placeholder (NaN) that backward fills in, so the value is there
+once the training step's backward is done; only when nothing will be differentiated (no input
+requires grad) does forward evaluate the readout itself. Plain autograd over the same steps
+(`MemoryMode.REFERENCE`) is the reference the tests compare this backward with.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from nmt.reversible.deferred import DeferredWeightGrads, deferred_weight_grads
+from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.readout import read_chunk
 
@@ -96,61 +102,70 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
     reading = plan.readout is not None
     if reading and grad_total is None:  # the total was not used: its value is still wanted
         grad_total = torch.zeros((), device=mask.device)
+    storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
-    grads = list(grad_values)
+    parts = rnn.state_parts
+    grads = [list(layer) for layer in _unflatten(list(grad_values), parts)]
     for start, stop in reversed(plan.chunks()):
         with torch.enable_grad():
             x, x_leaf = plan.inputs.chunk(start, stop, leaf=True)
-            # per-step views by unbind: their backward is one stack, not a zero-filled copy each
-            projected = rnn.cells[0].project_input(x).unbind(1)
-        states = [state]  # exact states, from the one after step stop - 1 back to before start
+            projected = rnn.cells[0].project_input(x)  # (batch, C, P), graph back to x
+        # 1. reverse the chunk exactly, recording the gate values its gradient needs
+        states, tapes = [state], []  # states: from after step stop - 1 back to before start
         with torch.no_grad():
-            exact_projected = [step.detach() for step in projected]
+            exact_projected = projected.detach().unbind(1)
             for t in reversed(range(start, stop)):
+                tape: list = []
                 state = rnn.reverse_step(None, state, plan.buffer, mask[:, t],
                                          restored=_restored_slice(plan, stored, t),
                                          layer_dropout=plan.layer_dropout,
-                                         projected=exact_projected[t - start])
+                                         projected=exact_projected[t - start], tape=tape)
                 states.append(state)
+                tapes.append(tape)
         states.reverse()  # states[i]: before step start + i
-        with torch.enable_grad(), deferred_weight_grads() as deferred:
-            leaves = [tuple(from_fixed(part).requires_grad_() for part in layer)
-                      for layer in states[0]]
-            values, tops, stored_steps = leaves, [], []
-            for i, t in enumerate(range(start, stop)):
-                _, values, stored_t = rnn.step(None, states[i], values, None, mask[:, t],
-                                               next_state=states[i + 1],
-                                               layer_dropout=plan.layer_dropout,
-                                               projected=projected[i])
-                stored_steps.append(stored_t)
-                if reading:
-                    tops.append(torch.cat(values[-1][:2], dim=-1))
-            outputs, out_grads = _flatten(values), list(grads)
-            if stored is not None and grad_stored is not None:
-                outputs.append(torch.stack(stored_steps, dim=1))
+        tapes.reverse()
+        # 2. the chunk's readout and storage, by autograd, on its top states as one leaf
+        tops = torch.stack([from_fixed(torch.cat(after[-1][:2], dim=-1)) for after in states[1:]],
+                           dim=1).requires_grad_()
+        outputs, out_grads = [], []
+        with torch.enable_grad():
+            if storing:
+                outputs.append(rnn.stored_from_top(tops, mask[:, start:stop]))
                 out_grads.append(grad_stored[:, start:stop])
             if reading:
-                outputs.append(read_chunk(plan.readout, tops, start, extras))
+                outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
                 out_grads.append(grad_total)
                 chunk_totals.append(outputs[-1].detach())
-            flat_leaves = _flatten(leaves)
-            input_slot = [x_leaf] if x_leaf is not None else []
-            chunk_grads = _grad(outputs, out_grads, flat_leaves + input_slot + params + extras)
-        grads = [g if g is not None else torch.zeros_like(leaf)
-                 for g, leaf in zip(chunk_grads[: len(flat_leaves)], flat_leaves)]
-        chunk_input_grad = chunk_grads[len(flat_leaves)] if input_slot else None
-        if chunk_input_grad is not None:
-            (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_input_grad
-        offset = len(flat_leaves) + len(input_slot)
-        _accumulate(param_grads, chunk_grads[offset: offset + len(params)])
-        _accumulate(extra_grads, chunk_grads[offset + len(params):])
-        _add_weight_grads(param_grads, params, deferred)
+            read_grads = _grad(outputs, out_grads, [tops] + params + extras)
+        _accumulate(param_grads, read_grads[1: 1 + len(params)])
+        _accumulate(extra_grads, read_grads[1 + len(params):])
+        top_grads = read_grads[0]
+        # 3. the recurrence, step by step backwards, by hand (cells' backward_step)
+        weight_grads, bias_grads, first_projected = DeferredWeightGrads(), [], []
+        for i in reversed(range(stop - start)):
+            if top_grads is not None:
+                top, half = grads[-1], rnn.cells[-1].half_sizes[0]
+                top[0] = top[0] + top_grads[:, i, :half]
+                top[1] = top[1] + top_grads[:, i, half:]
+            grads, d_projected = rnn.backward_step(tapes[i], grads, mask[:, start + i],
+                                                   layer_dropout=plan.layer_dropout,
+                                                   weight_grads=weight_grads, bias_grads=bias_grads)
+            first_projected.append(d_projected)
+        # 4. the first layer's input projection of the chunk, by autograd
+        d_projected = torch.stack(first_projected[::-1], dim=1)
+        input_slot = [x_leaf] if x_leaf is not None else []
+        with torch.enable_grad():
+            chunk_grads = _grad([projected], [d_projected], input_slot + params)
+        if input_slot and chunk_grads[0] is not None:
+            (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_grads[0]
+        _accumulate(param_grads, chunk_grads[len(input_slot):])
+        _add_weight_grads(param_grads, params, weight_grads, bias_grads)
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
                                            [embedded_grad], params))
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
-    return grads, input_grad, param_grads, extra_grads, total
+    return _flatten(grads), input_grad, param_grads, extra_grads, total
 
 
 class _ReversibleRun(torch.autograd.Function):
@@ -232,14 +247,20 @@ def _accumulate(totals: List[Optional[Tensor]], new: Sequence[Optional[Tensor]])
 
 
 def _add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
-                      deferred: DeferredWeightGrads) -> None:
-    """Add the chunk's deferred recurrent-weight gradients into the columns they belong to."""
+                      weight_grads: DeferredWeightGrads, bias_grads: list) -> None:
+    """Add the chunk's recorded weight gradients into the columns they belong to, and the
+    per-step bias gradients."""
     index = {id(param): i for i, param in enumerate(params)}
-    for layer, first, grad in deferred.weight_grads():
+    for layer, first, grad in weight_grads.weight_grads():
         i = index[id(layer.weight)]
         if param_grads[i] is None:
             param_grads[i] = torch.zeros_like(layer.weight)
         param_grads[i][:, first:] += grad
+    for bias, grad in bias_grads:
+        i = index[id(bias)]
+        if param_grads[i] is None:
+            param_grads[i] = torch.zeros_like(bias)
+        param_grads[i] += grad
 
 
 def _flatten(layers) -> List[Tensor]:

@@ -18,14 +18,13 @@ sequence runner differentiates.
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from nmt.reversible.buffer import InformationBuffer
-from nmt.reversible.deferred import column_product
 from nmt.reversible.fixed_point import (
     FORGET_RADIX, check_max_forget_bits, forget_gate, from_fixed, scaled_update, straight_through,
     to_fixed,
@@ -165,9 +164,16 @@ class ReversibleCell(nn.Module):
         return projected.split([layer.out_features for layer in self.input_layers()], dim=-1)
 
     def own_product(self, layer: nn.Linear, projected: Tensor, other: Tensor) -> Tensor:
-        """Pre-activation of `layer`: its projected x share plus W_h @ other (weight gradient
-        deferred inside `deferred_weight_grads()`)."""
-        return projected + column_product(layer, self.input_size, other)
+        """Pre-activation of `layer`: its projected x share plus W_h @ other."""
+        return projected + F.linear(other, self.hidden_weight(layer))
+
+    def hidden_weight(self, layer: nn.Linear) -> Tensor:
+        """W_h: the columns of `layer` that multiply the other half of the state."""
+        return layer.weight[:, self.input_size:]
+
+    def input_weight(self) -> Tensor:
+        """The x columns of every Linear of `input_layers`, stacked: (P, input_size)."""
+        return torch.cat([layer.weight[:, : self.input_size] for layer in self.input_layers()])
 
     def forward(self, x: Tensor, state: State, buffer: InformationBuffer, mask: Optional[Tensor],
                 *, stored_units: int = 0, precision: int = 32, tag: str = "") -> State:
@@ -187,9 +193,20 @@ class ReversibleCell(nn.Module):
         raise NotImplementedError
 
     def reverse(self, projected: Tensor, state: State, buffer: InformationBuffer,
-                mask: Optional[Tensor], *, restored: Optional[Tensor] = None) -> State:
+                mask: Optional[Tensor], *, restored: Optional[Tensor] = None,
+                tape: Optional[list] = None) -> State:
         """Undo one `step` exactly, given the same `projected` input; `restored` (batch, k) int64
-        are the stored units of h1."""
+        are the stored units of h1. With a `tape` (list), also appends what `backward_step` needs
+        (the gate values reversal computes anyway), in the order backward uses them."""
+        raise NotImplementedError
+
+    def backward_step(self, tape: list, grads: List[Tensor], mask: Optional[Tensor]
+                      ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
+        """The gradient of one `step`, by hand, from the `tape` its reversal recorded.
+
+        grads: d loss / d each float half after the step. Returns (the same before the step,
+        d loss / d projected (batch, P), the inputs W_h multiplied per Linear of `input_layers`,
+        whose weight gradient is d_projected_piece^T @ input)."""
         raise NotImplementedError
 
     def initial_state(self, batch: int, device=None) -> State:
@@ -200,6 +217,17 @@ class ReversibleCell(nn.Module):
     def split(self, hidden: Tensor) -> Tuple[Tensor, Tensor]:
         """(batch, H) -> the two halves (batch, ceil(H/2)), (batch, floor(H/2))."""
         return hidden[:, : self.half_sizes[0]], hidden[:, self.half_sizes[0]:]
+
+
+class _GRUGates(NamedTuple):
+    """One half's gates: what the update applies (z_q, n, update) and what its gradient needs."""
+
+    z_q: Tensor
+    n: Tensor
+    update: Tensor  # (1 - z_q) * candidate
+    reset: Tensor
+    candidate: Tensor
+    slope: Optional[Tensor]  # d z / d logit (with_slope only)
 
 
 class RevGRUCell(ReversibleCell):
@@ -219,40 +247,83 @@ class RevGRUCell(ReversibleCell):
     def input_layers(self):
         return [self.gates[0], self.candidates[0], self.gates[1], self.candidates[1]]
 
-    def half_update(self, half: int, projected: Tuple[Tensor, ...],
-                    other: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """The gate function of one half, shared by forward and reverse: (z_q, n, (1 - z_q) * g)."""
+    def half_update(self, half: int, projected: Tuple[Tensor, ...], other: Tensor, *,
+                    with_slope: bool = False) -> _GRUGates:
+        """The gate function of one half, shared by forward, reverse and backward."""
         own = self.half_sizes[half]
         with float32_math(other.device):
             logits = self.own_product(self.gates[half], projected[2 * half], other)
             forget, reset = logits.split([own, logits.shape[1] - own], dim=-1)  # split: its
-            z_q, n = forget_gate(forget, self.max_forget_bits)  # backward is one cat, not two fills
+            gate = forget_gate(forget, self.max_forget_bits,  # backward is one cat, not two fills
+                               with_slope=with_slope)
             reset = torch.sigmoid(reset)
             candidate = torch.tanh(self.own_product(self.candidates[half], projected[2 * half + 1],
                                                     reset * other))
-            return z_q, n, (1.0 - z_q) * candidate
+            return _GRUGates(gate[0], gate[1], (1.0 - gate[0]) * candidate, reset, candidate,
+                             gate[2] if with_slope else None)
 
     def step(self, projected, state, values, buffer, mask, *, next_state=None, stored_units=0,
              precision=32, tag=""):
         exact, floats = list(state), list(values)
         pieces = self.split_projection(projected)
         for half in (0, 1):
-            z_q, n, update = self.half_update(half, pieces, floats[1 - half])
+            gates = self.half_update(half, pieces, floats[1 - half])
             exact[half], floats[half] = gated_step(
-                exact[half], floats[half], z_q, n, update, buffer=buffer, mask=mask,
-                next_exact=None if next_state is None else next_state[half],
+                exact[half], floats[half], gates.z_q, gates.n, gates.update, buffer=buffer,
+                mask=mask, next_exact=None if next_state is None else next_state[half],
                 stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
         return tuple(exact), tuple(floats)
 
-    def reverse(self, projected, state, buffer, mask, *, restored=None):
+    def reverse(self, projected, state, buffer, mask, *, restored=None, tape=None):
         exact = list(state)
         pieces = self.split_projection(projected)
         with torch.no_grad():
             for half in (1, 0):
-                _, n, update = self.half_update(half, pieces, from_fixed(exact[1 - half]))
-                exact[half] = undo_step(exact[half], n, update, buffer=buffer, mask=mask,
-                                        restored=restored if half == 0 else None)
+                other = from_fixed(exact[1 - half])
+                gates = self.half_update(half, pieces, other, with_slope=tape is not None)
+                exact[half] = undo_step(exact[half], gates.n, gates.update, buffer=buffer,
+                                        mask=mask, restored=restored if half == 0 else None)
+                if tape is not None:
+                    tape.append((half, other, from_fixed(exact[half]), gates))
         return tuple(exact)
+
+    def backward_step(self, tape, grads, mask):
+        """h_i' = z_q h_i + (1 - z_q) g on real rows (h_i' = h_i on padding), so
+        dh_i = z_q dh_i', dz_q = (h_i - g) dh_i', dg = (1 - z_q) dh_i'; the gates read h_j."""
+        d = list(grads)
+        real = _real_rows(mask, d[0])
+        pieces: List[Optional[Tensor]] = [None] * 4
+        inputs: List[Optional[Tensor]] = [None] * 4
+        with torch.no_grad():
+            for half, other, previous, gates in tape:  # half 2 first: it read the new h1
+                grad = d[half]
+                live = torch.where(real, grad, 0.0)
+                d[half] = torch.where(real, grad * gates.z_q, grad)
+                d_candidate = live * (1.0 - gates.z_q) * (1.0 - gates.candidate * gates.candidate)
+                d_reset_other = d_candidate.mm(self.hidden_weight(self.candidates[half]))
+                d_logits = torch.cat([live * (previous - gates.candidate) * gates.slope,
+                                      d_reset_other * other * gates.reset * (1.0 - gates.reset)],
+                                     dim=-1)
+                d[1 - half] = (d[1 - half] + d_reset_other * gates.reset
+                               + d_logits.mm(self.hidden_weight(self.gates[half])))
+                pieces[2 * half], pieces[2 * half + 1] = d_logits, d_candidate
+                inputs[2 * half], inputs[2 * half + 1] = other, gates.reset * other
+        return d, torch.cat(pieces, dim=-1), inputs
+
+
+class _LSTMGates(NamedTuple):
+    """One half's gates: what the updates apply and what their gradient needs."""
+
+    f_q: Tensor
+    n_f: Tensor
+    cell_update: Tensor  # i * g
+    out_gate: Tensor
+    p_q: Tensor
+    n_p: Tensor
+    inp: Tensor  # sigmoid input gate i
+    candidate: Tensor  # tanh candidate g
+    f_slope: Optional[Tensor]  # d f / d logit, d p / d logit (with_slope only)
+    p_slope: Optional[Tensor]
 
 
 class RevLSTMCell(ReversibleCell):
@@ -273,15 +344,18 @@ class RevLSTMCell(ReversibleCell):
     def input_layers(self):
         return list(self.gates)
 
-    def half_gates(self, half: int, projected: Tuple[Tensor, ...], other: Tensor):
-        """Gate function of one half (forward and reverse): (f_q, n_f, i * g, o, p_q, n_p)."""
+    def half_gates(self, half: int, projected: Tuple[Tensor, ...], other: Tensor, *,
+                   with_slope: bool = False) -> _LSTMGates:
+        """Gate function of one half, shared by forward, reverse and backward."""
         own = self.half_sizes[half]
         with float32_math(other.device):
             gates = self.own_product(self.gates[half], projected[half], other)
             forget, inp, out, keep, cand = gates.split(own, -1)
-            f_q, n_f = forget_gate(forget, self.max_forget_bits)
-            p_q, n_p = forget_gate(keep, self.max_forget_bits)
-            return f_q, n_f, torch.sigmoid(inp) * torch.tanh(cand), torch.sigmoid(out), p_q, n_p
+            f = forget_gate(forget, self.max_forget_bits, with_slope=with_slope)
+            p = forget_gate(keep, self.max_forget_bits, with_slope=with_slope)
+            inp, cand = torch.sigmoid(inp), torch.tanh(cand)
+            return _LSTMGates(f[0], f[1], inp * cand, torch.sigmoid(out), p[0], p[1], inp, cand,
+                              f[2] if with_slope else None, p[2] if with_slope else None)
 
     @staticmethod
     def hidden_update(p_q: Tensor, out_gate: Tensor, cell_value: Tensor) -> Tensor:
@@ -294,32 +368,62 @@ class RevLSTMCell(ReversibleCell):
         exact, floats = list(state), list(values)
         pieces = self.split_projection(projected)
         for half in (0, 1):
-            f_q, n_f, cell_update, out_gate, p_q, n_p = self.half_gates(half, pieces,
-                                                                        floats[1 - half])
+            g = self.half_gates(half, pieces, floats[1 - half])
             c = 2 + half
             exact[c], floats[c] = gated_step(
-                exact[c], floats[c], f_q, n_f, cell_update, buffer=buffer, mask=mask,
+                exact[c], floats[c], g.f_q, g.n_f, g.cell_update, buffer=buffer, mask=mask,
                 next_exact=None if next_state is None else next_state[c], tag=tag)
             exact[half], floats[half] = gated_step(
-                exact[half], floats[half], p_q, n_p, self.hidden_update(p_q, out_gate, floats[c]),
-                buffer=buffer, mask=mask,
+                exact[half], floats[half], g.p_q, g.n_p,
+                self.hidden_update(g.p_q, g.out_gate, floats[c]), buffer=buffer, mask=mask,
                 next_exact=None if next_state is None else next_state[half],
                 stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
         return tuple(exact), tuple(floats)
 
-    def reverse(self, projected, state, buffer, mask, *, restored=None):
+    def reverse(self, projected, state, buffer, mask, *, restored=None, tape=None):
         exact = list(state)
         pieces = self.split_projection(projected)
         with torch.no_grad():
             for half in (1, 0):
                 c = 2 + half
-                _, n_f, cell_update, out_gate, p_q, n_p = self.half_gates(
-                    half, pieces, from_fixed(exact[1 - half]))
+                other = from_fixed(exact[1 - half])
+                g = self.half_gates(half, pieces, other, with_slope=tape is not None)
+                new_cell = from_fixed(exact[c])
                 exact[half] = undo_step(
-                    exact[half], n_p, self.hidden_update(p_q, out_gate, from_fixed(exact[c])),
+                    exact[half], g.n_p, self.hidden_update(g.p_q, g.out_gate, new_cell),
                     buffer=buffer, mask=mask, restored=restored if half == 0 else None)
-                exact[c] = undo_step(exact[c], n_f, cell_update, buffer=buffer, mask=mask)
+                exact[c] = undo_step(exact[c], g.n_f, g.cell_update, buffer=buffer, mask=mask)
+                if tape is not None:
+                    tape.append((half, other, from_fixed(exact[half]), from_fixed(exact[c]),
+                                 new_cell, g))
         return tuple(exact)
+
+    def backward_step(self, tape, grads, mask):
+        """On real rows h' = p_q h + o tanh(c'), c' = f_q c + i g (padding: unchanged), so
+        dc' += o (1 - tanh(c')^2) dh', dh = p_q dh', dp_q = h dh', do = tanh(c') dh',
+        dc = f_q dc', df_q = c dc', di = g dc', dg = i dc'; the gates read h_j."""
+        d = list(grads)
+        real = _real_rows(mask, d[0])
+        pieces: List[Optional[Tensor]] = [None] * 2
+        inputs: List[Optional[Tensor]] = [None] * 2
+        with torch.no_grad():
+            for half, other, previous, previous_cell, new_cell, g in tape:  # half 2 first
+                c = 2 + half
+                grad_h = d[half]
+                live_h = torch.where(real, grad_h, 0.0)
+                d[half] = torch.where(real, grad_h * g.p_q, grad_h)
+                tanh_cell = torch.tanh(new_cell)
+                grad_c = d[c] + live_h * g.out_gate * (1.0 - tanh_cell * tanh_cell)
+                live_c = torch.where(real, grad_c, 0.0)
+                d[c] = torch.where(real, grad_c * g.f_q, grad_c)
+                d_gates = torch.cat([live_c * previous_cell * g.f_slope,
+                                     live_c * g.candidate * g.inp * (1.0 - g.inp),
+                                     live_h * tanh_cell * g.out_gate * (1.0 - g.out_gate),
+                                     live_h * previous * g.p_slope,
+                                     live_c * g.inp * (1.0 - g.candidate * g.candidate)], dim=-1)
+                d[1 - half] = d[1 - half] + d_gates.mm(self.hidden_weight(self.gates[half]))
+                pieces[half], inputs[half] = d_gates, other
+        return d, torch.cat(pieces, dim=-1), inputs
 
 
 CELLS = {"revgru": RevGRUCell, "revlstm": RevLSTMCell}

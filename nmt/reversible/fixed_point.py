@@ -77,15 +77,20 @@ def straight_through(surrogate: Tensor, exact: Tensor) -> Tensor:
 
 
 def forget_gate(logits: Tensor, max_forget_bits: Optional[int],
-                forget_radix: int = FORGET_RADIX) -> Tuple[Tensor, Tensor]:
+                forget_radix: int = FORGET_RADIX, *, with_slope: bool = False):
     """A state-multiplying gate limited to [2**-k, 1] and quantised to n / 2**R.
 
     z = (1 - 2**-k) * sigmoid(logits) + 2**-k, n = clamp(round(z * 2**R), n_min, 2**R).
     Returns (z_q, n): z_q has the values n / 2**R (float32) and z's gradient; n is int64.
+    with_slope: also dz/dlogits (what a hand-written backward multiplies z_q's gradient by).
     """
     n_min = _min_numerator(type(max_forget_bits), max_forget_bits, forget_radix)
     scale = float(2**forget_radix)
     floor = n_min / scale
-    z = (1.0 - floor) * torch.sigmoid(logits) + floor
+    sigmoid = torch.sigmoid(logits)
+    z = (1.0 - floor) * sigmoid + floor
     n = torch.round(z.detach() * scale).clamp_(n_min, 2**forget_radix).to(torch.int64)
-    return straight_through(z, n.to(torch.float32) / scale), n
+    z_q = straight_through(z, n.to(torch.float32) / scale)
+    if with_slope:
+        return z_q, n, (1.0 - floor) * sigmoid * (1.0 - sigmoid)
+    return z_q, n

@@ -28,6 +28,7 @@ from nmt.reversible.backprop import run_reversible
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.readout import read_chunk
 from nmt.reversible.cells import CELLS, State, Values, float32_math
+from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
 from nmt.reversible.validation import check_run
@@ -216,20 +217,31 @@ class ReversibleRNN(nn.Module):
         """What the storage keeps of the top layer's new state (batch, units), zero on padding."""
         if self.storage is None:
             return None
+        slicing = self.storage.kind is StorageKind.SLICE  # the slice is h1's first units
+        return self.stored_from_top(top_values[0] if slicing else torch.cat(top_values[:2], dim=-1),
+                                    mask)
+
+    def stored_from_top(self, top: Tensor, mask: Tensor) -> Optional[Tensor]:
+        """The same from the top state [h1, h2] (..., H) (or h1 alone for a slice) and a mask
+        (...): (..., units), for one step or a chunk of steps."""
+        if self.storage is None:
+            return None
         if self.storage.kind is StorageKind.SLICE:
-            value = top_values[0][:, : self.storage.units]
+            value = top[..., : self.storage.units]
         else:
-            with float32_math(top_values[0].device):
-                value = rounded_projection(self.projection(torch.cat(top_values[:2], dim=-1)),
-                                           self.storage.precision)
-        return torch.where(mask.view(-1, 1), value, torch.zeros((), device=value.device))
+            with float32_math(top.device):
+                value = rounded_projection(self.projection(top), self.storage.precision)
+        return torch.where(mask.unsqueeze(-1), value, torch.zeros((), device=value.device))
 
     def reverse_step(self, x: Optional[Tensor], state: List[State], buffer: InformationBuffer,
                      mask: Tensor, *, restored: Optional[Tensor] = None,
                      layer_dropout: Optional[Tensor] = None,
-                     projected: Optional[Tensor] = None) -> List[State]:
+                     projected: Optional[Tensor] = None,
+                     tape: Optional[list] = None) -> List[State]:
         """Undo `step` exactly, top layer first; `restored` (batch, k) int64: the previous slice.
-        x / projected: as for `step` (the same values it was given)."""
+        x / projected: as for `step` (the same values it was given). With a `tape` (list), also
+        records per layer, top first, (layer, its input or None for layer 0, the cell's tape)
+        for `backward_step`."""
         with torch.no_grad():
             below = [from_fixed(torch.cat(state[layer][:2], dim=-1))
                      for layer in range(self.num_layers - 1)]
@@ -242,9 +254,46 @@ class ReversibleRNN(nn.Module):
                     layer_projected = self.cells[layer].project_input(below[layer - 1])
                 else:
                     layer_projected = self.cells[0].project_input(x) if projected is None else projected
+                cell_tape = None if tape is None else []
                 previous[layer] = self.cells[layer].reverse(
-                    layer_projected, state[layer], buffer, mask, restored=restored if top else None)
+                    layer_projected, state[layer], buffer, mask, restored=restored if top else None,
+                    tape=cell_tape)
+                if tape is not None:
+                    tape.append((layer, below[layer - 1] if layer > 0 else None, cell_tape))
         return previous
+
+    def backward_step(self, tape: list, grads: List[List[Tensor]], mask: Tensor, *,
+                      layer_dropout: Optional[Tensor], weight_grads: DeferredWeightGrads,
+                      bias_grads: list) -> Tuple[List[List[Tensor]], Tensor]:
+        """The gradient of one `step` of the stack, by hand, from its reversal's `tape`.
+
+        grads: per layer, d loss / d each float half after the step. Returns the same before the
+        step and d loss / d the first layer's projected input (batch, P). Weight gradients are
+        recorded in `weight_grads` (one product per chunk later); biases of layers above the first
+        (whose inputs are projected per step) append (bias, gradient) to `bias_grads`."""
+        grads = [list(layer_grads) for layer_grads in grads]
+        first_projected = None
+        with torch.no_grad():
+            for layer, layer_input, cell_tape in tape:  # top layer first
+                cell = self.cells[layer]
+                grads[layer], d_projected, inputs = cell.backward_step(cell_tape, grads[layer], mask)
+                pieces = cell.split_projection(d_projected)
+                for linear, piece, own_input in zip(cell.input_layers(), pieces, inputs):
+                    if layer == 0:  # x columns: by autograd, through the chunk's projection
+                        weight_grads.record((linear, cell.input_size), own_input, piece)
+                    else:
+                        weight_grads.record((linear, 0), torch.cat([layer_input, own_input], -1), piece)
+                        bias_grads.append((linear.bias, piece.sum(0)))
+                if layer == 0:
+                    first_projected = d_projected
+                    continue
+                d_input = d_projected.mm(cell.input_weight())
+                if layer_dropout is not None:
+                    d_input = d_input * layer_dropout[layer - 1]
+                below, first_half = grads[layer - 1], self.cells[layer - 1].half_sizes[0]
+                below[0] = below[0] + d_input[:, :first_half]
+                below[1] = below[1] + d_input[:, first_half:]
+        return grads, first_projected
 
     # -- whole sequences ------------------------------------------------------------------------
 

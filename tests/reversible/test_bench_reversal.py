@@ -51,8 +51,8 @@ def test_check_reversal_notices_a_broken_reverse():
     assert check_reversal(rnn, inputs).exact
     original = rnn.cells[1].reverse
 
-    def off_by_one_at_step_5(x, state, buffer, mask, *, restored=None):
-        previous = original(x, state, buffer, mask, restored=restored)
+    def off_by_one_at_step_5(x, state, buffer, mask, *, restored=None, tape=None):
+        previous = original(x, state, buffer, mask, restored=restored, tape=tape)
         off_by_one_at_step_5.calls += 1
         if off_by_one_at_step_5.calls == 3:  # the reverse of step 5 of 8
             previous = (previous[0] + 1,) + previous[1:]
