@@ -59,13 +59,13 @@ def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor]
         stored = torch.zeros(mask.shape[0], plan.steps, rnn.storage.units,
                              dtype=rnn.storage.dtype, device=mask.device)
     losses = []
+    values = [tuple(from_fixed(part) for part in layer) for layer in state]  # then the steps'
     with torch.no_grad():
         for start, stop in plan.chunks():
             x, _ = plan.inputs.chunk(start, stop)
             projected = rnn.cells[0].project_input(x).unbind(1)
             tops = []
             for i, t in enumerate(range(start, stop)):
-                values = [tuple(from_fixed(part) for part in layer) for layer in state]
                 state, values, stored_t = rnn.step(None, state, values, plan.buffer, mask[:, t],
                                                    tag=plan.tag, layer_dropout=plan.layer_dropout,
                                                    projected=projected[i])
