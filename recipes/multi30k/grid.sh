@@ -5,10 +5,12 @@
 #       [--results FILE] [CONFIG...]
 #
 # CONFIGs default to every configs/multi30k/*.yaml except the language variants (*-en-fr, *-en-cs).
-# A config whose run already has a results.json is skipped, so an interrupted grid can be started
-# again. A failed run is reported and the grid goes on. RESULTS.md (default recipes/multi30k/RESULTS.md)
-# is then regenerated from the results.json of every finished run of the grid, including runs of
-# earlier invocations (e.g. the main rows at --epochs 10, the rest at a shorter budget).
+# A config whose run already has a results.json is skipped, and an interrupted run is resumed, so
+# a grid can be started again. A failed run is reported and the grid goes on. Each finished run's
+# results.json is kept in results/ beside RESULTS.md (default recipes/multi30k/results/, one file
+# per config and budget, committed with the table), and RESULTS.md is regenerated from every file
+# there: the table keeps rows of earlier invocations and other machines (e.g. the main rows at
+# --epochs 10, the rest at a shorter budget).
 # Each run's output is also kept in runs/grid-logs/NAME.log (GRID_LOG_DIR).
 # Run from the repository root.
 set -euo pipefail
@@ -31,7 +33,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --minutes|--epochs) [ $# -ge 2 ] || usage; BUDGET+=("$1" "$2"); shift 2 ;;
     --results) [ $# -ge 2 ] || usage; RESULTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "grid.sh: error: unknown option $1" >&2; exit 2 ;;
     *) CONFIGS+=("$1"); shift ;;
   esac
@@ -51,7 +53,14 @@ for config in "$REPO"/configs/multi30k/*.yaml; do
 done
 [ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=("${GRID[@]}")
 
-mkdir -p "$LOG_DIR"
+KEPT="$(dirname "$RESULTS")/results"
+keep() {  # results.json NAME -> $KEPT/NAME.BUDGET.json, named by the budget the run recorded
+  local budget
+  budget="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["budget"])' "$1" \
+    | tr -d ' -')"
+  cp "$1" "$KEPT/$2.${budget:-config}.json"
+}
+mkdir -p "$LOG_DIR" "$KEPT"
 FAILED=()
 for config in "${CONFIGS[@]}"; do
   name="$(basename "$config" .yaml)"
@@ -60,16 +69,20 @@ for config in "${CONFIGS[@]}"; do
   RUN_DIR="$(eval "$DESCRIPTION"; echo "$RUN_DIR")"
   if [ -e "$RUN_DIR/results.json" ]; then
     echo "=== skip $config: $RUN_DIR/results.json exists (remove $RUN_DIR to run it again)"
-    continue
+  else
+    echo "=== $config (${BUDGET[*]:-config budget}); log: $LOG_DIR/$name.log"
+    if ! bash "$RECIPE_DIR/run.sh" "$config" "${BUDGET[@]}" 2>&1 | tee "$LOG_DIR/$name.log"; then
+      echo "=== $config FAILED (see $LOG_DIR/$name.log)" >&2
+      FAILED+=("$config")
+      continue
+    fi
   fi
-  echo "=== $config (${BUDGET[*]:-config budget}); log: $LOG_DIR/$name.log"
-  if ! bash "$RECIPE_DIR/run.sh" "$config" "${BUDGET[@]}" 2>&1 | tee "$LOG_DIR/$name.log"; then
-    echo "=== $config FAILED (see $LOG_DIR/$name.log)" >&2
-    FAILED+=("$config")
-  fi
+  keep "$RUN_DIR/results.json" "$name"
 done
 
-"$PYTHON" "$RECIPE_DIR/make_results.py" table --output "$RESULTS" "${GRID[@]}" "${CONFIGS[@]}"
+shopt -s nullglob
+KEPT_FILES=("$KEPT"/*.json)
+"$PYTHON" "$RECIPE_DIR/make_results.py" table --output "$RESULTS" "${KEPT_FILES[@]}"
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "grid.sh: ${#FAILED[@]} run(s) failed: ${FAILED[*]}" >&2
   exit 1

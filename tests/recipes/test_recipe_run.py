@@ -151,6 +151,9 @@ def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
             f"| {bench['reversible']['encoder_ratio']:.1f} / {bench['reversible']['decoder_ratio']:.1f} ") in rows[0]
     assert "| revgru/revgru | Emb+4H | 3 |" in rows[0] and "| minutes 5 |" in rows[0]
     assert (tmp_path / "runs" / "grid-logs" / "toy-grid.log").read_text().count("== results") == 1
+    # the table's source is kept beside it, named by config and budget, to be committed
+    kept = tmp_path / "results" / "toy-grid.minutes5.json"
+    assert json.loads(kept.read_text()) == results
 
     again = bash(GRID_SH, "--epochs", "1", "--results", results_md, config, data_dir=data_dir,
                  cwd=tmp_path)  # a finished run is skipped, the table stays
@@ -167,4 +170,6 @@ def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
     again_results = json.loads((run_dir / "results.json").read_text())
     assert again_results["training"]["epochs"] == 1  # nothing trained twice
     assert again_results["wall_seconds"] > results["wall_seconds"]
-    assert "| toy-grid |" in results_md.read_text()
+    assert json.loads((tmp_path / "results" / "toy-grid.epochs1.json").read_text()) == again_results
+    rows = [line for line in results_md.read_text().splitlines() if line.startswith("| toy-grid |")]
+    assert len(rows) == 2  # one per budget: the kept first run and the resumed one
