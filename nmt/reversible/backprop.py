@@ -110,21 +110,8 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
         with torch.enable_grad():
             x, x_leaf = plan.inputs.chunk(start, stop, leaf=True)
             projected = rnn.cells[0].project_input(x)  # (batch, C, P), graph back to x
-        # 1. reverse the chunk exactly, recording the gate values its gradient needs
-        states, tapes = [state], []  # states: from after step stop - 1 back to before start
-        with torch.no_grad():
-            exact_projected = projected.detach().unbind(1)
-            for t in reversed(range(start, stop)):
-                tape: list = []
-                state = rnn.reverse_step(None, state, plan.buffer, mask[:, t],
-                                         restored=_restored_slice(plan, stored, t),
-                                         layer_dropout=plan.layer_dropout,
-                                         projected=exact_projected[t - start], tape=tape)
-                states.append(state)
-                tapes.append(tape)
-        states.reverse()  # states[i]: before step start + i
-        tapes.reverse()
-        # 2. the chunk's readout and storage, by autograd, on its top states as one leaf
+        state, states, tapes = _reverse_chunk(plan, state, stored, start, stop, projected.detach())
+        # the chunk's readout and storage, by autograd, on its top states as one leaf
         tops = torch.stack([from_fixed(torch.cat(after[-1][:2], dim=-1)) for after in states[1:]],
                            dim=1).requires_grad_()
         outputs, out_grads = [], []
@@ -139,20 +126,10 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
             read_grads = _grad(outputs, out_grads, [tops] + params + extras)
         _accumulate(param_grads, read_grads[1: 1 + len(params)])
         _accumulate(extra_grads, read_grads[1 + len(params):])
-        top_grads = read_grads[0]
-        # 3. the recurrence, step by step backwards, by hand (cells' backward_step)
-        weight_grads, bias_grads, first_projected = DeferredWeightGrads(), [], []
-        for i in reversed(range(stop - start)):
-            if top_grads is not None:
-                top, half = grads[-1], rnn.cells[-1].half_sizes[0]
-                top[0] = top[0] + top_grads[:, i, :half]
-                top[1] = top[1] + top_grads[:, i, half:]
-            grads, d_projected = rnn.backward_step(tapes[i], grads, mask[:, start + i],
-                                                   layer_dropout=plan.layer_dropout,
-                                                   weight_grads=weight_grads, bias_grads=bias_grads)
-            first_projected.append(d_projected)
-        # 4. the first layer's input projection of the chunk, by autograd
-        d_projected = torch.stack(first_projected[::-1], dim=1)
+        weight_grads, bias_grads = DeferredWeightGrads(), []
+        grads, d_projected = _backprop_steps(plan, tapes, grads, read_grads[0], start,
+                                             weight_grads, bias_grads)
+        # the first layer's input projection of the chunk, by autograd
         input_slot = [x_leaf] if x_leaf is not None else []
         with torch.enable_grad():
             chunk_grads = _grad([projected], [d_projected], input_slot + params)
@@ -166,6 +143,46 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
                                            [embedded_grad], params))
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
     return _flatten(grads), input_grad, param_grads, extra_grads, total
+
+
+def _reverse_chunk(plan, state, stored: Optional[Tensor], start: int, stop: int, projected: Tensor):
+    """Reverse steps stop - 1 .. start exactly, recording the gate values their gradient needs.
+
+    Returns (the state before `start`, the exact states before each step and after the last,
+    the tape of each step), in forward order."""
+    states, tapes = [state], []
+    with torch.no_grad():
+        projected = projected.unbind(1)
+        for t in reversed(range(start, stop)):
+            tape: list = []
+            state = plan.rnn.reverse_step(None, state, plan.buffer, plan.mask[:, t],
+                                          restored=_restored_slice(plan, stored, t),
+                                          layer_dropout=plan.layer_dropout,
+                                          projected=projected[t - start], tape=tape)
+            states.append(state)
+            tapes.append(tape)
+    return state, states[::-1], tapes[::-1]
+
+
+def _backprop_steps(plan, tapes: list, grads: List[List[Tensor]], top_grads: Optional[Tensor],
+                    start: int, weight_grads: DeferredWeightGrads, bias_grads: list):
+    """Backpropagate a chunk's steps by hand, last step first. grads: per layer, d loss / d the
+    float halves after the chunk; top_grads (batch, C, H): what the readout and storage send to
+    the top layer's states. Returns (the grads before the chunk, d loss / d the first layer's
+    projected inputs (batch, C, P))."""
+    rnn = plan.rnn
+    first_half = rnn.cells[-1].half_sizes[0]
+    first_projected = []
+    for i in reversed(range(len(tapes))):
+        if top_grads is not None:
+            top = grads[-1]
+            top[0] = top[0] + top_grads[:, i, :first_half]
+            top[1] = top[1] + top_grads[:, i, first_half:]
+        grads, d_projected = rnn.backward_step(tapes[i], grads, plan.mask[:, start + i],
+                                               layer_dropout=plan.layer_dropout,
+                                               weight_grads=weight_grads, bias_grads=bias_grads)
+        first_projected.append(d_projected)
+    return grads, torch.stack(first_projected[::-1], dim=1)
 
 
 class _ReversibleRun(torch.autograd.Function):
