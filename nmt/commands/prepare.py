@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional
 import yaml
 
 from nmt.config import Config, check_data_files, load_config
-from nmt.data.corpus import load_split
+from nmt.data.corpus import check_parallel, count_lines, load_split
 from nmt.data.tokenizer import Tokenizer, train_tokenizer
 from nmt.errors import UserError
 
@@ -94,6 +94,13 @@ def write_config_copy(config: Config) -> Path:
     return path
 
 
+def check_parallel_files(config: Config, splits) -> None:
+    """The splits' files exist and have one target line per source line (UserError naming both
+    files and counts otherwise), checked before a tokenizer is trained or a run directory made."""
+    for src_path, tgt_path in check_data_files(config, splits).values():
+        check_parallel(src_path, tgt_path, count_lines(src_path), count_lines(tgt_path))
+
+
 def prepare_run(config: Config, *, force: bool = False,
                 report: Optional[Callable[[str], None]] = None) -> PrepareSummary:
     """Everything `nmt prepare` does, callable from `nmt train`; `report` receives summary lines."""
@@ -105,6 +112,7 @@ def prepare_run(config: Config, *, force: bool = False,
         splits.append("test")
     except UserError as error:
         report(f"note: {error} (only `nmt evaluate --split test` needs it)")
+    check_parallel_files(config, splits)  # before anything is written
     run_dir = Path(config.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -227,8 +227,10 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
                       device: torch.device = None) -> dict:
     """Prepare, build and train; returns the summary record. Under torchrun (`placement`),
     rank 0 prepares the run directory and the tokenizer, the other ranks wait and load them."""
-    from nmt.commands.prepare import SPM_DIR, prepare_tokenizer, write_config_copy
+    from nmt.commands.prepare import (SPM_DIR, check_parallel_files, prepare_tokenizer,
+                                      write_config_copy)
 
+    check_parallel_files(config, ["train", "valid"])  # before anything is written
     run_dir = Path(config.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +239,6 @@ def train_from_config(config: Config, *, resume: bool = False, progress=None,
     payload = find_resume_checkpoint(run_dir, resume, placement)
     if payload is not None:
         check_resume_compatible(payload["config"], config, payload["path"])
-    check_data_files(config, ["train", "valid"])
     if placement.is_main:
         tokenizer, _ = prepare_tokenizer(config)
         write_config_copy(config)

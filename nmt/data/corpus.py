@@ -6,6 +6,8 @@ the file. What had to be repaired is counted and reported once per file as a war
 """
 from __future__ import annotations
 
+import contextlib
+
 import gzip
 import logging
 import unicodedata
@@ -95,12 +97,12 @@ def iter_clean_lines(stream: BinaryIO, *, name: str,
     cleaner.warn(name)
 
 
-def read_lines(path) -> List[str]:
-    """All lines of a text file (plain or .gz); a missing/unreadable file is a UserError."""
-    path = Path(path)
+@contextlib.contextmanager
+def _reading(path: Path):
+    """The file opened for binary reading; a missing/unreadable file is a UserError."""
     try:
         with open_binary(path) as stream:
-            return list(iter_clean_lines(stream, name=str(path)))
+            yield stream
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -110,13 +112,31 @@ def read_lines(path) -> List[str]:
         raise UserError(f"{path}: cannot read ({reason})") from None
 
 
+def read_lines(path) -> List[str]:
+    """All lines of a text file (plain or .gz); a missing/unreadable file is a UserError."""
+    path = Path(path)
+    with _reading(path) as stream:
+        return list(iter_clean_lines(stream, name=str(path)))
+
+
+def count_lines(path) -> int:
+    """How many lines `read_lines` would return, without decoding or repairing them."""
+    path = Path(path)
+    with _reading(path) as stream:
+        return sum(1 for _ in stream)
+
+
+def check_parallel(src_path, tgt_path, src_count: int, tgt_count: int) -> None:
+    if src_count != tgt_count:
+        raise UserError(f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}: "
+                        f"parallel files must have one line per sentence pair")
+
+
 def read_parallel(src_path, tgt_path) -> Tuple[List[str], List[str]]:
     """Aligned source and target lines; different line counts are a UserError naming both."""
     src_lines = read_lines(src_path)
     tgt_lines = read_lines(tgt_path)
-    if len(src_lines) != len(tgt_lines):
-        raise UserError(f"{src_path} has {len(src_lines)} lines but {tgt_path} has "
-                        f"{len(tgt_lines)}: parallel files must have one line per sentence pair")
+    check_parallel(src_path, tgt_path, len(src_lines), len(tgt_lines))
     return src_lines, tgt_lines
 
 

@@ -118,6 +118,9 @@ def test_mismatched_line_counts_name_both_files_and_counts(tmp_path, command):
     assert done.returncode == 2
     data = config["data"]["dir"]
     assert (f"{data}/train.en has 240 lines but {data}/train.de has 200" in done.stderr.decode())
+    # found before a run directory is made or a tokenizer trained
+    assert not (Path(config["run_dir"]) / "spm").exists()
+    assert not Path(config["run_dir"]).exists()
 
 
 @pytest.mark.parametrize("command", ["prepare", "train"])
