@@ -106,7 +106,6 @@ def prepare_run(config: Config, *, force: bool = False,
     """Everything `nmt prepare` does, callable from `nmt train`; `report` receives summary lines."""
     report = report or (lambda line: None)
     splits = ["train", "valid"]
-    check_data_files(config, splits)
     try:
         check_data_files(config, ["test"])
         splits.append("test")

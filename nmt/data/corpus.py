@@ -7,7 +7,6 @@ the file. What had to be repaired is counted and reported once per file as a war
 from __future__ import annotations
 
 import contextlib
-
 import gzip
 import logging
 import unicodedata
@@ -127,6 +126,7 @@ def count_lines(path) -> int:
 
 
 def check_parallel(src_path, tgt_path, src_count: int, tgt_count: int) -> None:
+    """Different line counts of parallel files are a UserError naming both files and counts."""
     if src_count != tgt_count:
         raise UserError(f"{src_path} has {src_count} lines but {tgt_path} has {tgt_count}: "
                         f"parallel files must have one line per sentence pair")

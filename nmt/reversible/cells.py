@@ -277,14 +277,17 @@ class RevGRUCell(ReversibleCell):
     def reverse(self, projected, state, buffer, mask, *, restored=None, tape=None):
         exact = list(state)
         pieces = self.split_projection(projected)
+        restored_h2 = None  # with a tape: the float h2 it recorded, which h1's gates then read
         with torch.no_grad():
             for half in (1, 0):
-                other = from_fixed(exact[1 - half])
+                other = restored_h2 if restored_h2 is not None else from_fixed(exact[1 - half])
                 gates = self.half_update(half, pieces, other, with_slope=tape is not None)
                 exact[half] = undo_step(exact[half], gates.n, gates.update, buffer=buffer,
                                         mask=mask, restored=restored if half == 0 else None)
                 if tape is not None:
-                    tape.append((half, other, from_fixed(exact[half]), gates))
+                    previous = from_fixed(exact[half])
+                    tape.append((half, other, previous, gates))
+                    restored_h2 = previous
         return tuple(exact)
 
     def backward_step(self, tape, grads, mask):
@@ -383,10 +386,11 @@ class RevLSTMCell(ReversibleCell):
     def reverse(self, projected, state, buffer, mask, *, restored=None, tape=None):
         exact = list(state)
         pieces = self.split_projection(projected)
+        restored_h2 = None  # with a tape: the float h2 it recorded, which h1's gates then read
         with torch.no_grad():
             for half in (1, 0):
                 c = 2 + half
-                other = from_fixed(exact[1 - half])
+                other = restored_h2 if restored_h2 is not None else from_fixed(exact[1 - half])
                 g = self.half_gates(half, pieces, other, with_slope=tape is not None)
                 new_cell = from_fixed(exact[c])
                 exact[half] = undo_step(
@@ -394,8 +398,9 @@ class RevLSTMCell(ReversibleCell):
                     buffer=buffer, mask=mask, restored=restored if half == 0 else None)
                 exact[c] = undo_step(exact[c], g.n_f, g.cell_update, buffer=buffer, mask=mask)
                 if tape is not None:
-                    tape.append((half, other, from_fixed(exact[half]), from_fixed(exact[c]),
-                                 new_cell, g))
+                    previous = from_fixed(exact[half])
+                    tape.append((half, other, previous, from_fixed(exact[c]), new_cell, g))
+                    restored_h2 = previous
         return tuple(exact)
 
     def backward_step(self, tape, grads, mask):
