@@ -15,14 +15,17 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
+from nmt.config import TrainConfig
 from nmt.errors import UserError
 
 RESULTS_FILE = "results.json"
 FORMAT_VERSION = 1
+DEFAULT_SEED = TrainConfig.seed  # results.json files written before the seed was recorded used it
 MEMORY_KEYS = ("encoder_ratio", "encoder_optimal_ratio", "decoder_ratio", "decoder_optimal_ratio")
 
 
@@ -138,6 +141,7 @@ def collect_run_results(run_dir, *, cased: dict, lowercased: dict, beam_size: in
                      "wall_minutes": summary.get("wall_minutes"),
                      "best_valid_bleu": summary.get("best_bleu"),
                      "tokens_per_sec": training_throughput(train_records),
+                     "seed": train.get("seed", DEFAULT_SEED),
                      "max_epochs": train.get("max_epochs"), "max_minutes": train.get("max_minutes")},
         "memory": mean_memory_figures(train_records),
         "bench_memory": bench_memory,
@@ -249,16 +253,22 @@ def _forget_bits(model: dict) -> str:
     return "none" if bits is None else str(bits)
 
 
+def _seed(result: dict) -> int:
+    seed = result["training"].get("seed")
+    return DEFAULT_SEED if seed is None else seed
+
+
 def _baseline_of(result: dict, results: List[dict]) -> Optional[dict]:
-    """The plain run of the same cell family (GRU for RevGRU), language pair and budget: the one
-    attending to the same context if there is one (gru-emb20h for revgru-emb20h), else the
+    """The plain run of the same cell family (GRU for RevGRU), language pair, budget and seed: the
+    one attending to the same context if there is one (gru-emb20h for revgru-emb20h), else the
     standard one attending to every hidden state."""
     cell = str(result["model"].get("encoder", ""))
     if not cell.startswith("rev"):
         return None
     candidates = [other for other in results
                   if other["model"].get("encoder") == cell[3:] and other["budget"] == result["budget"]
-                  and other.get("language_pair") == result.get("language_pair")]
+                  and other.get("language_pair") == result.get("language_pair")
+                  and _seed(other) == _seed(result)]
 
     def attention(run):
         return (run["model"].get("context"), run["model"].get("size"))
@@ -274,10 +284,15 @@ def _row_order(result: dict):
     cell = str(result["model"].get("encoder", ""))
     family = cell[3:] if cell.startswith("rev") else cell
     return (result["budget"], result.get("language_pair", ""), family, cell.startswith("rev"),
-            result["name"] or "")
+            _seedless_name(result), _seed(result))
 
 
-COLUMNS = ("model", "cells", "attention", "k", "BLEU", "Δ base", "BLEU lc", "chrF",
+def _seedless_name(result: dict) -> str:
+    """The run's name without a '-seedN' suffix: the name of the model its seeds share."""
+    return re.sub(r"-seed\d+$", "", str(result["name"] or ""))
+
+
+COLUMNS = ("model", "cells", "attention", "k", "seed", "BLEU", "Δ base", "BLEU lc", "chrF",
            "enc ratio (counted / optimal)", "dec ratio (counted / optimal)",
            "bench enc / dec (measured)", "train tok/s",
            "train min", "epochs", "budget", "machine", "commit")
@@ -305,6 +320,7 @@ def render_results_table(results: List[dict], *, title: str = "Multi30K results"
     lines.append("|" + "---|" * len(COLUMNS))
     for result in results:
         lines.append("| " + " | ".join(_row_cells(result, results)) + " |")
+    lines += _seed_means(results)
     lines += ["", "## Signatures", ""]
     for label, key in (("BLEU", "bleu_signature"), ("chrF", "chrf_signature")):
         for variant in ("cased", "lowercased"):
@@ -337,10 +353,48 @@ def _row_cells(result: dict, results: List[dict]) -> List[str]:
     if machine.get("cuda"):
         where += f", {machine['cuda']}"
     budget = str(result["budget"]).replace("--", "")
-    return [str(result["name"]), cells, _attention(model), _forget_bits(model),
+    return [str(result["name"]), cells, _attention(model), _forget_bits(model), str(_seed(result)),
             _number(cased.get("bleu"), 2), delta, _number(test["lowercased"].get("bleu"), 2),
             _number(cased.get("chrf"), 2), _ratio_pair(result["memory"], "encoder"),
             _ratio_pair(result["memory"], "decoder"), _bench_ratios(result.get("bench_memory")),
             _number(training.get("tokens_per_sec"), 0),
             _number(training.get("wall_minutes"), 1), str(training.get("epochs")), budget, where,
             f"`{result['commit']}`" if result["commit"] else "–"]
+
+
+SEED_COLUMNS = ("model", "attention", "k", "budget", "seeds", "BLEU per seed", "mean BLEU",
+                "Δ base per seed", "mean Δ base")
+
+
+def _seed_means(results: List[dict]) -> List[str]:
+    """A table of the models trained with more than one seed: BLEU and Δ base per seed and their
+    means (the mean Δ only when every seed has its baseline, trained with the same seed)."""
+    groups: Dict[tuple, List[dict]] = {}
+    for result in results:  # already in row order: seeds ascending within a model
+        key = (_seedless_name(result), result["budget"], result.get("language_pair"))
+        groups.setdefault(key, []).append(result)
+    rows = []
+    for (name, budget, _), runs in groups.items():
+        if len({_seed(run) for run in runs}) < 2:
+            continue
+        bleus = [run["test"]["cased"].get("bleu") for run in runs]
+        baselines = [_baseline_of(run, results) for run in runs]
+        deltas = [None if base is None or bleu is None else bleu - base["test"]["cased"]["bleu"]
+                  for bleu, base in zip(bleus, baselines)]
+        mean_bleu = None if None in bleus else sum(bleus) / len(bleus)
+        mean_delta = None if None in deltas else sum(deltas) / len(deltas)
+        model = runs[0]["model"]
+        rows.append([name, _attention(model), _forget_bits(model), budget.replace("--", ""),
+                     ", ".join(str(_seed(run)) for run in runs),
+                     ", ".join(_number(bleu, 2) for bleu in bleus), _number(mean_bleu, 2),
+                     ", ".join("–" if d is None else f"{d:+.2f}" for d in deltas) if any(
+                         d is not None for d in deltas) else "",
+                     "" if mean_delta is None else f"{mean_delta:+.2f}"])
+    if not rows:
+        return []
+    lines = ["", "## Mean over seeds", "",
+             "Models trained with more than one seed (`train.seed`; configs in "
+             "`configs/multi30k/seeds/`): cased BLEU per seed, its mean, and Δ base per seed "
+             "against the baseline trained with the same seed.", "",
+             "| " + " | ".join(SEED_COLUMNS) + " |", "|" + "---|" * len(SEED_COLUMNS)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]

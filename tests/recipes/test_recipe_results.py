@@ -21,7 +21,7 @@ CHRF_SIG = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"
 
 
 def fabricated(name, encoder, *, bleu, budget="--epochs 10", context="hidden", size=None,
-               bits=3, memory=None, tokens_per_sec=1500.0, pair="en-de"):
+               bits=3, memory=None, tokens_per_sec=1500.0, pair="en-de", seed=1):
     return {
         "format": 1, "name": name, "config": f"configs/multi30k/{name}.yaml",
         "run_dir": f"runs/multi30k-{name}",
@@ -36,7 +36,7 @@ def fabricated(name, encoder, *, bleu, budget="--epochs 10", context="hidden", s
                                 "num_sentences": 1000}},
         "training": {"epochs": 10, "steps": 2300, "stop_reason": "max_epochs", "wall_minutes": 61.25,
                      "best_valid_bleu": bleu + 2, "tokens_per_sec": tokens_per_sec,
-                     "max_epochs": 10, "max_minutes": None},
+                     "max_epochs": 10, "max_minutes": None, "seed": seed},
         "memory": memory or {}, "bench_memory": None, "budget": budget, "wall_seconds": 3900.0,
         "machine": {"arch": "x86_64", "cores": 2, "processor": "AMD EPYC", "cuda": None},
         "commit": "0123456789ab", "finished": "2026-11-28T17:00:00+00:00",
@@ -45,7 +45,12 @@ def fabricated(name, encoder, *, bleu, budget="--epochs 10", context="hidden", s
 
 def parse_table(markdown: str):
     """The first Markdown table -> list of {header: cell} rows."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    lines = []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
             for line in lines[2:]]
@@ -103,6 +108,43 @@ def test_bleu_difference_is_against_the_same_cell_and_budget():
     assert rows["revgru-emb20h"]["Δ base"] == "-0.38"      # 29.62 - gru 30.00 (hidden)
     assert rows["revlstm-emb20h"]["Δ base"] == ""          # no LSTM baseline in the table
     assert rows["gru"]["Δ base"] == ""
+
+
+def seeded_results():
+    pair = dict(context="emb+slice", size=20)
+    return [fabricated("gru-emb20h", "gru", bleu=33.30, **pair),
+            fabricated("revgru-emb20h", "revgru", bleu=32.74, **pair),
+            fabricated("revgru-emb20h-seed2", "revgru", bleu=33.50, seed=2, **pair),
+            fabricated("gru-emb20h-seed2", "gru", bleu=33.10, seed=2, **pair),
+            fabricated("revlstm-emb20h-seed2", "revlstm", bleu=32.0, seed=2, **pair),
+            fabricated("revlstm-emb20h", "revlstm", bleu=32.5, **pair)]
+
+
+def test_each_seed_is_compared_with_the_baseline_of_the_same_seed():
+    rows = {row["model"]: row for row in parse_table(render_results_table(seeded_results()))}
+    assert rows["revgru-emb20h"]["Δ base"] == "-0.56" and rows["revgru-emb20h"]["seed"] == "1"
+    assert rows["revgru-emb20h-seed2"]["Δ base"] == "+0.40"   # 33.50 - gru seed 2 33.10
+    assert rows["revlstm-emb20h-seed2"]["Δ base"] == ""       # no LSTM run with seed 2
+    old = fabricated("gru-emb20h", "gru", bleu=30.0, context="emb+slice", size=20)
+    del old["training"]["seed"]                                 # written before seeds were recorded
+    assert parse_table(render_results_table([old]))[0]["seed"] == "1"
+
+
+def test_models_with_several_seeds_get_their_mean():
+    text = render_results_table(seeded_results())
+    means = parse_table(text.split("## Mean over seeds")[1])
+    by_name = {row["model"]: row for row in means}
+    assert set(by_name) == {"gru-emb20h", "revgru-emb20h", "revlstm-emb20h"}
+    rev = by_name["revgru-emb20h"]
+    assert rev["seeds"] == "1, 2" and rev["BLEU per seed"] == "32.74, 33.50"
+    assert rev["mean BLEU"] == "33.12" and rev["Δ base per seed"] == "-0.56, +0.40"
+    assert rev["mean Δ base"] == "-0.08"
+    assert by_name["gru-emb20h"]["mean BLEU"] == "33.20" and by_name["gru-emb20h"]["mean Δ base"] == ""
+    assert by_name["revlstm-emb20h"]["Δ base per seed"] == "" and by_name["revlstm-emb20h"]["mean Δ base"] == ""
+    order = [row["model"] for row in parse_table(text)]
+    assert order == ["gru-emb20h", "gru-emb20h-seed2", "revgru-emb20h", "revgru-emb20h-seed2",
+                     "revlstm-emb20h", "revlstm-emb20h-seed2"]
+    assert "## Mean over seeds" not in render_results_table(grid_results())
 
 
 def test_rows_are_grouped_by_budget_baseline_first():
