@@ -76,6 +76,7 @@ def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor]
             if read:
                 losses.append(read_chunk(plan.readout, tops, start, extras))
     plan.final_state = state
+    plan.buffer.compact()
     plan.kept_bytes = _kept_bytes(plan, state, stored)
     return state, stored, torch.stack(losses).sum() if read else None
 

@@ -10,9 +10,14 @@ bijection of (h, N),
 so N grows by the information-theoretic minimum, -log2(n / 2**R) bits. N is kept as a small head
 in [L, 2**w * L) with L = 2**R; before a step, heads that would overflow spill their low w bits as
 one word (where N >= n * 2**w). After a reverse step, exactly the heads that spilled are below L
-and take their word back, so no flags are stored. The words of one step form one compact 1-D
-chunk (masked_select), kept in a LIFO list; every forward step pushes one chunk (maybe empty) and
-every reverse step pops one.
+and take their word back, so no flags are stored.
+
+The words live in one growing int16 stack. A step writes its words compactly on top, in element
+order, and its reverse finds them again from the refill mask alone. On the CPU the words are
+selected directly; on a GPU (`device_offsets`) their offsets are computed on the device (a
+cumulative sum of the spill mask), so no word count crosses to the host and the time loop never
+waits for the device: the host keeps an upper bound on the stack's height and reads the true height
+only when that bound could outgrow the allocation (about once per _SPARE_STEPS steps at most).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from nmt.reversible.fixed_point import FORGET_RADIX, WORD_BITS
 
 _HEAD_BITS = 32  # heads are stored as int32 between steps
 _INT64_BITS = 63  # value bits of a signed int64
+_SPARE_STEPS = 16  # device offsets: worst-case steps of room after each read of the stack height
 
 
 class InformationBuffer:
@@ -39,10 +45,14 @@ class InformationBuffer:
         forget_radix: R, gates are n / 2**R with n in [1, 2**R].
         keep_words: False drops spilled words (inference): forward values are unchanged and
             memory stays O(elements), but the buffer can no longer be reversed.
+        device_offsets: place words at offsets computed on the device, never reading a count on
+            the host (default: on every device but the CPU, where reading a count is free and
+            selecting the words directly is faster). Both lay the stack out identically.
     """
 
     def __init__(self, shape: Tuple[int, ...], *, device=None, word_bits: int = WORD_BITS,
-                 forget_radix: int = FORGET_RADIX, keep_words: bool = True):
+                 forget_radix: int = FORGET_RADIX, keep_words: bool = True,
+                 device_offsets: Optional[bool] = None):
         _check_settings(word_bits, forget_radix)
         self.shape = tuple(int(size) for size in shape)
         if not self.shape or any(size <= 0 for size in self.shape):
@@ -52,8 +62,15 @@ class InformationBuffer:
         self.keep_words = keep_words
         self.lower = 2**forget_radix  # L
         self.head = torch.full(self.shape, self.lower, dtype=torch.int32, device=device)
-        self._chunks: List[Tensor] = []
-        self._no_words = torch.empty(0, dtype=torch.int16, device=device)  # shared by empty steps
+        if device_offsets is None:
+            device_offsets = torch.device(device or "cpu").type != "cpu"
+        self.device_offsets = device_offsets
+        self._words = torch.zeros(1, dtype=torch.int16, device=device)  # stack + 1 scratch word
+        # words on the stack: a device tensor with device offsets, else a host int
+        self._height: Union[int, Tensor] = (torch.zeros((), dtype=torch.int64, device=device)
+                                            if device_offsets else 0)
+        self._height_bound = 0  # host-side upper bound of _height
+        self._steps = 0  # forward steps not yet reversed
         self._lost_bits: Optional[Tensor] = None  # -log2(n / 2**R) by numerator n
         self.reset_counts()
 
@@ -66,13 +83,8 @@ class InformationBuffer:
         radix, word = self.forget_radix, self.word_bits
         state = head.to(torch.int64)
         spill = state >= (n << word)
-        if self.keep_words:
-            chunk = torch.masked_select(state & ((1 << word) - 1), spill)
-            self._chunks.append((chunk - 2 ** (word - 1)).to(torch.int16) if chunk.numel()
-                                else self._no_words)
-            self._count(chunk.numel(), n, tag)
-        else:
-            self._count(spill.sum(), n, tag)
+        pushed = self._push(state & ((1 << word) - 1), spill) if self.keep_words else spill.sum()
+        self._count(pushed, n, tag)
         state = torch.where(spill, state >> word, state)
         state = (state << radix) | (h & ((1 << radix) - 1))
         quotient = torch.div(state, n, rounding_mode="floor")
@@ -84,7 +96,7 @@ class InformationBuffer:
         """The exact inverse of `forget` (pops the words the matching forward step pushed)."""
         if not self.keep_words:
             raise RuntimeError("this buffer dropped its words (keep_words=False); it cannot reverse")
-        if not self._chunks:
+        if self._steps == 0:
             raise RuntimeError("information buffer is empty: more reverse steps than forward steps")
         head = self._head_view(h)
         radix, word = self.forget_radix, self.word_bits
@@ -93,29 +105,101 @@ class InformationBuffer:
         out = (quotient << radix) | (state & ((1 << radix) - 1))
         state = state >> radix
         refill = state < self.lower
-        words = torch.zeros_like(state)
-        words.masked_scatter_(refill, self._chunks.pop().to(torch.int64) + 2 ** (word - 1))
-        head.copy_(torch.where(refill, (state << word) | words, state))
+        head.copy_(torch.where(refill, (state << word) | self._pop(refill), state))
         return out
+
+    # -- the word stack -------------------------------------------------------------------------
+
+    def _push(self, low_bits: Tensor, spill: Tensor) -> Union[int, Tensor]:
+        """Write low_bits[spill] (w-bit words, stored offset by -2**(w-1) to fit int16) on top of
+        the stack, in element order. Returns how many (a 0-dim tensor with device offsets)."""
+        self._steps += 1
+        offset = 2 ** (self.word_bits - 1)
+        if not self.device_offsets:
+            chunk = torch.masked_select(low_bits, spill)
+            count = chunk.numel()
+            self._reserve(count)
+            self._words[self._height: self._height + count] = chunk - offset
+            self._height += count
+            return count
+        self._reserve(spill.numel())  # without asking the device how many words there are
+        order = torch.cumsum(spill.reshape(-1), 0)  # 1-based rank of each spilled element
+        scratch = self._words.numel() - 1
+        index = torch.where(spill.reshape(-1), self._height + order - 1, scratch)
+        self._words.index_put_((index,), (low_bits.reshape(-1) - offset).to(torch.int16))
+        self._height = self._height + order[-1]
+        return order[-1]
+
+    def _pop(self, refill: Tensor) -> Tensor:
+        """The words (w-bit, int64) a forward step with spill mask == refill pushed, at their
+        elements; 0 elsewhere."""
+        self._steps -= 1
+        offset = 2 ** (self.word_bits - 1)
+        words = torch.zeros(refill.shape, dtype=torch.int64, device=refill.device)
+        if not self.device_offsets:
+            count = int(refill.sum())
+            self._height -= count
+            popped = self._words[self._height: self._height + count].to(torch.int64) + offset
+            words.masked_scatter_(refill, popped)
+            return words
+        order = torch.cumsum(refill.reshape(-1), 0)
+        self._height = self._height - order[-1]
+        index = torch.where(refill.reshape(-1), self._height + order - 1, 0)
+        popped = self._words[index].reshape(refill.shape).to(torch.int64) + offset
+        return torch.where(refill, popped, words)
+
+    def _reserve(self, count: int) -> None:
+        """Room for `count` more words on the stack (and the scratch word after them). With device
+        offsets, `count` is the worst case and the true height is read only when that bound might
+        not fit; the stack then grows to leave room for _SPARE_STEPS more such steps."""
+        self._height_bound += count
+        if self._height_bound < self._words.numel():
+            return
+        height = self._read_height()
+        self._height_bound = height + count
+        room = _SPARE_STEPS * count if self.device_offsets else count
+        if height + room >= self._words.numel():
+            grown = torch.zeros(max(2 * self._words.numel(), height + room + 1),
+                                dtype=torch.int16, device=self._words.device)
+            grown[:height] = self._words[:height]
+            self._words = grown
+
+    def _read_height(self) -> int:
+        """Words on the stack (with device offsets: waits for the device)."""
+        return int(self._height)
+
+    def compact(self) -> None:
+        """Free the stack's unused allocation (one synchronisation): call when a sequence is done."""
+        height = self._read_height()
+        self._height_bound = height
+        if self._words.numel() > height + 1:
+            self._words = self._words[: height + 1].clone()
+
+    def words(self) -> Tensor:
+        """The stacked words, oldest first (a view; int16, offset by -2**(w-1))."""
+        return self._words[: self._read_height()]
 
     # -- state and accounting -------------------------------------------------------------------
 
     @property
     def num_chunks(self) -> int:
-        return len(self._chunks)
+        """Forward steps whose words are on the stack (each reverse step removes one)."""
+        return self._steps
 
     @property
     def num_elements(self) -> int:
         return math.prod(self.shape)
 
     def nbytes(self) -> int:
-        """Bytes held right now: the int32 heads plus every pushed 16-bit word."""
-        words = sum(chunk.numel() for chunk in self._chunks)
-        return self.head.numel() * self.head.element_size() + words * (self.word_bits // 8)
+        """Bytes held right now: the int32 heads plus the word stack's allocation (after
+        `compact()`, exactly the pushed 16-bit words and one scratch word)."""
+        return (self.head.numel() * self.head.element_size()
+                + self._words.numel() * self._words.element_size())
 
     def is_initial(self) -> bool:
         """True when every head is back at L and no words are left: a full reversal was exact."""
-        return not self._chunks and bool((self.head == self.lower).all())
+        return (self._steps == 0 and self._read_height() == 0
+                and bool((self.head == self.lower).all()))
 
     def reset_counts(self) -> None:
         """Start counting pushed words and optimal bits afresh (e.g. per training step)."""
@@ -143,15 +227,17 @@ class InformationBuffer:
     def clone(self) -> "InformationBuffer":
         other = copy.copy(self)
         other.head = self.head.clone()
-        other._chunks = [chunk.clone() if chunk.numel() else chunk for chunk in self._chunks]
+        other._words = self._words.clone()
+        if isinstance(self._height, Tensor):
+            other._height = self._height.clone()
         other._pushed = copy.deepcopy(self._pushed)
         other._log2_gate = copy.deepcopy(self._log2_gate)
         return other
 
     def equal(self, other: "InformationBuffer") -> bool:
         """Same heads and the same stack of words."""
-        return (torch.equal(self.head, other.head) and len(self._chunks) == len(other._chunks)
-                and all(torch.equal(a, b) for a, b in zip(self._chunks, other._chunks)))
+        return (torch.equal(self.head, other.head) and self._steps == other._steps
+                and torch.equal(self.words(), other.words()))
 
     def reorder(self, index: Tensor) -> None:
         """Select rows of the heads (beam search over a buffer that keeps no words)."""
@@ -171,8 +257,8 @@ class InformationBuffer:
             return self.head
         return self.head[..., : h.shape[-1]]
 
-    def _count(self, pushed, n: Tensor, tag: str) -> None:
-        """pushed: words spilled by this step (int, or a tensor when they were not kept)."""
+    def _count(self, pushed: Tensor, n: Tensor, tag: str) -> None:
+        """pushed: words spilled by this step (a 0-dim tensor: counting never synchronises)."""
         self._pushed[tag] = self._pushed[tag] + pushed
         if self._lost_bits is None or self._lost_bits.device != n.device:
             numerators = torch.arange(2**self.forget_radix + 1, dtype=torch.float64, device=n.device)

@@ -8,7 +8,7 @@ Gradients pass straight through every rounding (the conversions count as identit
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor

@@ -180,9 +180,11 @@ class ReversibleRNN(nn.Module):
             return self.storage.units
         return 0
 
-    def new_buffer(self, batch: int, *, device=None, keep_words: bool = True) -> InformationBuffer:
+    def new_buffer(self, batch: int, *, device=None, keep_words: bool = True,
+                   device_offsets: Optional[bool] = None) -> InformationBuffer:
         """A buffer of shape (batch, ceil(H/2)) for both halves, h and c, and every layer."""
-        return InformationBuffer((batch, self.half_size), device=device, keep_words=keep_words)
+        return InformationBuffer((batch, self.half_size), device=device, keep_words=keep_words,
+                                 device_offsets=device_offsets)
 
     # -- one step of the whole stack ------------------------------------------------------------
 

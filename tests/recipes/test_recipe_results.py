@@ -270,7 +270,7 @@ def test_describe_gives_run_dir_reference_and_whether_reversible(tmp_path):
     env_config = {"MULTI30K_DIR": str(data_dir)}
     described = {}
     for name in ("plain", "rev"):
-        done = subprocess.run(["bash", "-c", f'eval "$("$0" "$1" describe "$2")"; '
+        done = subprocess.run(["bash", "-c", 'eval "$("$0" "$1" describe "$2")"; '
                                'printf "%s\\n" "$NAME" "$RUN_DIR" "$TEST_REF" "$REVERSIBLE"',
                                sys.executable, str(MAKE_RESULTS), str(tmp_path / f"{name}.yaml")],
                               capture_output=True, text=True, env={**os.environ, **env_config})

@@ -34,11 +34,12 @@ def _reverse_and_check(buffer, states, gates):
     assert buffer.is_initial()
 
 
+@pytest.mark.parametrize("device_offsets", [False, True])
 @pytest.mark.parametrize("max_forget_bits", [1, 2, 3, 5, None])
-def test_long_sequence_is_reversed_bit_for_bit(max_forget_bits):
+def test_long_sequence_is_reversed_bit_for_bit(max_forget_bits, device_offsets):
     generator = torch.Generator().manual_seed(0)
     shape = (16, 37)
-    buffer = InformationBuffer(shape)
+    buffer = InformationBuffer(shape, device_offsets=device_offsets)
     h = torch.randint(-2**24, 2**24, shape, generator=generator)
     gates = [_random_gates(generator, shape, min_forget_numerator(max_forget_bits)) for _ in range(300)]
     states = _run(buffer, h, gates)
@@ -52,16 +53,72 @@ def test_long_sequence_is_reversed_bit_for_bit(max_forget_bits):
     steps=st.integers(1, 120),
     n_min=st.sampled_from([1, 2, 2**5, 2**7, 2**8, 2**9, 2**R]),
     seed=st.integers(0, 2**31 - 1),
+    device_offsets=st.booleans(),
 )
-def test_property_forget_is_a_bijection(values, steps, n_min, seed):
+def test_property_forget_is_a_bijection(values, steps, n_min, seed, device_offsets):
     """Random h (negative and extreme values), gates and long push/pop sequences."""
     generator = torch.Generator().manual_seed(seed)
     h = torch.tensor(values, dtype=torch.int64).unsqueeze(0)
-    buffer = InformationBuffer(tuple(h.shape))
+    buffer = InformationBuffer(tuple(h.shape), device_offsets=device_offsets)
     gates = [_random_gates(generator, h.shape, n_min) for _ in range(steps)]
     states = _run(buffer, h, gates)
     assert (buffer.head >= buffer.lower).all() and (buffer.head < 2**(16 + R)).all()
     _reverse_and_check(buffer, states, gates)
+
+
+def test_device_offsets_lay_out_the_same_stack_and_grow_it_as_needed():
+    """Offsets computed on the device (no count read per step, CUDA's default) give the stack the
+    words selected on the host give it, through several reallocations and partial reversals."""
+    generator = torch.Generator().manual_seed(7)
+    shape = (8, 10)
+    host, device = InformationBuffer(shape), InformationBuffer(shape, device_offsets=True)
+    assert not host.device_offsets and device.device_offsets
+    h_host = h_device = torch.randint(-2**24, 2**24, shape, generator=generator)
+    # strong forgetting (up to 10 bits per step): about every other element spills a word per step
+    gates = [torch.randint(1, 17, shape, generator=generator) for _ in range(200)]
+    allocations = set()
+    for n in gates[:120]:
+        h_host, h_device = host.forget(h_host, n, tag="a"), device.forget(h_device, n, tag="a")
+        assert torch.equal(h_host, h_device)
+        allocations.add(device._words.numel())
+    assert len(allocations) >= 3  # the stack was reallocated as it grew
+    assert host.equal(device) and torch.equal(host.words(), device.words())
+    assert host.pushed_words("a") == device.pushed_words("a") == host.words().numel() > 0
+    for n in reversed(gates[60:120]):  # half way back, then forward again
+        h_host, h_device = host.unforget(h_host, n), device.unforget(h_device, n)
+        assert torch.equal(h_host, h_device)
+    assert host.equal(device) and host.num_chunks == device.num_chunks == 60
+    for n in gates[60:]:
+        h_host, h_device = host.forget(h_host, n), device.forget(h_device, n)
+    assert host.equal(device)
+    device.compact()
+    words = device.words().numel()
+    assert device.nbytes() == 4 * device.head.numel() + 2 * (words + 1)  # the words + 1 scratch word
+    for n in reversed(gates):
+        h_host, h_device = host.unforget(h_host, n), device.unforget(h_device, n)
+        assert torch.equal(h_host, h_device)
+    assert host.is_initial() and device.is_initial()
+
+
+def test_device_offsets_read_the_stack_height_rarely(monkeypatch):
+    """Each read of the height is a host-device synchronisation on CUDA: at most one per
+    _SPARE_STEPS steps, however many words the steps push."""
+    reads = []
+    original = InformationBuffer._read_height
+    monkeypatch.setattr(InformationBuffer, "_read_height",
+                        lambda self: reads.append(1) or original(self))
+    generator = torch.Generator().manual_seed(3)
+    shape, steps = (64, 150), 160
+    buffer = InformationBuffer(shape, device_offsets=True)
+    h = torch.randint(-2**24, 2**24, shape, generator=generator)
+    gates = [_random_gates(generator, shape, 2**(R - 3)) for _ in range(steps)]
+    states = _run(buffer, h, gates)
+    assert buffer.pushed_words() > steps * 64 * 150 // 20  # words were pushed all along
+    assert 0 < len(reads) <= steps // 16 + 1
+    reads.clear()
+    for t in range(steps - 1, -1, -1):
+        states[t + 1] = buffer.unforget(states[t + 1], gates[t])
+    assert not reads  # reversing never asks
 
 
 def test_forget_approximates_multiplication():

@@ -111,12 +111,13 @@ class _Readout(nn.Module):
         return (nll * tgt_mask[:, t]).sum()
 
 
+@pytest.mark.parametrize("device_offsets", [False, True])
 @pytest.mark.parametrize("chunk_steps", [3, 16])
 @pytest.mark.parametrize("cell", ["revgru", "revlstm"])
-def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell, chunk_steps):
+def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell, chunk_steps, device_offsets):
     """Token ids + embeddings + fixed dropout masks (input and between layers), a proj-storing
     encoder, a decoder with a per-step readout attending over the encoder's storage and starting
-    from its final state."""
+    from its final state. device_offsets: the word stack as on CUDA (no count read per step)."""
     torch.manual_seed(33)
     vocab, emb = 13, 6
     src = torch.randint(0, vocab, (BATCH, STEPS))
@@ -135,7 +136,8 @@ def test_encoder_and_decoder_sharing_a_buffer_match_the_reference(cell, chunk_st
     names = [f"{type(m).__name__}.{n}" for m in modules for n, _ in m.named_parameters()]
     results = {}
     for mode in MemoryMode:
-        buffer = encoder.new_buffer(BATCH, keep_words=mode is MemoryMode.REVERSIBLE)
+        buffer = encoder.new_buffer(BATCH, keep_words=mode is MemoryMode.REVERSIBLE,
+                                    device_offsets=device_offsets)
         enc = encoder(src, src_mask, mode=mode, embedding=src_embedding, input_dropout=dropout,
                       buffer=buffer, tag="encoder")
         initial = enc.final.expand(2, -1, -1) if cell == "revgru" else tuple(

@@ -96,7 +96,8 @@ def test_reversible_mode_with_token_ids_and_a_readout_keeps_only_the_buffer_and_
     assert word_bytes > 0
     # growth from 10 to 200 steps is exactly the buffer's counted words
     assert long - short == word_bytes
-    assert out_long.kept_bytes["buffer"] * 8 == out_long.buffer.used_bits()
+    # the buffer holds its counted bits and one scratch word (where non-spilling elements write)
+    assert out_long.kept_bytes["buffer"] * 8 == out_long.buffer.used_bits() + 16
     # and far below what storing the hidden states would take
     assert long - short < 4 * HIDDEN * BATCH * 190 * 2 / 4
 

@@ -112,7 +112,7 @@ def test_sigkilled_nmt_train_resumes_on_the_same_curve(tmp_path):
     write_config(tmp_path, values)
     result = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resumed from" in result.stderr
+    assert "resumed from" in result.stderr
     resumed = train_losses(run_dir)
     assert sorted(resumed) == list(range(1, final_step + 1))
     assert abs(resumed[final_step] - expected[final_step]) < 1e-5
