@@ -182,7 +182,7 @@ class InformationBuffer:
     # -- state and accounting -------------------------------------------------------------------
 
     @property
-    def num_chunks(self) -> int:
+    def pushed_steps(self) -> int:
         """Forward steps whose words are on the stack (each reverse step removes one)."""
         return self._steps
 

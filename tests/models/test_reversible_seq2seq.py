@@ -121,7 +121,7 @@ def test_backward_restores_initial_states_and_empties_the_buffer(multi30k, monke
                                           label_smoothing=0.1)
     # both sides' words are kept until backward reverses the decoder, then the encoder
     steps = batch.src.shape[1] + batch.tgt_in.shape[1]
-    assert buffer.num_chunks == steps * layers * model.encoder.rnn.state_parts
+    assert buffer.pushed_steps == steps * layers * model.encoder.rnn.state_parts
     loss.backward()
     assert len(encoder_steps) == batch.src.shape[1] and len(decoder_steps) == batch.tgt_in.shape[1]
     batch_size = batch.src.shape[0]

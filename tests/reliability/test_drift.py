@@ -23,7 +23,7 @@ def recorded_run(seed: int = 0, *, layers: int = 2):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_exact_runs_pass(seed):
     record = recorded_run(seed)
-    assert record.buffer.num_chunks == STEPS * 2 * 2  # one chunk per half, layer and step
+    assert record.buffer.pushed_steps == STEPS * 2 * 2  # one push per half, layer and step
     assert record.buffer.words().numel() > 0  # words to pop: a real check
     assert reverse_and_compare(record) is None
 

@@ -43,7 +43,7 @@ def test_long_sequence_is_reversed_bit_for_bit(max_forget_bits, device_offsets):
     h = torch.randint(-2**24, 2**24, shape, generator=generator)
     gates = [_random_gates(generator, shape, min_forget_numerator(max_forget_bits)) for _ in range(300)]
     states = _run(buffer, h, gates)
-    assert buffer.num_chunks == len(gates)
+    assert buffer.pushed_steps == len(gates)
     _reverse_and_check(buffer, states, gates)
 
 
@@ -87,7 +87,7 @@ def test_device_offsets_lay_out_the_same_stack_and_grow_it_as_needed():
     for n in reversed(gates[60:120]):  # half way back, then forward again
         h_host, h_device = host.unforget(h_host, n), device.unforget(h_device, n)
         assert torch.equal(h_host, h_device)
-    assert host.equal(device) and host.num_chunks == device.num_chunks == 60
+    assert host.equal(device) and host.pushed_steps == device.pushed_steps == 60
     for n in gates[60:]:
         h_host, h_device = host.forget(h_host, n), device.forget(h_device, n)
     assert host.equal(device)
@@ -187,7 +187,7 @@ def test_without_words_forward_values_are_unchanged():
     gates = [_random_gates(generator, h.shape, 2**7) for _ in range(100)]
     kept, dropped = InformationBuffer(h.shape), InformationBuffer(h.shape, keep_words=False)
     assert torch.equal(_run(kept, h, gates)[-1], _run(dropped, h, gates)[-1])
-    assert dropped.num_chunks == 0
+    assert dropped.pushed_steps == 0
     with pytest.raises(RuntimeError, match="cannot reverse"):
         dropped.unforget(h, gates[0])
 

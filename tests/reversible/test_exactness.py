@@ -54,7 +54,7 @@ def _run_and_reverse(rnn, batch, steps, generator, *, input_scale=2.0):
             values = [tuple(from_fixed(part) for part in layer) for layer in state]
             state, _, _ = rnn.step(x[:, t], state, values, buffer, mask[:, t])
             stored.append(state[-1][0][:, :units].clone())
-        assert buffer.pushed_words() > 0 and buffer.num_chunks > 0
+        assert buffer.pushed_words() > 0 and buffer.pushed_steps > 0
         for t in reversed(range(steps)):
             state = rnn.reverse_step(x[:, t], state, buffer, mask[:, t],
                                      restored=stored[t] if units else None)

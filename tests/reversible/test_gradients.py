@@ -189,7 +189,7 @@ def test_without_grad_the_reversible_mode_runs_the_same_steps_and_keeps_no_words
     with_grad.readout.backward()
     assert torch.equal(with_grad.readout.detach(), without.readout)
     assert torch.equal(with_grad.stored, without.stored)
-    assert without.buffer.num_chunks == 0 and not without.buffer.keep_words
+    assert without.buffer.pushed_steps == 0 and not without.buffer.keep_words
     assert without.memory == with_grad.memory
 
 

@@ -97,4 +97,4 @@ def test_errors_come_before_any_computation(rnn):
             module.register_forward_pre_hook(lambda *args: calls.append(args))
     with pytest.raises(ValueError):
         rnn(torch.randn(3, 7, 4), torch.ones(3, 8, dtype=torch.bool), buffer=buffer)
-    assert not calls and buffer.num_chunks == 0 and buffer.is_initial()
+    assert not calls and buffer.pushed_steps == 0 and buffer.is_initial()
