@@ -87,8 +87,10 @@ def machine_description() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def git_commit(directory) -> Optional[str]:
-    """The checked-out commit of the repository holding `directory`, '+dirty' when modified."""
+def git_commit(directory, *, outputs: Iterable[str] = ()) -> Optional[str]:
+    """The checked-out commit of the repository holding `directory`, '+dirty' when a tracked file
+    other than `outputs` (paths relative to `directory`: files the recipes themselves rewrite,
+    like RESULTS.md) is modified."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True,
                               timeout=30)
@@ -96,7 +98,9 @@ def git_commit(directory) -> Optional[str]:
         head = git("rev-parse", "--short=12", "HEAD")
         if head.returncode:
             return None
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        excluded = [f":(exclude){path}" for path in outputs]
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                    *excluded).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")

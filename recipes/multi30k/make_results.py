@@ -20,6 +20,7 @@ from nmt.results import (RESULTS_FILE, collect_run_results, format_run_summary, 
                          load_results, read_json, render_results_table)
 
 REPO = Path(__file__).resolve().parents[2]
+RECIPE_OUTPUTS = ("recipes/multi30k/RESULTS.md", "recipes/multi30k/results")  # grid.sh rewrites them
 
 
 def describe(args) -> None:
@@ -45,7 +46,7 @@ def collect(args) -> None:
     results = collect_run_results(
         run_dir, cased=read_json(args.cased), lowercased=read_json(args.lowercased),
         beam_size=args.beam_size, wall_seconds=args.wall_seconds, budget=args.budget,
-        bench_memory=bench, config_path=args.config, commit=git_commit(REPO))
+        bench_memory=bench, config_path=args.config, commit=git_commit(REPO, outputs=RECIPE_OUTPUTS))
     import json
 
     path = run_dir / RESULTS_FILE

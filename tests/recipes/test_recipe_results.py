@@ -280,3 +280,27 @@ def test_describe_gives_run_dir_reference_and_whether_reversible(tmp_path):
                                   str(data_dir / "test_2016_flickr.de.gz"), "0"]
     assert described["rev"] == ["rev", str(tmp_path / "runs dir" / "it's rev"),
                                 str(data_dir / "test_2016_flickr.de.gz"), "1"]
+
+
+def test_commit_is_dirty_only_for_changes_outside_the_recipe_outputs(tmp_path):
+    from nmt.results import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.json").write_text("{}")
+    (tmp_path / "RESULTS.md").write_text("table")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    outputs = ("RESULTS.md", "results")
+    clean = git_commit(tmp_path, outputs=outputs)
+    assert clean and not clean.endswith("+dirty")
+    (tmp_path / "RESULTS.md").write_text("a new table")
+    (tmp_path / "results" / "a.json").write_text('{"new": 1}')
+    assert git_commit(tmp_path, outputs=outputs) == clean
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path, outputs=outputs) == clean + "+dirty"
+    assert git_commit(tmp_path) == clean + "+dirty"
