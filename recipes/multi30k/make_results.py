@@ -5,6 +5,7 @@
     make_results.py collect --run-dir DIR --config CONFIG --cased F --lowercased F
                             --wall-seconds S --budget TEXT [--bench-memory F]
     make_results.py table [--output RESULTS.md] (RESULTS_JSON | RUN_DIR | CONFIG)...
+    make_results.py commit                 the checked-out commit ('+dirty' if code is modified)
 
 Bad input (a missing file, a results.json without a key) is one line on stderr, exit status 2.
 """
@@ -46,7 +47,8 @@ def collect(args) -> None:
     results = collect_run_results(
         run_dir, cased=read_json(args.cased), lowercased=read_json(args.lowercased),
         beam_size=args.beam_size, wall_seconds=args.wall_seconds, budget=args.budget,
-        bench_memory=bench, config_path=args.config, commit=git_commit(REPO, outputs=RECIPE_OUTPUTS))
+        bench_memory=bench, config_path=args.config,
+        commit=args.commit if args.commit is not None else current_commit())
     import json
 
     path = run_dir / RESULTS_FILE
@@ -55,6 +57,10 @@ def collect(args) -> None:
     temporary.replace(path)
     print(format_run_summary(results))
     print(f"results: {path}")
+
+
+def current_commit() -> str:
+    return git_commit(REPO, outputs=RECIPE_OUTPUTS) or ""
 
 
 def results_paths(items) -> list:
@@ -98,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--wall-seconds", type=float, required=True, help="the whole recipe's wall time")
     p.add_argument("--budget", required=True, help="e.g. '--epochs 10', '--minutes 70', 'config'")
+    p.add_argument("--commit", help="the commit the run trained with (default: the current one)")
     p.set_defaults(handler=collect)
     p = sub.add_parser("table", help="render RESULTS.md from results.json files")
     p.add_argument("results", nargs="*",
@@ -105,6 +112,8 @@ def main(argv=None) -> int:
                         "results.json, if any)")
     p.add_argument("--output", help="write here instead of stdout")
     p.set_defaults(handler=table)
+    p = sub.add_parser("commit", help="print the checked-out commit")
+    p.set_defaults(handler=lambda args: print(current_commit()))
     args = parser.parse_args(argv)
     try:
         args.handler(args)

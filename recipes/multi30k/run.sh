@@ -81,6 +81,17 @@ if compgen -G "$RUN_DIR/checkpoints/step-*.pt" > /dev/null; then
   [[ "$EARLIER_SECONDS" =~ ^[0-9]+$ ]] || EARLIER_SECONDS=0
   echo "resuming the interrupted run in $RUN_DIR (earlier attempts: $EARLIER_SECONDS s)"
 fi
+# The code this run trains with, taken now (the checkout may move on before the run ends); a
+# resumed run that changed code records both.
+COMMIT="$("$PYTHON" "$RECIPE_DIR/make_results.py" commit)"
+if [ ${#RESUME[@]} -gt 0 ] && [ -s "$RUN_DIR/recipe_commit" ]; then
+  EARLIER_COMMIT="$(cat "$RUN_DIR/recipe_commit")"
+  case "$EARLIER_COMMIT" in
+    "$COMMIT"|*" then $COMMIT") COMMIT="$EARLIER_COMMIT" ;;
+    *) COMMIT="$EARLIER_COMMIT then $COMMIT" ;;
+  esac
+fi
+echo "$COMMIT" > "$RUN_DIR/recipe_commit"
 START_SECONDS=$((START_SECONDS - EARLIER_SECONDS))
 trap 'echo $((SECONDS - START_SECONDS)) > "$RUN_DIR/recipe_seconds"' EXIT
 trap 'exit 143' TERM HUP INT  # still record the time when stopped
@@ -117,7 +128,8 @@ fi
 step "results"
 "$PYTHON" "$RECIPE_DIR/make_results.py" collect --run-dir "$RUN_DIR" --config "$CONFIG" \
   --cased "$RUN_DIR/test.cased.json" --lowercased "$RUN_DIR/test.lowercased.json" \
-  "${BENCH_ARGS[@]}" --beam-size 5 --wall-seconds $((SECONDS - START_SECONDS)) --budget "$BUDGET"
+  "${BENCH_ARGS[@]}" --beam-size 5 --wall-seconds $((SECONDS - START_SECONDS)) --budget "$BUDGET" \
+  --commit "$COMMIT"
 echo "wall time: $(( (SECONDS - START_SECONDS) / 60 )) min $(( (SECONDS - START_SECONDS) % 60 )) s"
 echo
 echo "TensorBoard (training curves, memory/encoder_ratio, memory/decoder_ratio):"

@@ -72,6 +72,7 @@ def test_run_sh_trains_within_the_epoch_budget_and_writes_results(tmp_path):
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
     assert results["commit"].startswith(head)
+    assert (run_dir / "recipe_commit").read_text().strip() == results["commit"]  # taken at the start
     assert results["memory"] == {} and results["wall_seconds"] > 0
 
     assert f"BLEU {cased['bleu']:.2f}" in done.stdout and "lowercased BLEU" in done.stdout
