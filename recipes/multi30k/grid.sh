@@ -2,8 +2,11 @@
 # The paper's Multi30K grid: run.sh on each config with the same budget, then RESULTS.md.
 #
 #   MULTI30K_DIR=../shared/multi30k bash recipes/multi30k/grid.sh [--minutes M | --epochs E]
-#       [--results FILE] [CONFIG...]
+#       [--jobs N] [--results FILE] [CONFIG...]
 #
+# --jobs N runs N configs at a time, each with OMP_NUM_THREADS = cores / N unless it is set (how
+# the results' grid ran on 2 cores: two one-thread runs side by side); their output then goes to
+# the logs only.
 # CONFIGs default to every configs/multi30k/*.yaml except the language variants (*-en-fr, *-en-cs).
 # A config whose run already has a results.json is skipped, and an interrupted run is resumed, so
 # a grid can be started again. A failed run is reported and the grid goes on. Each finished run's
@@ -16,7 +19,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: bash recipes/multi30k/grid.sh [--minutes M | --epochs E] [--results FILE] [CONFIG...]" >&2
+  echo "usage: bash recipes/multi30k/grid.sh [--minutes M | --epochs E] [--jobs N] [--results FILE] [CONFIG...]" >&2
   exit 2
 }
 
@@ -29,11 +32,16 @@ LOG_DIR="${GRID_LOG_DIR:-runs/grid-logs}"
 
 BUDGET=()
 CONFIGS=()
+JOBS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes|--epochs) [ $# -ge 2 ] || usage; BUDGET+=("$1" "$2"); shift 2 ;;
     --results) [ $# -ge 2 ] || usage; RESULTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --jobs)
+      [ $# -ge 2 ] || usage
+      [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "grid.sh: error: --jobs needs a positive whole number, got '$2'" >&2; exit 2; }
+      JOBS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "grid.sh: error: unknown option $1" >&2; exit 2 ;;
     *) CONFIGS+=("$1"); shift ;;
   esac
@@ -61,6 +69,30 @@ keep() {  # results.json NAME -> $KEPT/NAME.BUDGET.json, named by the budget the
   cp "$1" "$KEPT/$2.${budget:-config}.json"
 }
 mkdir -p "$LOG_DIR" "$KEPT"
+if [ "$JOBS" -gt 1 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
+  CORES="$(nproc 2>/dev/null || echo 1)"
+  export OMP_NUM_THREADS=$(( CORES / JOBS > 0 ? CORES / JOBS : 1 ))
+fi
+FAILED_DIR="$(mktemp -d)"
+trap 'rm -rf "$FAILED_DIR"' EXIT
+
+run_one() {  # CONFIG NAME RUN_DIR: run.sh into the log (and stdout when alone), keep results.json
+  local config=$1 name=$2 run_dir=$3 status=0
+  echo "=== $config (${BUDGET[*]:-config budget}); log: $LOG_DIR/$name.log"
+  if [ "$JOBS" -gt 1 ]; then
+    bash "$RECIPE_DIR/run.sh" "$config" "${BUDGET[@]}" > "$LOG_DIR/$name.log" 2>&1 || status=$?
+  else
+    bash "$RECIPE_DIR/run.sh" "$config" "${BUDGET[@]}" 2>&1 | tee "$LOG_DIR/$name.log" || status=$?
+  fi
+  if [ "$status" -ne 0 ]; then
+    echo "=== $config FAILED (see $LOG_DIR/$name.log)" >&2
+    echo "$config" > "$FAILED_DIR/$name"
+    return 0
+  fi
+  [ "$JOBS" -eq 1 ] || echo "=== $config done"
+  keep "$run_dir/results.json" "$name"
+}
+
 FAILED=()
 for config in "${CONFIGS[@]}"; do
   name="$(basename "$config" .yaml)"
@@ -69,15 +101,17 @@ for config in "${CONFIGS[@]}"; do
   RUN_DIR="$(eval "$DESCRIPTION"; echo "$RUN_DIR")"
   if [ -e "$RUN_DIR/results.json" ]; then
     echo "=== skip $config: $RUN_DIR/results.json exists (remove $RUN_DIR to run it again)"
+    keep "$RUN_DIR/results.json" "$name"
+  elif [ "$JOBS" -gt 1 ]; then
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+    run_one "$config" "$name" "$RUN_DIR" &
   else
-    echo "=== $config (${BUDGET[*]:-config budget}); log: $LOG_DIR/$name.log"
-    if ! bash "$RECIPE_DIR/run.sh" "$config" "${BUDGET[@]}" 2>&1 | tee "$LOG_DIR/$name.log"; then
-      echo "=== $config FAILED (see $LOG_DIR/$name.log)" >&2
-      FAILED+=("$config")
-      continue
-    fi
+    run_one "$config" "$name" "$RUN_DIR"
   fi
-  keep "$RUN_DIR/results.json" "$name"
+done
+wait
+for failed in "$FAILED_DIR"/*; do
+  [ -e "$failed" ] && FAILED+=("$(cat "$failed")")
 done
 
 shopt -s nullglob

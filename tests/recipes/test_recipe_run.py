@@ -19,7 +19,8 @@ CHECK_TENSORBOARD = REPO / "recipes" / "check_tensorboard.py"
 
 
 def bash(script, *args, data_dir, cwd=REPO, **extra_env):
-    env = dict(os.environ, MULTI30K_DIR=str(data_dir), OMP_NUM_THREADS="1", **extra_env)
+    env = dict(os.environ, MULTI30K_DIR=str(data_dir), OMP_NUM_THREADS="1")
+    env.update(extra_env)
     return subprocess.run(["bash", str(script), *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -174,3 +175,33 @@ def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
     assert json.loads((tmp_path / "results" / "toy-grid.epochs1.json").read_text()) == again_results
     rows = [line for line in results_md.read_text().splitlines() if line.startswith("| toy-grid |")]
     assert len(rows) == 2  # one per budget: the kept first run and the resumed one
+
+
+def test_grid_sh_runs_configs_side_by_side_with_jobs(tmp_path):
+    data_dir = write_toy_multi30k(tmp_path / "multi30k")
+    first = write_recipe_config(tmp_path, name="toy-a", max_epochs=1)
+    second = write_recipe_config(tmp_path, name="toy-b", max_epochs=1, seed=2)
+    results_md = tmp_path / "RESULTS.md"
+    done = bash(GRID_SH, "--jobs", "2", "--epochs", "1", "--results", results_md, first, second,
+                data_dir=data_dir, cwd=tmp_path, OMP_NUM_THREADS="")  # grid.sh picks the threads
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("===")]
+    started = [i for i, line in enumerate(lines) if "; log: " in line]
+    finished = [i for i, line in enumerate(lines) if line.endswith(" done")]
+    assert len(started) == len(finished) == 2 and max(started) < min(finished)  # side by side
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for name in ("toy-a", "toy-b"):
+        results = json.loads((tmp_path / "runs" / name / "results.json").read_text())
+        assert results["machine"]["torch_threads"] == threads
+        assert json.loads((tmp_path / "results" / f"{name}.epochs1.json").read_text()) == results
+        log = (tmp_path / "runs" / "grid-logs" / f"{name}.log").read_text()
+        assert log.count("== results") == 1 and f"{name}: test_2016_flickr beam 5" in log
+    rows = [line for line in results_md.read_text().splitlines() if line.startswith("| toy-")]
+    assert len(rows) == 2
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_grid_sh_bad_jobs_is_one_line(tmp_path, jobs):
+    done = bash(GRID_SH, "--jobs", jobs, data_dir=tmp_path)
+    assert done.returncode == 2 and "--jobs needs a positive whole number" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
