@@ -23,7 +23,7 @@ Inference runs the same fixed-point steps without gradient on a head-only buffer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -67,15 +67,35 @@ class Readout(nn.Module):
     def attentional(self, h: Tensor, keys: Tensor, values: Tensor, src_mask: Tensor,
                     dropout: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """h (batch, H), or (batch, C, H) for C steps -> a_t of the same shape and the attention
-        weights (batch[, C], src_len). dropout: a (batch, H) mask, the same for every step."""
+        weights (batch[, C], src_len). dropout: a (batch, H) mask, the same for every step, or
+        (batch, C, H), one per step."""
         queries = h if h.dim() == 3 else h.unsqueeze(1)
         context, weights = self.attention(queries, keys, values, mask=src_mask)
         attentional = torch.tanh(self.combine(torch.cat([context, queries], dim=-1)))
         if dropout is not None:
-            attentional = attentional * dropout.unsqueeze(1)
+            attentional = attentional * (dropout.unsqueeze(1) if dropout.dim() == 2 else dropout)
         if h.dim() == 2:
             return attentional.squeeze(1), weights.squeeze(1)
         return attentional, weights
+
+
+class StepDropout:
+    """Dropout masks for a_t drawn per step (as a plain decoder's), yet the same whichever order
+    the steps are read in (in forward by plain autograd, chunk by chunk in backward by the
+    reversible run): step t's mask comes from a generator seeded with the batch's seed + t."""
+
+    def __init__(self, probability: float, batch: int, size: int, device: torch.device):
+        self.keep, self.shape, self.device = 1.0 - probability, (batch, size), device
+        self.seed = int(torch.randint(0, 2**62, ()))  # from the global generator: reproducible
+
+    def masks(self, start: int, steps: int) -> Tensor:
+        """(batch, steps, size) masks of steps start .. start + steps - 1."""
+        masks = torch.empty(self.shape[0], steps, self.shape[1], device=self.device)
+        for i in range(steps):
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(self.seed + start + i)
+            masks[:, i].bernoulli_(self.keep, generator=generator)
+        return masks / self.keep
 
 
 class StepLoss(nn.Module):
@@ -90,7 +110,7 @@ class StepLoss(nn.Module):
     reads_chunks = True
 
     def __init__(self, readout: Readout, tgt_out: Tensor, src_mask: Tensor, *,
-                 label_smoothing: float, dropout: Optional[Tensor]):
+                 label_smoothing: float, dropout: Union[Tensor, StepDropout, None]):
         super().__init__()
         self.readout = readout
         self.tgt_out, self.src_mask, self.dropout = tgt_out, src_mask, dropout
@@ -103,7 +123,10 @@ class StepLoss(nn.Module):
         """h (batch, C, H): the top states of steps start .. start + C - 1 -> summed loss."""
         targets = self.tgt_out[:, start: start + h.shape[1]]
         real = targets != PAD_ID
-        attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, self.dropout)
+        dropout = self.dropout
+        if isinstance(dropout, StepDropout):
+            dropout = dropout.masks(start, h.shape[1])
+        attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, dropout)
         logits = self.readout.output(attentional[real])  # (real tokens, vocab): this chunk only
         loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
                                                    smoothing=self.label_smoothing)
@@ -121,13 +144,14 @@ class ReversibleDecoder(nn.Module):
         context_size: width of the encoder's attention values.
         bridge: maps the encoder's final float state to the initial state (decoders.Bridge).
         dropout: locked dropout on the embeddings and between layers; output_dropout: locked
-            dropout on a_t. tie_embeddings: output layer shares the embedding matrix.
+            dropout on a_t, or per step with per_step_dropout. tie_embeddings: output layer
+            shares the embedding matrix.
     """
 
     def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context_size: int,
                  bridge: nn.Module, dropout: float = 0.0, output_dropout: float = 0.0,
-                 tie_embeddings: bool = False):
+                 per_step_dropout: bool = False, tie_embeddings: bool = False):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
@@ -141,6 +165,7 @@ class ReversibleDecoder(nn.Module):
         self.bridge = bridge
         self.hidden, self.layers = hidden, layers
         self.dropout, self.output_dropout = dropout, output_dropout
+        self.per_step_dropout = per_step_dropout
         self.mode = MemoryMode.REVERSIBLE
         self._memory: dict = {}
 
@@ -194,10 +219,13 @@ class ReversibleDecoder(nn.Module):
         if self.layers > 1 and self.training and self.dropout > 0:
             layer_masks = torch.stack([locked_mask(batch, self.hidden, self.dropout, like=tgt_in,
                                                    training=True) for _ in range(self.layers - 1)])
+        if self.per_step_dropout and self.training and self.output_dropout > 0:
+            output_mask = StepDropout(self.output_dropout, batch, self.hidden, tgt_in.device)
+        else:
+            output_mask = locked_mask(batch, self.hidden, self.output_dropout, like=tgt_in,
+                                      training=self.training)
         step_loss = StepLoss(self.readout, tgt_out, encoder_output.mask,
-                             label_smoothing=label_smoothing,
-                             dropout=locked_mask(batch, self.hidden, self.output_dropout,
-                                                 like=tgt_in, training=self.training))
+                             label_smoothing=label_smoothing, dropout=output_mask)
         buffer = encoder_output.buffer
         mode = self.mode if torch.is_grad_enabled() and buffer.keep_words else MemoryMode.REFERENCE
         if mode is MemoryMode.REFERENCE and buffer.keep_words:

@@ -21,6 +21,7 @@ from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from nmt.models.embeddings import PAD_ID
 from nmt.models.encoders import length_mask
@@ -86,6 +87,8 @@ class ReversibleEncoder(nn.Module):
         context: one of emb, slice, proj, emb+slice, emb+proj, hidden (needs memory_saving=False).
         size, precision: stored units per step (slice/proj) and their bits (32 or 16).
         dropout: locked dropout on the embeddings, between layers and on the stored values.
+        per_step_dropout: the attention context (embeddings and stored values) instead gets
+            dropout per position, as a plain encoder's outputs do (the recurrence keeps its masks).
         buffer_width: columns of the shared buffer (>= hidden / 2; the decoder's half may be wider).
         charges_head: charge the buffer's heads to this encoder (when no reversible decoder
             continues the buffer; otherwise the decoder pays them).
@@ -95,7 +98,7 @@ class ReversibleEncoder(nn.Module):
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context: str = "emb",
                  size: Optional[int] = None, precision: int = 32, dropout: float = 0.0,
                  memory_saving: bool = True, buffer_width: Optional[int] = None,
-                 charges_head: bool = False):
+                 charges_head: bool = False, per_step_dropout: bool = False):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         if self.part == "hidden" and memory_saving:
@@ -109,6 +112,7 @@ class ReversibleEncoder(nn.Module):
                                  max_forget_bits=max_forget_bits, storage=storage)
         self.context_kind, self.precision, self.dropout = context, precision, dropout
         self.memory_saving = memory_saving
+        self.per_step_dropout = per_step_dropout
         self.mode = MemoryMode.REVERSIBLE if memory_saving else MemoryMode.REFERENCE
         self.hidden, self.layers = hidden, layers
         self.final_size = hidden
@@ -146,12 +150,11 @@ class ReversibleEncoder(nn.Module):
             stored = run.stored
         pieces = []
         if self.use_embeddings:
-            embedded = self.embedding(src)
-            pieces.append(embedded if input_mask is None else embedded * input_mask.unsqueeze(1))
+            pieces.append(self._context_dropout(self.embedding(src), input_mask))
         if stored is not None:
-            stored_mask = locked_mask(batch, stored.shape[-1], self.dropout, like=src,
-                                      training=self.training)
-            pieces.append(stored if stored_mask is None else stored * stored_mask.unsqueeze(1))
+            stored_mask = None if self.per_step_dropout else locked_mask(
+                batch, stored.shape[-1], self.dropout, like=src, training=self.training)
+            pieces.append(self._context_dropout(stored, stored_mask))
         context = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
         final_hidden, final_cell = run.final if self.has_cell else (run.final, None)
         memory = count_memory(self.rnn, mask, buffer, tag=ENCODER_TAG,
@@ -167,6 +170,12 @@ class ReversibleEncoder(nn.Module):
         return ReversibleEncoderOutput(
             context=context, mask=mask, lengths=src_lengths, final_hidden=final_hidden,
             final_cell=final_cell, buffer=buffer, memory=memory, kept_bytes=dict(run.kept_bytes))
+
+    def _context_dropout(self, values: Tensor, sequence_mask: Optional[Tensor]) -> Tensor:
+        """values (batch, src_len, size): per-position dropout, or the sentence's mask."""
+        if self.per_step_dropout:
+            return F.dropout(values, self.dropout, training=self.training)
+        return values if sequence_mask is None else values * sequence_mask.unsqueeze(1)
 
     def memory_report(self) -> dict:
         """The encoder's figures for the last training batch (a reversible decoder reports them

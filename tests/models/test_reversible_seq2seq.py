@@ -46,10 +46,10 @@ def multi30k(multi30k_dir):
     return tokenizer, batch
 
 
-def _model(tokenizer, cell, context, layers, *, dropout=0.25, seed=0):
+def _model(tokenizer, cell, context, layers, *, dropout=0.25, seed=0, readout_dropout="sequence"):
     torch.manual_seed(seed)
     cfg = tiny_model_config(
-        embedding_dim=16, dropout=dropout, init_uniform=0.3,
+        embedding_dim=16, dropout=dropout, init_uniform=0.3, readout_dropout=readout_dropout,
         encoder={"cell": cell, "layers": layers, "hidden": 16, "dropout": dropout},
         decoder={"cell": cell, "layers": layers, "hidden": 16, "dropout": dropout},
         attention={"context": context, "size": 4, "precision": 16})
@@ -91,6 +91,39 @@ def test_reversible_step_matches_plain_autograd(multi30k, cell, context, layers)
     assert set(memory) >= {"encoder_ratio", "decoder_ratio", "encoder_optimal_ratio",
                            "decoder_optimal_ratio", "activation_mib"}
     assert memory["encoder_ratio"] > 1 and memory["decoder_ratio"] > 1
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_per_step_readout_dropout_matches_plain_autograd(multi30k, cell):
+    """readout_dropout: step draws a_t's mask per step and the context's per position, as a plain
+    model does; the reversible step still gives the plain-autograd loss bit for bit, though it
+    reads the steps in another order (masks come from per-step seeds)."""
+    tokenizer, batch = multi30k
+    model = _model(tokenizer, cell, "emb+slice", 1, readout_dropout="step")
+    assert model.decoder.per_step_dropout and model.encoder.per_step_dropout
+    outputs = _step_both_and_compare(model, _reference_twin(model), batch, seed=7)
+    locked = _model(tokenizer, cell, "emb+slice", 1)
+    torch.manual_seed(7)
+    assert not torch.equal(locked.training_loss(batch, label_smoothing=0.1).loss,
+                           outputs["reversible"].loss)  # the option changes the masks
+
+    torch.manual_seed(3)
+    context = model.encoder(batch.src, batch.src_lengths).context.detach()
+    dropped = context == 0
+    assert dropped.any() and not torch.equal(dropped[:, 0], dropped[:, 1])  # per position
+
+
+def test_step_dropout_masks_are_per_step_and_independent_of_reading_order():
+    from nmt.models.reversible_decoder import StepDropout
+
+    torch.manual_seed(0)
+    dropout = StepDropout(0.5, 4, 32, torch.device("cpu"))
+    whole = dropout.masks(0, 6)
+    assert whole.shape == (4, 6, 32) and set(whole.unique().tolist()) == {0.0, 2.0}
+    assert not torch.equal(whole[:, 0], whole[:, 1])
+    for start, steps in ((4, 2), (0, 3), (5, 1)):  # chunks read in any order
+        assert torch.equal(dropout.masks(start, steps), whole[:, start:start + steps])
+    assert abs(float((whole == 0).float().mean()) - 0.5) < 0.1
 
 
 def _record_reversals(monkeypatch, rnn: ReversibleRNN, into: list):
