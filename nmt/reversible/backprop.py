@@ -66,7 +66,7 @@ def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor]
             projected = rnn.cells[0].project_input(x).unbind(1)
             tops = []
             for i, t in enumerate(range(start, stop)):
-                state, values, stored_t = rnn.step(None, state, values, plan.buffer, mask[:, t],
+                state, values, stored_t = rnn.step(None, state, values, plan.buffer, plan.step_mask(t),
                                                    tag=plan.tag, layer_dropout=plan.layer_dropout,
                                                    projected=projected[i])
                 if stored is not None:
@@ -156,7 +156,7 @@ def _reverse_chunk(plan, state, stored: Optional[Tensor], start: int, stop: int,
         projected = projected.unbind(1)
         for t in reversed(range(start, stop)):
             tape: list = []
-            state = plan.rnn.reverse_step(None, state, plan.buffer, plan.mask[:, t],
+            state = plan.rnn.reverse_step(None, state, plan.buffer, plan.step_mask(t),
                                           restored=_restored_slice(plan, stored, t),
                                           layer_dropout=plan.layer_dropout,
                                           projected=projected[t - start], tape=tape)
@@ -179,7 +179,7 @@ def _backprop_steps(plan, tapes: list, grads: List[List[Tensor]], top_grads: Opt
             top = grads[-1]
             top[0] = top[0] + top_grads[:, i, :first_half]
             top[1] = top[1] + top_grads[:, i, first_half:]
-        grads, d_projected = rnn.backward_step(tapes[i], grads, plan.mask[:, start + i],
+        grads, d_projected = rnn.backward_step(tapes[i], grads, plan.step_mask(start + i),
                                                layer_dropout=plan.layer_dropout,
                                                weight_grads=weight_grads, bias_grads=bias_grads)
         first_projected.append(d_projected)

@@ -71,7 +71,6 @@ class InformationBuffer:
                                             if device_offsets else 0)
         self._height_bound = 0  # host-side upper bound of _height
         self._steps = 0  # forward steps not yet reversed
-        self._lost_bits: Optional[Tensor] = None  # -log2(n / 2**R) by numerator n
         self.reset_counts()
 
     # -- the bijection ---------------------------------------------------------------------------
@@ -204,14 +203,20 @@ class InformationBuffer:
     def reset_counts(self) -> None:
         """Start counting pushed words and optimal bits afresh (e.g. per training step)."""
         self._pushed: Dict[str, Union[int, Tensor]] = defaultdict(int)
-        self._log2_gate: Dict[str, Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        self._gates: Dict[str, Tensor] = {}  # per tag: how many elements were forgotten by each n
 
     def pushed_words(self, tag: Optional[str] = None) -> int:
         return int(sum(self._select(self._pushed, tag)))
 
     def optimal_bits(self, tag: Optional[str] = None) -> float:
         """Sum of -log2(n / 2**R) over every element of every forget step counted."""
-        return float(sum(self._select(self._log2_gate, tag)))
+        histograms = self._select(self._gates, tag)
+        if not any(isinstance(counts, Tensor) for counts in histograms):
+            return 0.0
+        counts = sum(histograms)
+        numerators = torch.arange(counts.numel(), dtype=torch.float64, device=counts.device)
+        lost_bits = self.forget_radix - torch.log2(numerators.clamp(min=1))  # -log2(n / 2**R)
+        return float((counts.double() * lost_bits).sum())
 
     def head_bits(self) -> int:
         return _HEAD_BITS * self.num_elements
@@ -231,7 +236,7 @@ class InformationBuffer:
         if isinstance(self._height, Tensor):
             other._height = self._height.clone()
         other._pushed = copy.deepcopy(self._pushed)
-        other._log2_gate = copy.deepcopy(self._log2_gate)
+        other._gates = {tag: counts.clone() for tag, counts in self._gates.items()}
         return other
 
     def equal(self, other: "InformationBuffer") -> bool:
@@ -258,12 +263,16 @@ class InformationBuffer:
         return self.head[..., : h.shape[-1]]
 
     def _count(self, pushed: Tensor, n: Tensor, tag: str) -> None:
-        """pushed: words spilled by this step (a 0-dim tensor: counting never synchronises)."""
+        """pushed: words spilled by this step (a 0-dim tensor: counting never synchronises).
+        The gates are counted by numerator (a histogram: cheaper per step than summing their
+        log2, and exact); `optimal_bits` weighs the counts."""
         self._pushed[tag] = self._pushed[tag] + pushed
-        if self._lost_bits is None or self._lost_bits.device != n.device:
-            numerators = torch.arange(2**self.forget_radix + 1, dtype=torch.float64, device=n.device)
-            self._lost_bits = self.forget_radix - torch.log2(numerators.clamp(min=1))
-        self._log2_gate[tag] = self._log2_gate[tag] + self._lost_bits[n].sum()  # -log2(n / 2**R)
+        counts = self._gates.get(tag)
+        if counts is None:
+            counts = self._gates[tag] = torch.zeros(2**self.forget_radix + 1, dtype=torch.int64,
+                                                    device=n.device)
+        flat = n.reshape(-1)
+        counts.index_add_(0, flat, torch.ones((), dtype=torch.int64, device=n.device).expand(flat.numel()))
 
     @staticmethod
     def _select(counts: Dict[str, Tensor], tag: Optional[str]):

@@ -67,19 +67,25 @@ def round_to_storage(value: Tensor, precision: int) -> Tensor:
     return to_fixed(value.detach().to(dtype).to(torch.float32))
 
 
-def _real_rows(mask: Optional[Tensor], tensor: Tensor) -> Tensor:
-    """mask (batch,) -> (batch, 1) broadcastable over units (all True when mask is None)."""
-    if mask is None:
-        return torch.ones(tensor.shape[0], 1, dtype=torch.bool, device=tensor.device)
-    return mask.view(-1, 1)
+def _real_rows(mask: Optional[Tensor]) -> Optional[Tensor]:
+    """mask (batch,) -> (batch, 1) broadcastable over units; None (every row real) stays None."""
+    return None if mask is None else mask.view(-1, 1)
 
 
-def _effective(n: Tensor, update: Tensor, real: Tensor, stored_units: int) -> Tuple[Tensor, Tensor]:
+def _on_real(real: Optional[Tensor], value: Tensor, padded) -> Tensor:
+    """`value` on real rows, `padded` elsewhere (no copy when every row is real)."""
+    return value if real is None else torch.where(real, value, padded)
+
+
+def _effective(n: Tensor, update: Tensor, real: Optional[Tensor],
+               stored_units: int) -> Tuple[Tensor, Tensor]:
     """Gates and scaled updates as applied: identity on padded rows and on stored units."""
-    n = torch.where(real, n, _IDENTITY_GATE)
+    n = _on_real(real, n, _IDENTITY_GATE)
     if stored_units:
+        if real is None:
+            n = n.clone()  # the caller's gate stays as computed
         n[:, :stored_units] = _IDENTITY_GATE
-    return n, torch.where(real, scaled_update(update), 0)
+    return n, _on_real(real, scaled_update(update), 0)
 
 
 def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor, *,
@@ -95,16 +101,16 @@ def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor,
     buffer is not touched and that result is used (recomputing a step for its gradient).
     Returns (exact, float view whose gradient flows to z * value + update).
     """
-    real = _real_rows(mask, h)
+    real = _real_rows(mask)
     surrogate = None
     if value.requires_grad or z_q.requires_grad or update.requires_grad or stored_units:
-        surrogate = torch.where(real, z_q * value + update, value)
+        surrogate = _on_real(real, z_q * value + update, value)
     if next_exact is None:
         n_applied, step = _effective(n, update, real, stored_units)
         next_exact = buffer.forget(h, n_applied, tag=tag) + step
         if stored_units:
             kept = round_to_storage(surrogate[:, :stored_units], precision)
-            next_exact[:, :stored_units] = torch.where(real, kept, h[:, :stored_units])
+            next_exact[:, :stored_units] = _on_real(real, kept, h[:, :stored_units])
     exact_value = from_fixed(next_exact)
     return next_exact, exact_value if surrogate is None else straight_through(surrogate, exact_value)
 
@@ -112,12 +118,12 @@ def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor,
 def undo_step(h_next: Tensor, n: Tensor, update: Tensor, *, buffer: InformationBuffer,
               mask: Optional[Tensor], restored: Optional[Tensor] = None) -> Tensor:
     """The exact inverse of `gated_step`; `restored` (batch, k) int64 gives the stored units."""
-    real = _real_rows(mask, h_next)
+    real = _real_rows(mask)
     stored_units = 0 if restored is None else restored.shape[1]
     n_applied, step = _effective(n, update, real, stored_units)
     h = buffer.unforget(h_next - step, n_applied)
     if stored_units:
-        h[:, :stored_units] = torch.where(real, restored, h_next[:, :stored_units])
+        h[:, :stored_units] = _on_real(real, restored, h_next[:, :stored_units])
     return h
 
 
@@ -164,8 +170,8 @@ class ReversibleCell(nn.Module):
         return projected.split([layer.out_features for layer in self.input_layers()], dim=-1)
 
     def own_product(self, layer: nn.Linear, projected: Tensor, other: Tensor) -> Tensor:
-        """Pre-activation of `layer`: its projected x share plus W_h @ other."""
-        return projected + F.linear(other, self.hidden_weight(layer))
+        """Pre-activation of `layer`: its projected x share plus W_h @ other (one fused product)."""
+        return torch.addmm(projected, other, self.hidden_weight(layer).t())
 
     def hidden_weight(self, layer: nn.Linear) -> Tensor:
         """W_h: the columns of `layer` that multiply the other half of the state."""
@@ -294,14 +300,14 @@ class RevGRUCell(ReversibleCell):
         """h_i' = z_q h_i + (1 - z_q) g on real rows (h_i' = h_i on padding), so
         dh_i = z_q dh_i', dz_q = (h_i - g) dh_i', dg = (1 - z_q) dh_i'; the gates read h_j."""
         d = list(grads)
-        real = _real_rows(mask, d[0])
+        real = _real_rows(mask)
         pieces: List[Optional[Tensor]] = [None] * 4
         inputs: List[Optional[Tensor]] = [None] * 4
         with torch.no_grad():
             for half, other, previous, gates in tape:  # half 2 first: it read the new h1
                 grad = d[half]
-                live = torch.where(real, grad, 0.0)
-                d[half] = torch.where(real, grad * gates.z_q, grad)
+                live = _on_real(real, grad, 0.0)
+                d[half] = _on_real(real, grad * gates.z_q, grad)
                 d_candidate = live * (1.0 - gates.z_q) * (1.0 - gates.candidate * gates.candidate)
                 d_reset_other = d_candidate.mm(self.hidden_weight(self.candidates[half]))
                 d_logits = torch.cat([live * (previous - gates.candidate) * gates.slope,
@@ -361,10 +367,10 @@ class RevLSTMCell(ReversibleCell):
                               f[2] if with_slope else None, p[2] if with_slope else None)
 
     @staticmethod
-    def hidden_update(p_q: Tensor, out_gate: Tensor, cell_value: Tensor) -> Tensor:
-        """The additive part o * tanh(c) of h <- p * h + o * tanh(c) (p_q unused: kept so both
-        directions call one function with the same arguments)."""
-        return out_gate * torch.tanh(cell_value)
+    def hidden_update(out_gate: Tensor, tanh_cell: Tensor) -> Tensor:
+        """The additive part o * tanh(c) of h <- p * h + o * tanh(c), given tanh(c) (which
+        backward reuses); both directions call it."""
+        return out_gate * tanh_cell
 
     def step(self, projected, state, values, buffer, mask, *, next_state=None, stored_units=0,
              precision=32, tag=""):
@@ -378,7 +384,7 @@ class RevLSTMCell(ReversibleCell):
                 next_exact=None if next_state is None else next_state[c], tag=tag)
             exact[half], floats[half] = gated_step(
                 exact[half], floats[half], g.p_q, g.n_p,
-                self.hidden_update(g.p_q, g.out_gate, floats[c]), buffer=buffer, mask=mask,
+                self.hidden_update(g.out_gate, torch.tanh(floats[c])), buffer=buffer, mask=mask,
                 next_exact=None if next_state is None else next_state[half],
                 stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
         return tuple(exact), tuple(floats)
@@ -392,14 +398,14 @@ class RevLSTMCell(ReversibleCell):
                 c = 2 + half
                 other = restored_h2 if restored_h2 is not None else from_fixed(exact[1 - half])
                 g = self.half_gates(half, pieces, other, with_slope=tape is not None)
-                new_cell = from_fixed(exact[c])
+                tanh_cell = torch.tanh(from_fixed(exact[c]))
                 exact[half] = undo_step(
-                    exact[half], g.n_p, self.hidden_update(g.p_q, g.out_gate, new_cell),
+                    exact[half], g.n_p, self.hidden_update(g.out_gate, tanh_cell),
                     buffer=buffer, mask=mask, restored=restored if half == 0 else None)
                 exact[c] = undo_step(exact[c], g.n_f, g.cell_update, buffer=buffer, mask=mask)
                 if tape is not None:
                     previous = from_fixed(exact[half])
-                    tape.append((half, other, previous, from_fixed(exact[c]), new_cell, g))
+                    tape.append((half, other, previous, from_fixed(exact[c]), tanh_cell, g))
                     restored_h2 = previous
         return tuple(exact)
 
@@ -408,19 +414,18 @@ class RevLSTMCell(ReversibleCell):
         dc' += o (1 - tanh(c')^2) dh', dh = p_q dh', dp_q = h dh', do = tanh(c') dh',
         dc = f_q dc', df_q = c dc', di = g dc', dg = i dc'; the gates read h_j."""
         d = list(grads)
-        real = _real_rows(mask, d[0])
+        real = _real_rows(mask)
         pieces: List[Optional[Tensor]] = [None] * 2
         inputs: List[Optional[Tensor]] = [None] * 2
         with torch.no_grad():
-            for half, other, previous, previous_cell, new_cell, g in tape:  # half 2 first
+            for half, other, previous, previous_cell, tanh_cell, g in tape:  # half 2 first
                 c = 2 + half
                 grad_h = d[half]
-                live_h = torch.where(real, grad_h, 0.0)
-                d[half] = torch.where(real, grad_h * g.p_q, grad_h)
-                tanh_cell = torch.tanh(new_cell)
+                live_h = _on_real(real, grad_h, 0.0)
+                d[half] = _on_real(real, grad_h * g.p_q, grad_h)
                 grad_c = d[c] + live_h * g.out_gate * (1.0 - tanh_cell * tanh_cell)
-                live_c = torch.where(real, grad_c, 0.0)
-                d[c] = torch.where(real, grad_c * g.f_q, grad_c)
+                live_c = _on_real(real, grad_c, 0.0)
+                d[c] = _on_real(real, grad_c * g.f_q, grad_c)
                 d_gates = torch.cat([live_c * previous_cell * g.f_slope,
                                      live_c * g.candidate * g.inp * (1.0 - g.inp),
                                      live_h * tanh_cell * g.out_gate * (1.0 - g.out_gate),

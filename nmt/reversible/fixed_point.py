@@ -48,8 +48,10 @@ def to_fixed(x: Tensor) -> Tensor:
 
 
 def from_fixed(h: Tensor) -> Tensor:
-    """The float32 value of a fixed-point tensor (no gradient)."""
-    return h.to(torch.float32) * (1.0 / _HIDDEN_SCALE)
+    """The float32 value of a fixed-point tensor (no gradient). One multiplication, converting as
+    it goes (the power-of-two scale is exact, so the result is h's value rounded to float32
+    whatever the default dtype; `.to` is then a no-op)."""
+    return torch.mul(h, 1.0 / _HIDDEN_SCALE).to(torch.float32)
 
 
 def scaled_update(value: Tensor) -> Tensor:
@@ -89,8 +91,9 @@ def forget_gate(logits: Tensor, max_forget_bits: Optional[int],
     floor = n_min / scale
     sigmoid = torch.sigmoid(logits)
     z = (1.0 - floor) * sigmoid + floor
-    n = torch.round(z.detach() * scale).clamp_(n_min, 2**forget_radix).to(torch.int64)
-    z_q = straight_through(z, n.to(torch.float32) / scale)
+    numerator = torch.round(z.detach() * scale).clamp_(n_min, 2**forget_radix)  # whole floats
+    n = numerator.to(torch.int64)
+    z_q = straight_through(z, numerator * (1.0 / scale))  # exact: the scale is a power of two
     if with_slope:
         return z_q, n, (1.0 - floor) * sigmoid * (1.0 - sigmoid)
     return z_q, n

@@ -67,6 +67,7 @@ class SequenceOutput:
     buffer: InformationBuffer
     memory: MemoryAccount
     kept_bytes: dict = field(default_factory=dict)
+    _full_steps: Optional[int] = None
 
 
 class StepInputs:
@@ -117,10 +118,18 @@ class Plan:
     initial_state: Optional[List[State]] = None  # set by the reversible forward
     final_state: Optional[List[State]] = None
     kept_bytes: dict = field(default_factory=dict)
+    _full_steps: Optional[int] = None
 
     @property
     def steps(self) -> int:
         return self.mask.shape[1]
+
+    def step_mask(self, t: int) -> Optional[Tensor]:
+        """The mask of step t for the cells, or None where every row is real (then the cells
+        skip their padding selects, which on a CPU cost as much as the arithmetic they guard)."""
+        if self._full_steps is None:
+            self._full_steps = _leading_full_steps(self.mask)
+        return None if t < self._full_steps else self.mask[:, t]
 
     def chunks(self) -> List[Tuple[int, int]]:
         """[start, stop) ranges of at most `chunk_steps` steps, in forward order. Every mode uses
@@ -189,13 +198,14 @@ class ReversibleRNN(nn.Module):
     # -- one step of the whole stack ------------------------------------------------------------
 
     def step(self, x: Optional[Tensor], state: List[State], values: List[Values],
-             buffer: Optional[InformationBuffer], mask: Tensor, *,
+             buffer: Optional[InformationBuffer], mask: Optional[Tensor], *,
              next_state: Optional[List[State]] = None, tag: str = "",
              layer_dropout: Optional[Tensor] = None, projected: Optional[Tensor] = None):
         """All layers at one step; returns (state, values, stored_t or None).
 
         x: the first layer's input (batch, input), or None when `projected` gives its
         `cells[0].project_input(x)` (computed for a chunk of steps at once).
+        mask: (batch,) bool, True on real rows; None when every row is real.
         layer_dropout: (layers - 1, batch, H) masks multiplied into the input of layers 1.. ."""
         new_state, new_values = [], []
         layer_input = x
@@ -215,7 +225,7 @@ class ReversibleRNN(nn.Module):
             layer_input = torch.cat(floats[:2], dim=-1)
         return new_state, new_values, self.stored_value(new_values[-1], mask)
 
-    def stored_value(self, top_values: Values, mask: Tensor) -> Optional[Tensor]:
+    def stored_value(self, top_values: Values, mask: Optional[Tensor]) -> Optional[Tensor]:
         """What the storage keeps of the top layer's new state (batch, units), zero on padding."""
         if self.storage is None:
             return None
@@ -223,9 +233,9 @@ class ReversibleRNN(nn.Module):
         return self.stored_from_top(top_values[0] if slicing else torch.cat(top_values[:2], dim=-1),
                                     mask)
 
-    def stored_from_top(self, top: Tensor, mask: Tensor) -> Optional[Tensor]:
+    def stored_from_top(self, top: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
         """The same from the top state [h1, h2] (..., H) (or h1 alone for a slice) and a mask
-        (...): (..., units), for one step or a chunk of steps."""
+        (...) (None: every row real): (..., units), for one step or a chunk of steps."""
         if self.storage is None:
             return None
         if self.storage.kind is StorageKind.SLICE:
@@ -233,10 +243,12 @@ class ReversibleRNN(nn.Module):
         else:
             with float32_math(top.device):
                 value = rounded_projection(self.projection(top), self.storage.precision)
+        if mask is None:  # every row real
+            return value
         return torch.where(mask.unsqueeze(-1), value, torch.zeros((), device=value.device))
 
     def reverse_step(self, x: Optional[Tensor], state: List[State], buffer: InformationBuffer,
-                     mask: Tensor, *, restored: Optional[Tensor] = None,
+                     mask: Optional[Tensor], *, restored: Optional[Tensor] = None,
                      layer_dropout: Optional[Tensor] = None,
                      projected: Optional[Tensor] = None,
                      tape: Optional[list] = None) -> List[State]:
@@ -264,7 +276,7 @@ class ReversibleRNN(nn.Module):
                     tape.append((layer, below[layer - 1] if layer > 0 else None, cell_tape))
         return previous
 
-    def backward_step(self, tape: list, grads: List[List[Tensor]], mask: Tensor, *,
+    def backward_step(self, tape: list, grads: List[List[Tensor]], mask: Optional[Tensor], *,
                       layer_dropout: Optional[Tensor], weight_grads: DeferredWeightGrads,
                       bias_grads: list) -> Tuple[List[List[Tensor]], Tensor]:
         """The gradient of one `step` of the stack, by hand, from its reversal's `tape`.
@@ -356,7 +368,7 @@ class ReversibleRNN(nn.Module):
             tops = []
             for i, t in enumerate(range(start, stop)):
                 state, values, stored_t = self.step(None, state, values, plan.buffer,
-                                                    plan.mask[:, t], tag=plan.tag,
+                                                    plan.step_mask(t), tag=plan.tag,
                                                     layer_dropout=plan.layer_dropout,
                                                     projected=projected[i])
                 stored.append(stored_t)
@@ -387,8 +399,6 @@ class ReversibleRNN(nn.Module):
         one CPU thread (then the results are bit-identical), elsewhere they may differ in the
         last bit of a pre-activation.
         """
-        if mask is None:
-            mask = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.no_grad():
             values = [tuple(from_fixed(part) for part in layer) for layer in state]
             state, values, stored = self.step(x, state, values, buffer, mask, tag=tag)
@@ -418,6 +428,14 @@ class ReversibleRNN(nn.Module):
         if self.state_parts == 2:
             return h
         return h, torch.stack([torch.cat(layer[2:], dim=-1) for layer in values])
+
+
+def _leading_full_steps(mask: Tensor) -> int:
+    """How many first steps have every row real. Read on the host only on a CPU; elsewhere 0
+    (the time loop must not wait for the device, and there a select is cheap)."""
+    if mask.device.type != "cpu":
+        return 0
+    return int(mask.all(0).int().cumprod(0).sum())
 
 
 def _unique(tensors: List[Tensor]) -> List[Tensor]:
