@@ -181,6 +181,19 @@ def test_counts_by_tag():
         buffer.optimal_bits("encoder") + buffer.optimal_bits("decoder"))
 
 
+def test_optimal_bits_sum_what_each_gate_forgets():
+    generator = torch.Generator().manual_seed(6)
+    buffer = InformationBuffer((4, 6))
+    h = torch.randint(-2**23, 2**23, (4, 6), generator=generator)
+    gates = [_random_gates(generator, h.shape, 1) for _ in range(5)]
+    for n in gates:
+        h = buffer.forget(h, n, tag="t")
+    expected = sum(float((FORGET_RADIX - torch.log2(n.double())).sum()) for n in gates)
+    assert buffer.optimal_bits("t") == pytest.approx(expected, rel=1e-12)
+    buffer.reset_counts()
+    assert buffer.optimal_bits() == 0.0 and buffer.pushed_words() == 0
+
+
 def test_without_words_forward_values_are_unchanged():
     generator = torch.Generator().manual_seed(5)
     h = torch.randint(-2**23, 2**23, (6, 10), generator=generator)

@@ -109,6 +109,31 @@ def test_padded_rows_keep_their_state_and_leave_the_buffer_alone(cell_type):
     assert buffer.optimal_bits() > 0
 
 
+@pytest.mark.parametrize("stored_units", [0, 2])
+@pytest.mark.parametrize("cell_type", CELL_TYPES)
+def test_no_mask_is_an_all_real_mask(cell_type, stored_units):
+    """mask=None skips the padding selects; every result must be that of an all-True mask."""
+    generator = torch.Generator().manual_seed(6)
+    cell = cell_type(4, 8, max_forget_bits=2)
+    state = _random_state(cell, 5, generator)
+    projected = cell.project_input(torch.randn(5, 4, generator=generator))
+    grads = [torch.randn(5, size, generator=generator) for size in cell.half_sizes * (cell.state_parts // 2)]
+    results = []
+    for mask in (None, torch.ones(5, dtype=torch.bool)):
+        buffer = InformationBuffer((5, 4))
+        values = tuple(from_fixed(part) for part in state)
+        new, _ = cell.step(projected, state, values, buffer, mask, stored_units=stored_units)
+        tape = []
+        back = cell.reverse(projected, new, buffer, mask, tape=tape,
+                            restored=state[0][:, :stored_units] if stored_units else None)
+        d_state, d_projected, _ = cell.backward_step(tape, grads, mask)
+        assert all(torch.equal(a, b) for a, b in zip(back, state)) and buffer.is_initial()
+        results.append((new, buffer.optimal_bits(), d_state, d_projected))
+    (new_a, bits_a, d_a, p_a), (new_b, bits_b, d_b, p_b) = results
+    assert all(torch.equal(a, b) for a, b in zip(new_a, new_b)) and bits_a == bits_b
+    assert all(torch.equal(a, b) for a, b in zip(d_a, d_b)) and torch.equal(p_a, p_b)
+
+
 class _GateSpy(InformationBuffer):
     """Records the gate numerators of every forget call, in order."""
 
