@@ -426,11 +426,13 @@ class RevLSTMCell(ReversibleCell):
                 grad_c = d[c] + live_h * g.out_gate * (1.0 - tanh_cell * tanh_cell)
                 live_c = _on_real(real, grad_c, 0.0)
                 d[c] = _on_real(real, grad_c * g.f_q, grad_c)
-                d_gates = torch.cat([live_c * previous_cell * g.f_slope,
-                                     live_c * g.candidate * g.inp * (1.0 - g.inp),
-                                     live_h * tanh_cell * g.out_gate * (1.0 - g.out_gate),
-                                     live_h * previous * g.p_slope,
-                                     live_c * g.inp * (1.0 - g.candidate * g.candidate)], dim=-1)
+                d_gates = live_c.new_empty(live_c.shape[0], 5 * live_c.shape[1])
+                d_f, d_i, d_o, d_p, d_g = d_gates.split(live_c.shape[1], dim=-1)  # no cat
+                torch.mul(live_c * previous_cell, g.f_slope, out=d_f)
+                torch.mul(live_c * g.candidate * g.inp, 1.0 - g.inp, out=d_i)
+                torch.mul(live_h * tanh_cell * g.out_gate, 1.0 - g.out_gate, out=d_o)
+                torch.mul(live_h * previous, g.p_slope, out=d_p)
+                torch.mul(live_c * g.inp, 1.0 - g.candidate * g.candidate, out=d_g)
                 d[1 - half] = d[1 - half] + d_gates.mm(self.hidden_weight(self.gates[half]))
                 pieces[half], inputs[half] = d_gates, other
         return d, torch.cat(pieces, dim=-1), inputs
