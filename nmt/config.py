@@ -82,9 +82,10 @@ class ModelConfig:
     embedding_dim: int = 300
     tie_embeddings: bool = False
     dropout: float = 0.3
-    # reversible models: dropout on the attention context and on a_t drawn once per sentence
-    # ("sequence", like the recurrence's own masks) or per position and step as plain models do
-    readout_dropout: str = field(default="sequence", metadata=choices("sequence", "step"))
+    # reversible models: dropout on the attention context and on a_t drawn per position and step
+    # as plain models do ("step"), or once per sentence ("sequence", like the recurrence's own
+    # masks: the earlier default, which regularises the readout less)
+    readout_dropout: str = field(default="step", metadata=choices("step", "sequence"))
     init_uniform: Optional[float] = 0.1
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)

@@ -136,7 +136,8 @@ def collect_run_results(run_dir, *, cased: dict, lowercased: dict, beam_size: in
                   "context": model.get("attention", {}).get("context"),
                   "size": model.get("attention", {}).get("size"),
                   "precision": model.get("attention", {}).get("precision"),
-                  "max_forget_bits": model.get("encoder", {}).get("max_forget_bits")},
+                  "max_forget_bits": model.get("encoder", {}).get("max_forget_bits"),
+                  "readout_dropout": model.get("readout_dropout")},
         "language_pair": f"{data.get('src')}-{data.get('tgt')}",
         "test": {"split": data.get("test"), "beam_size": beam_size,
                  "cased": _scores(cased), "lowercased": _scores(lowercased)},
@@ -257,6 +258,14 @@ def _forget_bits(model: dict) -> str:
     return "none" if bits is None else str(bits)
 
 
+def _readout_dropout(model: dict) -> str:
+    """How the readout's dropout was drawn: plain models always per step; reversible runs recorded
+    before the setting existed drew it once per sentence ("sequence")."""
+    if not str(model.get("encoder", "")).startswith("rev"):
+        return "step"
+    return model.get("readout_dropout") or "sequence"
+
+
 def _seed(result: dict) -> int:
     seed = result["training"].get("seed")
     return DEFAULT_SEED if seed is None else seed
@@ -296,7 +305,8 @@ def _seedless_name(result: dict) -> str:
     return re.sub(r"-seed\d+$", "", str(result["name"] or ""))
 
 
-COLUMNS = ("model", "cells", "attention", "k", "seed", "BLEU", "Δ base", "BLEU lc", "chrF",
+COLUMNS = ("model", "cells", "attention", "k", "readout dropout", "seed", "BLEU", "Δ base",
+           "BLEU lc", "chrF",
            "enc ratio (counted / optimal)", "dec ratio (counted / optimal)",
            "bench enc / dec (measured)", "train tok/s",
            "train min", "epochs", "budget", "machine", "commit")
@@ -316,8 +326,12 @@ def render_results_table(results: List[dict], *, title: str = "Multi30K results"
              "(*optimal*: normal / information-theoretic minimum), mean of the logged steps; *bench*: "
              "`nmt bench memory` on the run's checkpoint (counted ratios, and in parentheses the "
              "measured bytes the recurrent layers keep for backward, plain / reversible). "
-             "k: max forgetting in bits per unit per step. *train tok/s*: target tokens per second "
-             "of training steps.", ""]
+             "k: max forgetting in bits per unit per step. *readout dropout*: the attention "
+             "context's and a_t's dropout drawn per position and step (*step*, as plain models "
+             "always do; the default since `model.readout_dropout` became `step`) or once per "
+             "sentence (*sequence*: every reversible run before then, whatever its config says "
+             "now; reproduce those at their commit or with `model.readout_dropout: sequence`). "
+             "*train tok/s*: target tokens per second of training steps.", ""]
     if not results:
         return "\n".join(lines + ["No results yet: run `bash recipes/multi30k/grid.sh`.", ""])
     lines.append("| " + " | ".join(COLUMNS) + " |")
@@ -357,7 +371,8 @@ def _row_cells(result: dict, results: List[dict]) -> List[str]:
     if machine.get("cuda"):
         where += f", {machine['cuda']}"
     budget = str(result["budget"]).replace("--", "")
-    return [str(result["name"]), cells, _attention(model), _forget_bits(model), str(_seed(result)),
+    return [str(result["name"]), cells, _attention(model), _forget_bits(model),
+            _readout_dropout(model), str(_seed(result)),
             _number(cased.get("bleu"), 2), delta, _number(test["lowercased"].get("bleu"), 2),
             _number(cased.get("chrf"), 2), _ratio_pair(result["memory"], "encoder"),
             _ratio_pair(result["memory"], "decoder"), _bench_ratios(result.get("bench_memory")),

@@ -23,7 +23,7 @@ def build_reversible_encoder(model_cfg, *, src_vocab_size: int) -> ReversibleEnc
         layers=enc.layers, max_forget_bits=enc.max_forget_bits, context=attention.context,
         size=attention.size, precision=attention.precision, dropout=enc.dropout,
         memory_saving=getattr(enc, "memory_saving", True),
-        per_step_dropout=getattr(model_cfg, "readout_dropout", "sequence") == "step",
+        per_step_dropout=model_cfg.readout_dropout == "step",
         buffer_width=(dec.hidden + 1) // 2 if shares_buffer else None,
         charges_head=not shares_buffer)
 
@@ -50,5 +50,5 @@ def build_reversible_decoder(model_cfg, *, tgt_vocab_size: int, encoder) -> Reve
         dec.cell, tgt_vocab_size, embedding_dim=model_cfg.embedding_dim, hidden=dec.hidden,
         layers=dec.layers, max_forget_bits=dec.max_forget_bits, context_size=encoder.context_size,
         bridge=bridge, dropout=dec.dropout, output_dropout=model_cfg.dropout,
-        per_step_dropout=getattr(model_cfg, "readout_dropout", "sequence") == "step",
+        per_step_dropout=model_cfg.readout_dropout == "step",
         tie_embeddings=model_cfg.tie_embeddings)

@@ -151,7 +151,7 @@ class ReversibleDecoder(nn.Module):
     def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context_size: int,
                  bridge: nn.Module, dropout: float = 0.0, output_dropout: float = 0.0,
-                 per_step_dropout: bool = False, tie_embeddings: bool = False):
+                 per_step_dropout: bool = True, tie_embeddings: bool = False):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,

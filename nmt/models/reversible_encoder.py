@@ -98,7 +98,7 @@ class ReversibleEncoder(nn.Module):
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context: str = "emb",
                  size: Optional[int] = None, precision: int = 32, dropout: float = 0.0,
                  memory_saving: bool = True, buffer_width: Optional[int] = None,
-                 charges_head: bool = False, per_step_dropout: bool = False):
+                 charges_head: bool = False, per_step_dropout: bool = True):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         if self.part == "hidden" and memory_saving:

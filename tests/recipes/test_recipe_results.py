@@ -217,6 +217,24 @@ def test_collect_reads_the_run_directory(tmp_path):
     assert row["attention"] == "Emb+20H (16-bit)" and row["enc ratio (counted / optimal)"] == "11.0 / –"
 
 
+def test_readout_dropout_is_recorded_and_older_reversible_runs_count_as_sequence(tmp_path):
+    summary = {"event": "summary", "stop_reason": "max_epochs", "steps": 100, "epochs_completed": 4,
+               "wall_minutes": 3.5, "best_bleu": 20.0}
+    write_run(tmp_path / "run", TRAIN_RECORDS + [summary])
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    config["model"]["readout_dropout"] = "step"
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(config))
+    scores = {"bleu": 21.0, "chrf": 50.0, "bleu_signature": BLEU_SIG, "chrf_signature": CHRF_SIG}
+    recorded = collect_run_results(tmp_path / "run", cased=scores, lowercased=scores, beam_size=5,
+                                   wall_seconds=1.0, budget="--epochs 4", commit="abc")
+    assert recorded["model"]["readout_dropout"] == "step"
+    older = fabricated("revgru-emb20h", "revgru", bleu=29.0)  # written before the setting existed
+    plain = fabricated("gru", "gru", bleu=30.0)
+    rows = parse_table(render_results_table([dict(recorded, name="new"), older, plain]))
+    dropout = {row["model"]: row["readout dropout"] for row in rows}
+    assert dropout == {"new": "step", "revgru-emb20h": "sequence", "gru": "step"}
+
+
 def test_collect_without_summary_names_the_file(tmp_path):
     write_run(tmp_path / "run", TRAIN_RECORDS)
     with pytest.raises(UserError, match="metrics.jsonl: no summary record"):
