@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from nmt.reversible.fixed_point import FORGET_RADIX, WORD_BITS
+from nmt.reversible.native import kernels
 
 _HEAD_BITS = 32  # heads are stored as int32 between steps
 _INT64_BITS = 63  # value bits of a signed int64
@@ -48,11 +49,13 @@ class InformationBuffer:
         device_offsets: place words at offsets computed on the device, never reading a count on
             the host (default: on every device but the CPU, where reading a count is free and
             selecting the words directly is faster). Both lay the stack out identically.
+        native: run each step's integer loops in C (`native.py`; default: on the CPU when the
+            kernels can be built). Same results bit for bit; False keeps the tensor code.
     """
 
     def __init__(self, shape: Tuple[int, ...], *, device=None, word_bits: int = WORD_BITS,
                  forget_radix: int = FORGET_RADIX, keep_words: bool = True,
-                 device_offsets: Optional[bool] = None):
+                 device_offsets: Optional[bool] = None, native: Optional[bool] = None):
         _check_settings(word_bits, forget_radix)
         self.shape = tuple(int(size) for size in shape)
         if not self.shape or any(size <= 0 for size in self.shape):
@@ -65,6 +68,13 @@ class InformationBuffer:
         if device_offsets is None:
             device_offsets = torch.device(device or "cpu").type != "cpu"
         self.device_offsets = device_offsets
+        self._native = None  # the C kernels, when this buffer uses them
+        self._scratch: Optional[Tensor] = None  # native, keep_words=False: where words are dropped
+        if native is not False and self.head.device.type == "cpu" and not device_offsets:
+            self._native = kernels()
+        if native and self._native is None:
+            raise RuntimeError("native=True: the buffer's C kernels need a CPU buffer without "
+                               "device_offsets, and a C compiler (see nmt/reversible/native.py)")
         self._words = torch.zeros(1, dtype=torch.int16, device=device)  # stack + 1 scratch word
         # words on the stack: a device tensor with device offsets, else a host int
         self._height: Union[int, Tensor] = (torch.zeros((), dtype=torch.int64, device=device)
@@ -79,6 +89,8 @@ class InformationBuffer:
         """h * n / 2**R (exactly invertible given the buffer). h, n: int64 of the buffer's shape,
         or narrower in the last dimension (then the first columns are used)."""
         head = self._head_view(h)
+        if self._native_fits(h, n):
+            return self._native_forget(h, n, head, tag)
         radix, word = self.forget_radix, self.word_bits
         state = head.to(torch.int64)
         spill = state >= (n << word)
@@ -98,6 +110,8 @@ class InformationBuffer:
         if self._steps == 0:
             raise RuntimeError("information buffer is empty: more reverse steps than forward steps")
         head = self._head_view(h)
+        if self._native_fits(h, n):
+            return self._native_unforget(h, n, head)
         radix, word = self.forget_radix, self.word_bits
         quotient = torch.div(h, n, rounding_mode="floor")
         state = head.to(torch.int64) * n + (h - quotient * n)
@@ -106,6 +120,43 @@ class InformationBuffer:
         refill = state < self.lower
         head.copy_(torch.where(refill, (state << word) | self._pop(refill), state))
         return out
+
+    def _native_fits(self, h: Tensor, n: Tensor) -> bool:
+        """The C kernels take 2-D int64 h and n of one shape (anything else: the tensor code)."""
+        return (self._native is not None and h.dim() == 2 and n.shape == h.shape
+                and n.dtype == torch.int64 and n.device.type == "cpu")
+
+    def _native_forget(self, h: Tensor, n: Tensor, head: Tensor, tag: str) -> Tensor:
+        """`forget` by the C kernels: same outputs, heads, words and counts."""
+        if self.keep_words:
+            self._reserve(h.numel())  # the worst case; the exact height is known right after
+            words = self._words[self._height:]
+        else:  # the words go to a scratch area and are dropped
+            words = self._scratch_words(h.numel() + 1)
+        try:
+            out, count = self._native.forget(h.contiguous(), n.contiguous(), head, words,
+                                             self._gate_counts(tag, n.device),
+                                             word_bits=self.word_bits, forget_radix=self.forget_radix)
+        finally:
+            self._height_bound = self._height
+        if self.keep_words:
+            self._steps += 1
+            self._height += count
+            self._height_bound = self._height
+        self._pushed[tag] = self._pushed[tag] + count
+        return out
+
+    def _native_unforget(self, h: Tensor, n: Tensor, head: Tensor) -> Tensor:
+        out, self._height = self._native.unforget(
+            h.contiguous(), n.contiguous(), head, self._words, self._height,
+            word_bits=self.word_bits, forget_radix=self.forget_radix, lower=self.lower)
+        self._steps -= 1
+        return out
+
+    def _scratch_words(self, size: int) -> Tensor:
+        if self._scratch is None or self._scratch.numel() < size:
+            self._scratch = torch.empty(size, dtype=torch.int16)
+        return self._scratch
 
     # -- the word stack -------------------------------------------------------------------------
 
@@ -267,12 +318,17 @@ class InformationBuffer:
         The gates are counted by numerator (a histogram: cheaper per step than summing their
         log2, and exact); `optimal_bits` weighs the counts."""
         self._pushed[tag] = self._pushed[tag] + pushed
+        flat = n.reshape(-1)
+        self._gate_counts(tag, n.device).index_add_(
+            0, flat, torch.ones((), dtype=torch.int64, device=n.device).expand(flat.numel()))
+
+    def _gate_counts(self, tag: str, device) -> Tensor:
+        """The histogram of gate numerators counted under `tag` (created empty)."""
         counts = self._gates.get(tag)
         if counts is None:
             counts = self._gates[tag] = torch.zeros(2**self.forget_radix + 1, dtype=torch.int64,
-                                                    device=n.device)
-        flat = n.reshape(-1)
-        counts.index_add_(0, flat, torch.ones((), dtype=torch.int64, device=n.device).expand(flat.numel()))
+                                                    device=device)
+        return counts
 
     @staticmethod
     def _select(counts: Dict[str, Tensor], tag: Optional[str]):
