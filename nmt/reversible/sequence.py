@@ -67,7 +67,6 @@ class SequenceOutput:
     buffer: InformationBuffer
     memory: MemoryAccount
     kept_bytes: dict = field(default_factory=dict)
-    _full_steps: Optional[int] = None
 
 
 class StepInputs:

@@ -78,6 +78,37 @@ def test_loss_is_bit_identical_and_gradients_agree(cell, storage, chunk_steps):
     assert buffer.is_initial(), "backward did not reverse the buffer completely"
 
 
+@pytest.mark.parametrize("cell", ["revgru", "revlstm"])
+def test_steps_where_every_row_is_real_skip_the_masks_without_changing_anything(cell, monkeypatch):
+    """The cells take mask=None on the leading steps where no row is padded (a CPU shortcut);
+    runs that pass the mask on every step must give the same loss, storage and gradients."""
+    import nmt.reversible.sequence as sequence
+
+    lengths = torch.tensor([9, 9, 7, 5])  # five leading steps without padding
+    mask = torch.arange(STEPS)[None] < lengths[:, None]
+    torch.manual_seed(32)
+    generator = torch.Generator().manual_seed(33)
+    rnn = ReversibleRNN(cell, INPUT, HIDDEN, num_layers=2, max_forget_bits=2,
+                        storage=STORAGES["slice16"], chunk_steps=4)
+    inputs = (torch.randn(BATCH, STEPS, INPUT, generator=generator) * 2).requires_grad_()
+    weight = torch.randn(BATCH, STEPS, 3, generator=generator)
+    results = []
+    for full_steps in (sequence._leading_full_steps, lambda mask: 0):
+        monkeypatch.setattr(sequence, "_leading_full_steps", full_steps)
+        for mode in MemoryMode:
+            out = rnn(inputs, mask, mode=mode)
+            final = out.final if cell == "revgru" else out.final[0] + out.final[1]
+            loss = final.sum() + (out.stored * weight).sum()
+            loss.backward()
+            results.append((loss.detach(), out.stored.detach(), _grads_of([inputs] + list(rnn.parameters()))))
+    assert sequence._leading_full_steps.__name__ == "<lambda>"  # both ways ran
+    first = results[0]
+    for other in results[1:]:
+        assert torch.equal(first[0], other[0]) and torch.equal(first[1], other[1])
+    for with_shortcut, without in ((results[0], results[2]), (results[1], results[3])):
+        assert all(torch.equal(a, b) for a, b in zip(with_shortcut[2], without[2]))
+
+
 @pytest.mark.parametrize("storage", ["slice32", "slice16", "proj16"])
 def test_gradient_reaching_stored_values_flows_into_the_recurrence(storage):
     torch.manual_seed(32)
