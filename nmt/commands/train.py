@@ -21,7 +21,7 @@ import argparse
 import math
 import random
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -131,22 +131,33 @@ class EpochBatches:
         return Shard(batch, weight) if self.placement.enabled else batch
 
 
+# Keys added after checkpoints were written, with the behaviour those checkpoints trained with.
+LEGACY_VALUES = {"model.readout_dropout": "sequence"}
+
+
 def check_resume_compatible(saved: dict, config: Config, path) -> None:
     """The model and data sections must match the checkpoint's; train/decode may change."""
     current = config.to_dict()
     for section in ("model", "data"):
         differing = _differing_keys(saved.get(section, {}), current[section], section)
-        differing = [key for key in differing if key not in ("data.dir", "data.eval_batch_size")]
+        differing = [(key, old, new) for key, old, new in differing
+                     if key not in ("data.dir", "data.eval_batch_size")]
         if differing:
-            raise UserError(f"--resume: {', '.join(differing)} differ(s) from checkpoint {path}; "
-                            f"start a new run_dir to change them")
+            listed = ", ".join(f"{key} (checkpoint: {old!r}, config: {new!r})"
+                               for key, old, new in differing)
+            raise UserError(f"--resume: {listed} differ(s) from checkpoint {path}; set the "
+                            f"checkpoint's value in the config, or start a new run_dir to change it")
 
 
-def _differing_keys(old, new, prefix: str) -> List[str]:
+def _differing_keys(old, new, prefix: str) -> List[Tuple[str, object, object]]:
+    """(dotted key, checkpoint value, config value) where they differ; a key the checkpoint
+    predates counts with its LEGACY_VALUES entry."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(dict.fromkeys(list(old) + list(new)))
-        return [k for key in keys for k in _differing_keys(old.get(key), new.get(key), f"{prefix}.{key}")]
-    return [] if old == new else [prefix]
+        return [found for key in keys
+                for found in _differing_keys(old.get(key, LEGACY_VALUES.get(f"{prefix}.{key}")),
+                                             new.get(key), f"{prefix}.{key}")]
+    return [] if old == new else [(prefix, old, new)]
 
 
 def make_validator(config: Config, tokenizer, device: torch.device,

@@ -13,6 +13,7 @@ import nmt.stats
 from nmt import checkpoint as ckpt
 from nmt.commands.train import train_from_config
 from nmt.config import config_from_dict
+from nmt.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
 from nmt.errors import UserError
 from nmt.stats import read_metrics
 from training.toy import toy_config, write_config
@@ -82,6 +83,23 @@ def test_resume_rejects_a_changed_model(tmp_path):
     values["model"]["decoder"]["hidden"] = 8
     with pytest.raises(UserError, match="model.decoder.hidden"):
         train_from_config(config_from_dict(values), resume=True, progress=False, echo=False)
+
+
+def test_resume_names_both_values_and_knows_what_older_checkpoints_trained_with(tmp_path):
+    """A checkpoint written before model.readout_dropout existed trained with 'sequence': resuming
+    it under today's default ('step') is refused with both values named; setting it resumes."""
+    values = toy_config(tmp_path, max_steps=2, valid_every=2)
+    train_from_config(config_from_dict(values), progress=False, echo=False)
+    for path in step_checkpoints(values["run_dir"]):
+        payload = load_checkpoint(path)
+        del payload["config"]["model"]["readout_dropout"]  # as checkpoints of older versions lack it
+        save_checkpoint(path, payload)
+    with pytest.raises(UserError, match=r"model.readout_dropout \(checkpoint: 'sequence', config: 'step'\)"):
+        train_from_config(config_from_dict(values), resume=True, progress=False, echo=False)
+    values["model"]["readout_dropout"] = "sequence"
+    values["train"]["max_steps"] = 3
+    train_from_config(config_from_dict(values), resume=True, progress=False, echo=False)
+    assert max(train_losses(values["run_dir"])) == 3
 
 
 def test_sigkilled_nmt_train_resumes_on_the_same_curve(tmp_path):
