@@ -137,11 +137,10 @@ class InformationBuffer:
             out, count = self._native.forget(h.contiguous(), n.contiguous(), head, words,
                                              self._gate_counts(tag, n.device),
                                              word_bits=self.word_bits, forget_radix=self.forget_radix)
-        finally:
-            self._height_bound = self._height
-        if self.keep_words:
-            self._steps += 1
-            self._height += count
+            if self.keep_words:
+                self._steps += 1
+                self._height += count
+        finally:  # exact again, whether the step was taken or refused
             self._height_bound = self._height
         self._pushed[tag] = self._pushed[tag] + count
         return out
