@@ -112,6 +112,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_grad_norm: Optional[float] = 5.0
     label_smoothing: float = 0.1
+    accumulate: int = 1  # batches whose gradients are summed into one update
     max_epochs: int = 30
     max_steps: Optional[int] = None
     max_minutes: Optional[float] = None
@@ -257,6 +258,7 @@ def _validate_train(train: TrainConfig) -> None:
     if train.clip_grad_norm is not None and train.clip_grad_norm <= 0:
         raise ConfigError(f"train.clip_grad_norm: must be positive or null, got {train.clip_grad_norm}")
     _probability(train.label_smoothing, "train.label_smoothing")
+    _at_least(train.accumulate, 1, "train.accumulate")
     _at_least(train.max_epochs, 1, "train.max_epochs")
     if train.max_steps is not None:
         _at_least(train.max_steps, 1, "train.max_steps")

@@ -18,6 +18,8 @@ global batch (up to float summation order).
 """
 from __future__ import annotations
 
+import contextlib
+
 import datetime
 import os
 from dataclasses import dataclass
@@ -172,6 +174,14 @@ def wrap_model(model: torch.nn.Module, placement: Distributed, device: torch.dev
 
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def gradient_sync(train_model: torch.nn.Module, placement: Distributed, *, enabled: bool):
+    """Context for one backward: DDP's gradient all-reduce on (`enabled`) or deferred (`no_sync`:
+    the gradients of accumulated batches stay local until the group's last backward)."""
+    if placement.enabled and not enabled:
+        return train_model.no_sync()
+    return contextlib.nullcontext()
 
 
 class SilentStats:

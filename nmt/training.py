@@ -15,6 +15,10 @@ The loop is written against small interfaces so it can be tested with toy models
   summed over ranks before backward, and only rank 0 writes checkpoints. `validate` must return
   the same scores on every rank (it reduces across ranks itself).
 
+With `train.accumulate: N` an update sums the gradients of N consecutive batches of the epoch
+(the last update of an epoch takes what is left); steps count updates, the sampler position
+counts batches, and checkpoints fall between updates, so resuming regroups the same batches.
+
 Safety checks on every update: a batch whose loss or gradient norm is NaN/inf (on any rank) is
 skipped with a warning and the parameters stay as they were; `train.nonfinite_patience` such
 batches in a row stop training with an error. With `train.verify_reversal_every: N`, every N-th
@@ -101,6 +105,7 @@ class Trainer:
         self.validate_fn = validate
         self.static_payload = static_payload
         self.device = device
+        self.accumulate = int(getattr(train_cfg, "accumulate", 1))
         self.state = TrainingState()
         self._started = time.perf_counter()
         self._applying = False
@@ -147,7 +152,8 @@ class Trainer:
                     raise UserError("the training data gives no batches (all pairs filtered out? "
                                     "check data.max_len and data.batch_tokens)")
                 while state.batch_in_epoch < len(batches) and reason is None:
-                    self._update(batches[state.batch_in_epoch])
+                    end = min(len(batches), state.batch_in_epoch + self.accumulate)
+                    self._update([batches[i] for i in range(state.batch_in_epoch, end)])
                     reason = self._after_update()
                 if state.batch_in_epoch >= len(batches):
                     finished = state.epoch
@@ -163,43 +169,52 @@ class Trainer:
             raise
         return self._finish(reason)
 
-    def _update(self, item) -> None:
+    def _update(self, group: Sequence) -> None:
+        """One optimizer step from the summed gradients of `group`'s batches (train.accumulate).
+
+        Each batch's loss sum is divided by the target tokens of the whole group, so the update
+        equals one over a batch holding them all; under DDP only the last backward all-reduces."""
         state, placement = self.state, self.placement
         self._rng_before_update = ckpt.capture_rng_state()  # what an interrupted update rewinds to
         self.model.train()
-        shard = as_shard(item).to(self.device)
-        batch = shard.batch
+        shards = [as_shard(item).to(self.device) for item in group]
         lr = self.schedule.set_step(state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        if placement.enabled:
-            output = self.train_model(batch, label_smoothing=self.cfg.label_smoothing)
-        else:
-            output = self.model.training_loss(batch, label_smoothing=self.cfg.label_smoothing)
-        (num_tokens,) = distributed.all_reduce_sums([int(batch.num_tgt_tokens) * shard.weight],
-                                                    placement, self.device)
-        (output.loss * (placement.world_size * shard.weight) / num_tokens).backward()
-        # read after backward: a reversible decoder computes its loss while reversing
-        loss_sum, nll_sum = distributed.all_reduce_sums(
-            [float(output.loss.detach()) * shard.weight, float(output.nll) * shard.weight],
+        (num_tokens,) = distributed.all_reduce_sums(
+            [sum(int(shard.batch.num_tgt_tokens) * shard.weight for shard in shards)],
             placement, self.device)
+        loss_sum = nll_sum = 0.0
+        for index, shard in enumerate(shards):
+            last = index == len(shards) - 1
+            with distributed.gradient_sync(self.train_model, placement, enabled=last):
+                if placement.enabled:
+                    output = self.train_model(shard.batch, label_smoothing=self.cfg.label_smoothing)
+                else:
+                    output = self.model.training_loss(shard.batch,
+                                                      label_smoothing=self.cfg.label_smoothing)
+                (output.loss * (placement.world_size * shard.weight) / num_tokens).backward()
+            # read after backward: a reversible decoder computes its loss while reversing
+            loss_sum += float(output.loss.detach()) * shard.weight
+            nll_sum += float(output.nll) * shard.weight
+        loss_sum, nll_sum = distributed.all_reduce_sums([loss_sum, nll_sum], placement, self.device)
         if not math.isfinite(loss_sum):
-            self._skip_batch(f"loss is {loss_sum}")
+            self._skip_batch(f"loss is {loss_sum}", len(group))
             return
         norm = self._gradient_norm()
         if not math.isfinite(norm):
-            self._skip_batch(f"gradient norm is {norm}")
+            self._skip_batch(f"gradient norm is {norm}", len(group))
             return
         self._applying = True  # parameters change from here until the counters say so
         self.optimizer.step()
         state.step += 1
-        state.batch_in_epoch += 1
+        state.batch_in_epoch += len(group)
         state.nonfinite_in_a_row = 0
         self._applying = False
         self._rng_before_update = None
         self.stats.train_step(state.step, epoch=state.epoch, loss_sum=loss_sum, nll_sum=nll_sum,
                               num_tokens=int(round(num_tokens)), lr=lr,
                               memory=getattr(output, "memory", None))
-        self._verify_reversal(batch)
+        self._verify_reversal(shards[-1].batch)
 
     def _gradient_norm(self) -> float:
         """The global gradient norm (after DDP's all-reduce: the same on every rank), clipped
@@ -211,15 +226,18 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         return float(norm)
 
-    def _skip_batch(self, reason: str) -> None:
-        """Drops a batch whose loss or gradient is not finite; stops after too many in a row."""
+    def _skip_batch(self, reason: str, batches: int = 1) -> None:
+        """Drops an update (its `batches`) whose loss or gradient is not finite; stops after too
+        many in a row."""
         state = self.state
         self.optimizer.zero_grad(set_to_none=True)
-        state.batch_in_epoch += 1
+        state.batch_in_epoch += batches
         state.nonfinite_in_a_row += 1
         state.skipped_batches += 1
         self._rng_before_update = None
-        where = f"epoch {state.epoch} batch {state.batch_in_epoch} (after step {state.step})"
+        first = state.batch_in_epoch - batches + 1
+        span = f"batch {first}" if batches == 1 else f"batches {first}-{state.batch_in_epoch}"
+        where = f"epoch {state.epoch} {span} (after step {state.step})"
         patience = getattr(self.cfg, "nonfinite_patience", 5)
         if state.nonfinite_in_a_row >= patience:
             raise TrainingStopped(

@@ -126,6 +126,7 @@ BAD_VALUES = [
     ({"model": {"encoder": {"cell": "revgru", "hidden": 301}, "attention": {"context": "emb"}}},
      "model.encoder.hidden: a reversible cell splits the state in two halves"),
     ({"train": {"device": "gpu"}}, "train.device: 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+    ({"train": {"accumulate": 0}}, "train.accumulate: must be at least 1"),
     ({"train": {"lr_schedule": {"factor": 1.0}}}, "train.lr_schedule.factor: must be in (0, 1)"),
     ({"train": {"lr_schedule": {"type": "cosine"}}},
      "train.lr_schedule.type: 'cosine' is not one of plateau, constant"),

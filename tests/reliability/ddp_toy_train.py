@@ -1,9 +1,11 @@
 """Trains ReversibleToyModel through Trainer; run plainly (one process) or under torchrun.
 
     python ddp_toy_train.py RUN_DIR MAX_STEPS [--resume] [--nan-on-rank R] [--batch-tokens N]
+        [--accumulate N]
 Rank 0 writes RUN_DIR/params.pt (the final parameters) and the usual checkpoints.
 --nan-on-rank R: the second batch's loss is NaN on rank R only (every rank must skip it).
---batch-tokens N: the global token budget (default 64; 4 gives batches of one sentence)."""
+--batch-tokens N: the global token budget (default 64; 4 gives batches of one sentence).
+--accumulate N: batches per update (train.accumulate)."""
 import sys
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from nmt.stats import TrainingStats  # noqa: E402
 from nmt.training import Trainer  # noqa: E402
 
 
-def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None, batch_tokens=64) -> None:
+def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None, batch_tokens=64,
+         accumulate=1) -> None:
     torch.set_num_threads(1)
     placement, device = distributed.initialize(torch.device("cpu"))
     torch.manual_seed(0)
@@ -36,7 +39,7 @@ def main(run_dir: str, max_steps: int, resume: bool, nan_rank=None, batch_tokens
     stats = (TrainingStats(run_dir, log_every=1, progress=False, echo=False, tensorboard=False)
              if placement.is_main else distributed.SilentStats())
     trainer = Trainer(model=model, optimizer=optimizer, schedule=schedule,
-                      train_cfg=train_cfg(max_steps=max_steps), run_dir=run_dir, stats=stats,
+                      train_cfg=train_cfg(max_steps=max_steps, accumulate=accumulate), run_dir=run_dir, stats=stats,
                       epoch_batches=lambda epoch: EpochBatches(
                           corpus, sampler.batches_for_epoch(epoch - 1), placement),
                       validate=lambda m: {"loss": 1.0, "bleu": 0.0},
@@ -70,4 +73,5 @@ if __name__ == "__main__":
     options = sys.argv[3:]
     nan_rank = int(options[options.index("--nan-on-rank") + 1]) if "--nan-on-rank" in options else None
     tokens = int(options[options.index("--batch-tokens") + 1]) if "--batch-tokens" in options else 64
-    main(sys.argv[1], int(sys.argv[2]), "--resume" in options, nan_rank, tokens)
+    accumulate = int(options[options.index("--accumulate") + 1]) if "--accumulate" in options else 1
+    main(sys.argv[1], int(sys.argv[2]), "--resume" in options, nan_rank, tokens, accumulate)

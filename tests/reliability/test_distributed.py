@@ -149,6 +149,23 @@ def test_batches_of_one_sentence_give_the_other_rank_a_zero_weight_stand_in(tmp_
     assert tokens == [r["tokens"] for r in read_metrics(tmp_path / "single", "train")]
 
 
+def test_accumulated_batches_sync_gradients_once_per_update_and_equal_one_process(tmp_path):
+    """train.accumulate 2: the first backward of each update runs under DDP's no_sync, the second
+    all-reduces both; the result equals one process accumulating the same global batches."""
+    script = str(HERE / "ddp_toy_train.py")
+    launch([script, str(tmp_path / "single"), "2", "--accumulate", "2"], processes=1)
+    launch([script, str(tmp_path / "multi"), "2", "--accumulate", "2"], processes=2)
+    single = torch.load(tmp_path / "single" / "params.pt", weights_only=True)
+    multi = torch.load(tmp_path / "multi" / "params.pt", weights_only=True)
+    assert largest_difference(single, multi) < TOLERANCE
+    single_tokens = [r["tokens"] for r in read_metrics(tmp_path / "single", "train")]
+    plain = [r["tokens"] for r in read_metrics(tmp_path / "multi", "train")]
+    assert single_tokens == plain and len(plain) == 2
+    launch([script, str(tmp_path / "unaccumulated"), "4"], processes=1)
+    per_batch = [r["tokens"] for r in read_metrics(tmp_path / "unaccumulated", "train")]
+    assert single_tokens == [per_batch[0] + per_batch[1], per_batch[2] + per_batch[3]]
+
+
 # --- sharding and the torchrun environment ---------------------------------------------------------
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 8])
