@@ -5,7 +5,8 @@ file `{run_dir}/train.log`, TensorBoard scalars under `{run_dir}/tensorboard/`, 
 file `{run_dir}/metrics.jsonl` (one JSON record per event: `train`, `valid`, `summary`).
 
 Memory figures: when the model's `LossOutput.memory` dict is non-empty, each key is logged as
-`memory/<key>` (TensorBoard tag, metrics field, progress line) next to the loss.
+`memory/<key>` (TensorBoard tag, metrics field, progress line) next to the loss: the mean over
+the updates of the log window, so a logged point describes every batch since the last one.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class TrainingStats:
         self._window_tokens = 0
         self._window_steps = 0
         self._window_start = time.perf_counter()
-        self._memory: dict = {}
+        self._memory_sums: dict = {}
+        self._memory_counts: dict = {}
 
     def restart_clock(self) -> None:
         """Excludes time spent outside training steps (validation, checkpoints) from tokens/s."""
@@ -69,8 +71,9 @@ class TrainingStats:
         self._window_nll += float(nll_sum)
         self._window_tokens += int(num_tokens)
         self._window_steps += 1
-        if memory:
-            self._memory = {key: float(value) for key, value in memory.items()}
+        for key, value in (memory or {}).items():
+            self._memory_sums[key] = self._memory_sums.get(key, 0.0) + float(value)
+            self._memory_counts[key] = self._memory_counts.get(key, 0) + 1
         self._bar.update(1)
         if step % self.log_every:
             return None
@@ -86,12 +89,13 @@ class TrainingStats:
                   "ppl": math.exp(min(self._window_nll / tokens, 100.0)), "lr": lr,
                   "tokens_per_sec": self._window_tokens / seconds, "tokens": self._window_tokens,
                   "steps": self._window_steps}
-        record.update({f"memory/{key}": value for key, value in self._memory.items()})
+        memory = {key: total / self._memory_counts[key] for key, total in self._memory_sums.items()}
+        record.update({f"memory/{key}": value for key, value in memory.items()})
         for tag in ("loss", "lr", "tokens_per_sec"):
             self._scalar(f"train/{tag}", record[tag], step)
-        for key, value in self._memory.items():
+        for key, value in memory.items():
             self._scalar(f"memory/{key}", value, step)
-        memory_text = "".join(f" {key}={value:.4g}" for key, value in self._memory.items())
+        memory_text = "".join(f" {key}={value:.4g}" for key, value in memory.items())
         self._bar.set_postfix_str(f"loss={record['loss']:.3f} lr={lr:.2e} "
                                   f"tok/s={record['tokens_per_sec']:.0f}{memory_text}")
         self.message(f"step {step} epoch {epoch}: loss {record['loss']:.4f} "

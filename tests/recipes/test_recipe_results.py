@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from nmt.errors import UserError
-from nmt.results import (collect_run_results, load_results, mean_memory_figures,
+from nmt.results import (collect_run_results, best_checkpoint_memory_figures, load_results,
+                         mean_memory_figures,
                          render_results_table, training_throughput)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ def fabricated(name, encoder, *, bleu, budget="--epochs 10", context="hidden", s
         "training": {"epochs": 10, "steps": 2300, "stop_reason": "max_epochs", "wall_minutes": 61.25,
                      "best_valid_bleu": bleu + 2, "tokens_per_sec": tokens_per_sec,
                      "max_epochs": 10, "max_minutes": None, "seed": seed},
-        "memory": memory or {}, "bench_memory": None, "budget": budget, "wall_seconds": 3900.0,
+        "memory": memory or {}, "memory_best": memory or {}, "bench_memory": None, "budget": budget, "wall_seconds": 3900.0,
         "machine": {"arch": "x86_64", "cores": 2, "processor": "AMD EPYC", "cuda": None},
         "commit": "0123456789ab", "finished": "2026-11-28T17:00:00+00:00",
     }
@@ -196,6 +197,26 @@ def test_memory_figures_are_means_of_the_logged_steps():
     assert mean_memory_figures(TRAIN_RECORDS) == {"encoder_ratio": 11.0, "decoder_ratio": 15.0}
 
 
+def _memory_record(step, epoch, ratio):
+    return {"event": "train", "step": step, "epoch": epoch, "tokens": 10, "tokens_per_sec": 10.0,
+            "memory/encoder_ratio": ratio}
+
+
+def test_best_checkpoint_figures_describe_the_model_the_bench_measures():
+    growing = [_memory_record(10, 1, 50.0), _memory_record(20, 1, 60.0),
+               _memory_record(30, 2, 80.0), _memory_record(40, 2, 90.0),
+               _memory_record(50, 2, 100.0), {"event": "train", "step": 60, "epoch": 3}]
+    assert best_checkpoint_memory_figures(growing) == {"encoder_ratio": 90.0}
+    assert mean_memory_figures(growing) == {"encoder_ratio": 76.0}
+    # an epoch with fewer than 3 logged steps up to the best step takes the one before too
+    stopped = growing + [_memory_record(70, 3, 120.0), _memory_record(80, 3, 130.0),
+                         _memory_record(90, 3, 140.0)]
+    assert best_checkpoint_memory_figures(stopped) == {"encoder_ratio": 130.0}
+    assert best_checkpoint_memory_figures(stopped, best_step=70) == {"encoder_ratio": 97.5}
+    assert best_checkpoint_memory_figures(stopped, best_step=40) == {"encoder_ratio": 70.0}
+    assert best_checkpoint_memory_figures([{"event": "train", "epoch": 1}]) == {}
+
+
 def test_collect_reads_the_run_directory(tmp_path):
     summary = {"event": "summary", "stop_reason": "max_epochs", "steps": 100, "epochs_completed": 4,
                "wall_minutes": 3.5, "best_bleu": 20.0}
@@ -209,6 +230,7 @@ def test_collect_reads_the_run_directory(tmp_path):
     assert results["training"]["epochs"] == 4 and results["training"]["stop_reason"] == "max_epochs"
     assert results["training"]["tokens_per_sec"] == pytest.approx(800.0)
     assert results["memory"] == {"encoder_ratio": 11.0, "decoder_ratio": 15.0}
+    assert results["memory_best"] == {"encoder_ratio": 11.0, "decoder_ratio": 15.0}
     assert results["model"]["context"] == "emb+slice" and results["model"]["precision"] == 16
     assert results["language_pair"] == "en-fr" and results["budget"] == "--epochs 4"
     assert results["machine"]["cores"] >= 1 and results["machine"]["arch"]
