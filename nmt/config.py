@@ -117,6 +117,7 @@ class TrainConfig:
     max_steps: Optional[int] = None
     max_minutes: Optional[float] = None
     valid_every: int = 500
+    valid_examples: int = 3  # validation sentences whose translation is logged at each validation
     log_every: int = 50
     keep_last: int = 3
     early_stopping_patience: Optional[int] = 8
@@ -265,6 +266,7 @@ def _validate_train(train: TrainConfig) -> None:
     if train.max_minutes is not None and train.max_minutes <= 0:
         raise ConfigError(f"train.max_minutes: must be positive or null, got {train.max_minutes}")
     _at_least(train.valid_every, 1, "train.valid_every")
+    _non_negative(train.valid_examples, "train.valid_examples")
     _at_least(train.log_every, 1, "train.log_every")
     _at_least(train.keep_last, 1, "train.keep_last")
     if train.early_stopping_patience is not None:

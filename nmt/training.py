@@ -7,7 +7,9 @@ The loop is written against small interfaces so it can be tested with toy models
   same ones every time it is called with the same epoch (seeded shuffling); indexed lazily. The sampler position saved
   in checkpoints is `(epoch, batches of it already done)`, so resuming regenerates the epoch and
   skips what was done.
-- `validate(model) -> dict` with at least `loss` and `bleu` (see `nmt.validation`).
+- `validate(model) -> ValidationOutput` (or a plain scores dict) with at least `loss` and `bleu`
+  (see `make_validator` in nmt.commands.train); rank 0 writes its hypotheses to
+  `{run_dir}/validations/step-N.txt` and logs its examples.
 - `static_payload` is the part of every checkpoint that never changes during a run (config dict,
   tokenizer bytes, vocabulary sizes).
 - `placement` (nmt.distributed): under torchrun, `epoch_batches` yields this rank's `Shard` of
@@ -40,7 +42,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -77,6 +80,19 @@ class TrainingState:
         return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
 
 
+@dataclass
+class ValidationOutput:
+    """A validation: scores for the logs and decisions, every hypothesis (one line per validation
+    sentence, kept per step) and a few (source, reference, hypothesis) examples to log."""
+
+    scores: dict
+    hypotheses: Optional[List[str]] = None
+    examples: List[Tuple[str, str, str]] = field(default_factory=list)
+
+
+VALIDATIONS_DIR = "validations"
+
+
 class TrainingStopped(UserError):
     """Training cannot go on (non-finite losses, reversal drift); the message says why and where."""
 
@@ -86,7 +102,8 @@ class Trainer:
 
     def __init__(self, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  schedule: LearningRateSchedule, train_cfg, run_dir, stats: TrainingStats,
-                 epoch_batches: Callable[[int], Sequence], validate: Callable[[torch.nn.Module], dict],
+                 epoch_batches: Callable[[int], Sequence],
+                 validate: Callable[[torch.nn.Module], Union[ValidationOutput, dict]],
                  static_payload: dict, device: torch.device = torch.device("cpu"),
                  placement: Distributed = SINGLE_PROCESS):
         self._reversal_check = reversal_check_for(model)
@@ -285,7 +302,10 @@ class Trainer:
         self.stats.flush_window(state.step, epoch=epoch, lr=self.schedule.lr)
         self.model.eval()
         with torch.no_grad():
-            scores = dict(self.validate_fn(self.model))
+            output = self.validate_fn(self.model)
+        if not isinstance(output, ValidationOutput):
+            output = ValidationOutput(dict(output))
+        scores = dict(output.scores)
         state.last_valid_step = state.step
         bleu = float(scores["bleu"])
         improved = state.best_bleu is None or bleu > state.best_bleu
@@ -299,6 +319,7 @@ class Trainer:
             self.stats.message(f"learning rate decayed to {self.schedule.base_lr:.3e}")
         scores.update(best_bleu=state.best_bleu, lr=self.schedule.lr)
         self.stats.validation(state.step, epoch=epoch, scores=scores)
+        self._keep_validation_output(output)
         self._save_step_checkpoint()
         if improved and self.placement.is_main:
             ckpt.save_checkpoint(ckpt.best_checkpoint_path(self.run_dir),
@@ -309,6 +330,20 @@ class Trainer:
             self.stats.message(f"early stopping: no BLEU improvement in {patience} validations")
             return "early_stopping"
         return None
+
+    def _keep_validation_output(self, output: ValidationOutput) -> None:
+        """Rank 0: the hypotheses to validations/step-N.txt, the examples to the log."""
+        if not self.placement.is_main:
+            return
+        for number, (source, reference, hypothesis) in enumerate(output.examples, start=1):
+            self.stats.message(f"  example {number} source:     {source}")
+            self.stats.message(f"  example {number} reference:  {reference}")
+            self.stats.message(f"  example {number} hypothesis: {hypothesis}")
+        if output.hypotheses is not None:
+            directory = Path(self.run_dir) / VALIDATIONS_DIR
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"step-{self.state.step:08d}.txt"
+            path.write_text("".join(line + "\n" for line in output.hypotheses), encoding="utf-8")
 
     # --- checkpoints -----------------------------------------------------------------------------
 

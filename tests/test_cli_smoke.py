@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sacrebleu
 
 from nmt import checkpoint as ckpt
@@ -31,8 +32,16 @@ def test_prepare_train_translate_evaluate(tmp_path):
     for name in ("config.yaml", "train.log", "metrics.jsonl", "best.pt", "latest.pt"):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "tensorboard").iterdir())
-    summary = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = records[-1]
     assert summary["event"] == "summary" and summary["steps"] == 8
+    # each validation's hypotheses are kept: sacreBLEU on them gives the logged validation BLEU
+    kept = (run_dir / "validations" / "step-00000008.txt").read_text(encoding="utf-8")
+    valid_refs = (tmp_path / "data" / "val.de").read_text().split("\n")[:-1]
+    assert kept.count("\n") == len(valid_refs)
+    logged = [r for r in records if r["event"] == "valid" and r["step"] == 8][0]["bleu"]
+    assert sacrebleu.corpus_bleu(kept.split("\n")[:-1], [valid_refs]).score == pytest.approx(logged)
+    assert "example 1 reference:  " + valid_refs[0] in trained.stderr
 
     translated = nmt("translate", "--checkpoint", str(run_dir / "latest.pt"),
                      stdin="the big dog\n\na red fish\n\n")

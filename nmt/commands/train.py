@@ -2,8 +2,9 @@
 
 Everything goes to the config's `run_dir`: config.yaml, spm/, train.log, metrics.jsonl,
 tensorboard/, checkpoints/step-N.pt (last `train.keep_last`), latest.pt and best.pt (best
-validation BLEU). Validation (loss, BLEU, chrF on the `data.valid` split) decodes greedily for
-speed; `nmt evaluate` scores with the configured beam. `--resume` continues from the newest
+validation BLEU), validations/step-N.txt (each validation's hypotheses). Validation (loss, BLEU,
+chrF on the `data.valid` split) decodes greedily for speed and logs `train.valid_examples`
+translations; `nmt evaluate` scores with the configured beam. `--resume` continues from the newest
 loadable checkpoint of the run exactly where it stopped (same batches, same random numbers).
 
 Several processes (GPUs, or CPU processes with gloo) through torchrun:
@@ -38,7 +39,7 @@ from nmt.evaluation import corpus_loss, score_corpus
 from nmt.models.build import build_model
 from nmt.optim import LearningRateSchedule, build_optimizer
 from nmt.stats import TrainingStats
-from nmt.training import Trainer
+from nmt.training import Trainer, ValidationOutput
 from nmt.translation import DecodeOptions, Translator
 
 NO_LIMIT = 1 << 30
@@ -162,7 +163,8 @@ def _differing_keys(old, new, prefix: str) -> List[Tuple[str, object, object]]:
 
 def make_validator(config: Config, tokenizer, device: torch.device,
                    placement: Distributed = SINGLE_PROCESS):
-    """`validate(model) -> dict` on the `data.valid` split: loss/ppl, greedy BLEU and chrF.
+    """`validate(model) -> ValidationOutput` on the `data.valid` split: loss/ppl, greedy BLEU and
+    chrF, every hypothesis, and the first `train.valid_examples` (source, reference, hypothesis).
 
     Under torchrun each rank scores every world_size-th sentence; NLL sums and hypotheses are
     combined across ranks, so every rank returns the same scores (and takes the same
@@ -176,6 +178,7 @@ def make_validator(config: Config, tokenizer, device: torch.device,
     mine = list(range(placement.rank, len(corpus.src), placement.world_size))
     src_ids, tgt_ids = [corpus.src[i] for i in mine], [corpus.tgt[i] for i in mine]
     num_tokens = sum(len(t) + 1 for t in tgt_ids)  # target tokens + EOS, as the loss counts them
+    example_rows = range(min(config.train.valid_examples, len(corpus.src)))
 
     def validate(model) -> dict:
         scores = corpus_loss(model, src_ids, tgt_ids, batch_size=config.data.eval_batch_size,
@@ -195,7 +198,8 @@ def make_validator(config: Config, tokenizer, device: torch.device,
         bleu = score_corpus(ordered, references)
         scores.update(bleu=bleu.bleu, chrf=bleu.chrf, bleu_signature=bleu.bleu_signature,
                       chrf_signature=bleu.chrf_signature, note="greedy")
-        return scores
+        return ValidationOutput(scores, hypotheses=ordered, examples=[
+            (src_lines[i], references[i], ordered[i]) for i in example_rows])
 
     return validate
 

@@ -8,7 +8,7 @@ import torch
 from nmt import checkpoint as ckpt
 from nmt.optim import LearningRateSchedule
 from nmt.stats import TrainingStats, read_metrics
-from nmt.training import Trainer
+from nmt.training import Trainer, ValidationOutput
 
 
 @dataclass
@@ -156,3 +156,21 @@ def test_logged_memory_figures_are_means_over_the_log_window(tmp_path):
                          memory={"encoder_ratio": ratio})
     stats.close()
     assert [r["memory/encoder_ratio"] for r in read_metrics(tmp_path, "train")] == [30.0, 7.0]
+
+
+def test_validation_hypotheses_are_kept_per_step_and_examples_logged(tmp_path):
+    trainer, _ = make_trainer(tmp_path, [], cfg=train_cfg(valid_every=2, max_steps=4),
+                              batches_per_epoch=5)
+    outputs = iter([ValidationOutput({"loss": 1.0, "bleu": 5.0}, hypotheses=["ein hund", ""],
+                                     examples=[("a dog", "ein Hund", "ein hund")]),
+                    ValidationOutput({"loss": 1.0, "bleu": 6.0}, hypotheses=["der hund", "x"])])
+    trainer.validate_fn = lambda model: next(outputs)
+    trainer.train()
+    kept = sorted((tmp_path / "validations").iterdir())
+    assert [p.name for p in kept] == ["step-00000002.txt", "step-00000004.txt"]
+    assert kept[0].read_text(encoding="utf-8") == "ein hund\n\n"  # an empty hypothesis keeps its line
+    assert kept[1].read_text(encoding="utf-8") == "der hund\nx\n"
+    log = (tmp_path / "train.log").read_text()
+    assert "example 1 source:     a dog" in log and "example 1 hypothesis: ein hund" in log
+    assert "example 1 reference:  ein Hund" in log
+    assert all("hypotheses" not in r for r in read_metrics(tmp_path, "valid"))
