@@ -11,7 +11,9 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
 
 from nmt.errors import ConfigError
 from nmt.typed_yaml import expand_env  # noqa: F401 - part of this module's API
@@ -153,17 +155,46 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path) -> Config:
-    """Read, expand `${VAR}`/`${VAR:-default}`, parse and validate a YAML config file."""
+def load_config(path, overrides: Sequence[str] = ()) -> Config:
+    """Read, expand `${VAR}`/`${VAR:-default}`, apply `KEY=VALUE` overrides (dotted keys, YAML
+    values, e.g. `train.lr=5e-4`), parse and validate a YAML config file."""
     data, lines = read_yaml_mapping(
         path, what="a mapping of sections (name, run_dir, data, model, train, decode)")
+    overridden = apply_overrides(data, overrides)
     try:
         return config_from_dict(data)
     except ConfigError as error:
         key = str(error).split(":", 1)[0]
         line = lines.get(key)
-        where = f"{path} line {line}" if line else str(path)
+        where = f"--set {key}" if key in overridden else (
+            f"{path} line {line}" if line else str(path))
         raise ConfigError(f"{error} ({where})") from None
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
+    """Sets each `dotted.key=value` (value parsed as YAML: numbers, true/false, null, text) in the
+    nested mapping `data`, creating sections it lacks; returns the keys set. Unknown keys and bad
+    values are left for parsing to reject, naming the key."""
+    keys = []
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {override!r}: expected KEY=VALUE with a dotted key, "
+                              f"e.g. train.lr=0.0005")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        section = data
+        for depth, part in enumerate(parts[:-1]):
+            section = section.setdefault(part, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth + 1])} is not a section")
+        section[parts[-1]] = value
+        keys.append(key)
+    return keys
 
 
 def config_from_dict(data: Dict[str, Any]) -> Config:

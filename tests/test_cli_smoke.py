@@ -20,14 +20,15 @@ def nmt(*args, stdin=None):
 
 
 def test_prepare_train_translate_evaluate(tmp_path):
-    values = toy_config(tmp_path, max_steps=8, valid_every=4, log_every=2)
+    values = toy_config(tmp_path, max_steps=5, valid_every=4, log_every=2)
     config = write_config(tmp_path, values)
     run_dir = Path(values["run_dir"])
 
     prepared = nmt("prepare", str(config))
     assert prepared.returncode == 0, prepared.stderr
-    trained = nmt("train", str(config), "--no-progress")
+    trained = nmt("train", str(config), "--no-progress", "--set", "train.max_steps=8")
     assert trained.returncode == 0, trained.stderr
+    assert "max_steps: 8" in (run_dir / "config.yaml").read_text()  # the effective config
     assert "validation at step 8" in trained.stderr and "summary: stop_reason max_steps" in trained.stderr
     for name in ("config.yaml", "train.log", "metrics.jsonl", "best.pt", "latest.pt"):
         assert (run_dir / name).exists(), name

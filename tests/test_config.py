@@ -191,6 +191,27 @@ def test_environment_expansion(monkeypatch, tmp_path):
     assert load_config(path).train.max_steps == 250
 
 
+def test_command_line_overrides(monkeypatch, tmp_path):
+    path = write(tmp_path, "train:\n  lr: 0.1\nmodel:\n  encoder:\n    cell: lstm\n")
+    monkeypatch.setenv("NMT_TEST_DIR", "/data/here")
+    config = load_config(path, ["train.lr=5e-4", "train.max_steps=null", "decode.beam_size=3",
+                                "model.encoder.cell=gru", "model.tie_embeddings=true",
+                                "data.dir=${NMT_TEST_DIR}", "name=with=sign"])
+    assert config.train.lr == 0.0005 and config.train.max_steps is None
+    assert config.decode.beam_size == 3 and config.model.encoder.cell == "gru"
+    assert config.model.tie_embeddings is True and config.data.dir == "/data/here"
+    assert config.name == "with=sign"  # the first '=' separates key and value
+    assert load_config(path).train.lr == 0.1  # the file is unchanged
+    with pytest.raises(ConfigError, match=r"^train\.lrr: unknown key.*\(--set train\.lrr\)$"):
+        load_config(path, ["train.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"^train\.lr: expected a number.*\(--set train\.lr\)$"):
+        load_config(path, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"^--set 'train\.lr': expected KEY=VALUE"):
+        load_config(path, ["train.lr"])
+    with pytest.raises(ConfigError, match=r"^--set train\.lr\.x: train\.lr is not a section"):
+        load_config(path, ["train.lr.x=1"])
+
+
 def test_check_data_files(tmp_path):
     (tmp_path / "train.en").write_text("a\n")
     (tmp_path / "train.de.gz").write_bytes(b"")

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional
 
 import yaml
 
+from nmt.commands.options import add_set_argument
 from nmt.config import Config, check_data_files, load_config
 from nmt.data.corpus import check_parallel, count_lines, load_split
 from nmt.data.tokenizer import Tokenizer, train_tokenizer
@@ -42,12 +43,13 @@ class PrepareSummary:
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", help="YAML config (see configs/reference.yaml)")
+    add_set_argument(parser)
     parser.add_argument("--force", action="store_true",
                         help="retrain sentencepiece even if the run directory has one with other settings")
 
 
 def run(args) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     prepare_run(config, force=args.force, report=print)
     return 0
 

@@ -29,6 +29,7 @@ import torch
 from nmt import checkpoint as ckpt
 from nmt import distributed
 from nmt.commands.helptext import describe
+from nmt.commands.options import add_set_argument
 from nmt.config import Config, check_data_files, load_config, validate
 from nmt.data.batching import collate, training_sampler
 from nmt.data.corpus import encode_parallel, read_parallel
@@ -53,6 +54,7 @@ def add_arguments(parser) -> None:
                              "checkpoint (a corrupted newest one is skipped with a warning)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (log lines still go to stderr and train.log)")
+    add_set_argument(parser)
     parser.add_argument("--max-epochs", type=int, metavar="E",
                         help="override train.max_epochs for this run (the config file is unchanged)")
     parser.add_argument("--max-minutes", type=_minutes_or_none, metavar="M",
@@ -61,7 +63,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    config = apply_budget_overrides(load_config(args.config), max_epochs=args.max_epochs,
+    config = apply_budget_overrides(load_config(args.config, args.set), max_epochs=args.max_epochs,
                                     max_minutes=args.max_minutes)
     placement, device = distributed.initialize(resolve_device(config.train.device))
     try:
