@@ -13,7 +13,8 @@ Reported: bits summed over the batches (ratios of the sums), bytes as means per 
 - measured, recurrent parts: bytes of the distinct storages autograd saves during the plain
   model's encoder and decoder RNN calls (torch.autograd.graph.saved_tensors_hooks) against the
   bytes the reversible path keeps for backward (the buffer's heads and words at their peak, the
-  stored attention values and the encoder's exact final state);
+  stored attention values and the encoder's exact final state; with `memory_saving: false`, what
+  autograd saves during the encoder's steps, which keep every state);
 - measured, whole step: the peak of all autograd-saved bytes (parameters excluded), plus, for the
   reversible model, what it keeps outside autograd (the figure above).
 """
@@ -87,6 +88,7 @@ def measure_reversible(model, batches, label_smoothing: float) -> dict:
     sides = {"encoder": _zero_counts(), "decoder": _zero_counts()}
     kept_total, saved_peak, stored_in_autograd = 0, 0, 0
     exclude = list(model.parameters())
+    states_saved = 0  # memory_saving: false: the encoder's states, saved by autograd
     for batch in batches:
         model.zero_grad(set_to_none=True)
         with SavedBytes(exclude) as saved:
@@ -99,6 +101,10 @@ def measure_reversible(model, batches, label_smoothing: float) -> dict:
         kept_total += details["kept_bytes"]["total"]
         stored_in_autograd += details["kept_bytes"]["encoder"].get("stored", 0)
         saved_peak += saved.peak
+        if not getattr(model.encoder, "memory_saving", True):
+            states_saved += _encoder_states_saved_bytes(model, batch, label_smoothing, exclude)
+    kept_total += states_saved
+    stored_in_autograd += states_saved
     for counts in sides.values():
         counts["ratio_used"] = counts["normal_bits"] / counts["used_bits"]
         counts["ratio_optimal"] = counts["normal_bits"] / counts["optimal_bits"]
@@ -111,6 +117,29 @@ def measure_reversible(model, batches, label_smoothing: float) -> dict:
             "autograd_saved_peak_bytes": saved_peak / len(batches),
             # the stored attention values are saved through autograd too: counted once
             "step_total_bytes": (kept_total + saved_peak - stored_in_autograd) / len(batches)}
+
+
+def _encoder_states_saved_bytes(model, batch, label_smoothing: float, exclude) -> int:
+    """A second pass (saved-tensor hooks do not nest) counting what autograd saves while an
+    encoder with `memory_saving: false` runs its steps: that encoder keeps its states that way."""
+    encoder = model.encoder
+    counted = []
+    run_steps = encoder._run_storing_states
+
+    def counting(*args, **kwargs):
+        with SavedBytes(exclude) as saved:
+            result = run_steps(*args, **kwargs)
+        counted.append(saved.bytes)
+        return result
+
+    encoder._run_storing_states = counting
+    try:
+        model.zero_grad(set_to_none=True)
+        output = model.training_loss(batch, label_smoothing=label_smoothing)
+    finally:
+        del encoder._run_storing_states
+    output.loss.backward()
+    return sum(counted)
 
 
 def measure_plain(model, batches, label_smoothing: float) -> dict:
