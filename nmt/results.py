@@ -271,6 +271,8 @@ def _bench_ratios(bench: Optional[dict]) -> str:
 
 def _attention(model: dict) -> str:
     context, size = model.get("context") or "hidden", model.get("size")
+    if context == "hidden" and str(model.get("encoder", "")).startswith("rev"):
+        return f"{model.get('hidden')}H (every state)"  # the paper's 300H: memory_saving false
     text = {"hidden": "hidden", "emb": "Emb", "slice": f"{size}H", "proj": f"proj{size}",
             "emb+slice": f"Emb+{size}H", "emb+proj": f"Emb+proj{size}"}.get(context, context)
     if model.get("precision") == 16 and context != "hidden":

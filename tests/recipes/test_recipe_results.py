@@ -97,6 +97,9 @@ def test_table_has_one_row_per_run_with_its_figures():
     assert rows["revgru-emb-k1"]["attention"] == "Emb" and rows["revgru-emb-k1"]["k"] == "1"
     assert rows["revgru-noLimit"]["k"] == "none"
     assert rows["revgru-noLimit"]["attention"] == "Emb+proj20"
+    every_state = fabricated("revgru-300h", "revgru", bleu=25.0, budget="--minutes 20")
+    assert parse_table(render_results_table([every_state]))[0]["attention"] == "300H (every state)"
+    assert rows["gru"]["attention"] == "hidden"
     assert rows["revgru-noLimit"]["enc ratio (counted / optimal)"] == "∞ / –"
 
 
