@@ -18,7 +18,8 @@ from pathlib import Path
 
 from nmt.errors import UserError
 from nmt.results import (RESULTS_FILE, collect_run_results, format_run_summary, git_commit,
-                         load_results, read_json, render_results_table)
+                         read_json)
+from nmt.results_table import load_results, render_results_table
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_OUTPUTS = ("recipes/multi30k/RESULTS.md", "recipes/multi30k/results")  # grid.sh rewrites them

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from nmt.errors import UserError
-from nmt.results import (collect_run_results, best_checkpoint_memory_figures, load_results,
-                         mean_memory_figures,
-                         render_results_table, training_throughput)
+from nmt.results import (best_checkpoint_memory_figures, collect_run_results,
+                         mean_memory_figures, training_throughput)
+from nmt.results_table import load_results, render_results_table
 
 REPO = Path(__file__).resolve().parents[2]
 MAKE_RESULTS = REPO / "recipes" / "multi30k" / "make_results.py"

@@ -136,14 +136,19 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path):
     assert largest_difference(single, multi) < TOLERANCE
 
 
+def one_and_two_processes(tmp_path, *arguments):
+    """ddp_toy_train.py with `arguments` in one process and in two: their final parameters."""
+    script = str(HERE / "ddp_toy_train.py")
+    launch([script, str(tmp_path / "single"), *arguments], processes=1)
+    launch([script, str(tmp_path / "multi"), *arguments], processes=2)
+    return tuple(torch.load(tmp_path / run / "params.pt", weights_only=True)
+                 for run in ("single", "multi"))
+
+
 def test_batches_of_one_sentence_give_the_other_rank_a_zero_weight_stand_in(tmp_path):
     """batch_tokens=4: every global batch is one sentence, so rank 1 has nothing of its own; it
     runs a weight-0 stand-in (no hang, no gradient) and the result equals one process."""
-    script = str(HERE / "ddp_toy_train.py")
-    launch([script, str(tmp_path / "single"), "3", "--batch-tokens", "4"], processes=1)
-    launch([script, str(tmp_path / "multi"), "3", "--batch-tokens", "4"], processes=2)
-    single = torch.load(tmp_path / "single" / "params.pt", weights_only=True)
-    multi = torch.load(tmp_path / "multi" / "params.pt", weights_only=True)
+    single, multi = one_and_two_processes(tmp_path, "3", "--batch-tokens", "4")
     assert largest_difference(single, multi) < TOLERANCE
     tokens = [r["tokens"] for r in read_metrics(tmp_path / "multi", "train")]
     assert tokens == [r["tokens"] for r in read_metrics(tmp_path / "single", "train")]
@@ -152,16 +157,12 @@ def test_batches_of_one_sentence_give_the_other_rank_a_zero_weight_stand_in(tmp_
 def test_accumulated_batches_sync_gradients_once_per_update_and_equal_one_process(tmp_path):
     """train.accumulate 2: the first backward of each update runs under DDP's no_sync, the second
     all-reduces both; the result equals one process accumulating the same global batches."""
-    script = str(HERE / "ddp_toy_train.py")
-    launch([script, str(tmp_path / "single"), "2", "--accumulate", "2"], processes=1)
-    launch([script, str(tmp_path / "multi"), "2", "--accumulate", "2"], processes=2)
-    single = torch.load(tmp_path / "single" / "params.pt", weights_only=True)
-    multi = torch.load(tmp_path / "multi" / "params.pt", weights_only=True)
+    single, multi = one_and_two_processes(tmp_path, "2", "--accumulate", "2")
     assert largest_difference(single, multi) < TOLERANCE
     single_tokens = [r["tokens"] for r in read_metrics(tmp_path / "single", "train")]
     plain = [r["tokens"] for r in read_metrics(tmp_path / "multi", "train")]
     assert single_tokens == plain and len(plain) == 2
-    launch([script, str(tmp_path / "unaccumulated"), "4"], processes=1)
+    launch([str(HERE / "ddp_toy_train.py"), str(tmp_path / "unaccumulated"), "4"], processes=1)
     per_batch = [r["tokens"] for r in read_metrics(tmp_path / "unaccumulated", "train")]
     assert single_tokens == [per_batch[0] + per_batch[1], per_batch[2] + per_batch[3]]
 
