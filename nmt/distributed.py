@@ -22,6 +22,7 @@ import contextlib
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,6 +33,7 @@ from nmt.errors import UserError
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 TIMEOUT = datetime.timedelta(minutes=60)  # validation or a slow checkpoint write must not trip it
+SHUTDOWN_PAUSE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,16 @@ def initialize(device: torch.device, environ: Mapping[str, str] = os.environ
 
 
 def shutdown() -> None:
+    """Leaves the process group; call it last, after the final barrier.
+
+    Why the pause: once DDP has used it, torch keeps the gloo group (and its worker threads)
+    alive after destroy_process_group. A worker that frees the last collective's tensors needs
+    the GIL; if Python is already finalizing by then, the thread is torn down inside C++ and the
+    process aborts ("terminate called without an active exception", about 1 exit in 40 here).
+    Sleeping releases the GIL so the workers finish while Python still runs."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(SHUTDOWN_PAUSE_SECONDS)
 
 
 # --- sharding ------------------------------------------------------------------------------------
