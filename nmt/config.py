@@ -166,7 +166,9 @@ def load_config(path, overrides: Sequence[str] = ()) -> Config:
     except ConfigError as error:
         key = str(error).split(":", 1)[0]
         line = lines.get(key)
-        where = f"--set {key}" if key in overridden else (
+        # the key itself was set, or a --set created the section the error is about
+        from_set = [k for k in overridden if k == key or (not line and k.startswith(key + "."))]
+        where = f"--set {from_set[-1]}" if from_set else (
             f"{path} line {line}" if line else str(path))
         raise ConfigError(f"{error} ({where})") from None
 

@@ -28,6 +28,7 @@ import torch
 
 from nmt.bench.common import SavedBytes, bench_device, format_bytes, positive
 from nmt.commands.helptext import describe
+from nmt.commands.options import add_set_argument
 from nmt.errors import UserError
 
 PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm"}
@@ -39,6 +40,7 @@ def add_arguments(parser) -> None:
     describe(parser, __doc__)
     parser.add_argument("--config", required=True, help="YAML config of a reversible model")
     parser.add_argument("--checkpoint", help="use this checkpoint's config, tokenizer and weights")
+    add_set_argument(parser, applies_to="--config")
     parser.add_argument("--batches", type=int, default=10, help="training batches (default 10)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -203,7 +205,7 @@ def _load(args):
     from nmt.commands.prepare import prepare_tokenizer
     from nmt.config import config_from_dict, load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     if not args.checkpoint:
         tokenizer, _ = prepare_tokenizer(config)
         return config, tokenizer, None

@@ -26,6 +26,7 @@ from torch import nn
 from nmt.bench.common import (SavedBytes, bench_device, cuda_peak, format_bytes, median,
                               positive, time_alternating)
 from nmt.commands.helptext import describe
+from nmt.commands.options import add_set_argument
 from nmt.errors import ConfigError, UserError
 
 PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm", "gru": "gru", "lstm": "lstm"}
@@ -36,6 +37,7 @@ WAYS = ("plain", "checkpointed", "reversible")
 def add_arguments(parser) -> None:
     describe(parser, __doc__)
     parser.add_argument("--config", required=True, help="YAML config whose model to measure")
+    add_set_argument(parser)
     parser.add_argument("--lengths", default="10,20,50,100,200",
                         help="comma-separated sequence lengths T (default: 10,20,50,100,200)")
     parser.add_argument("--batch", type=int, default=32, help="sentences per batch (default 32)")
@@ -70,7 +72,7 @@ def run(args) -> int:
     if args.segment_steps is not None:
         positive(args.segment_steps, "--segment-steps")
     device = bench_device(args.device)
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     torch.manual_seed(args.seed)
     vocab = config.data.tokenizer.vocab_size
     ways = build_ways(config.model, vocab, device=device, segment_steps=args.segment_steps)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 import torch
 
 from nmt.bench.common import (bench_device, cuda_peak, format_bytes, median, paired_ratio,
                               positive, synchronize, time_alternating)
 from nmt.commands.helptext import describe
+from nmt.commands.options import add_set_argument
 from nmt.errors import UserError
 
 
@@ -27,6 +28,7 @@ def add_arguments(parser) -> None:
     describe(parser, __doc__)
     parser.add_argument("--config", required=True, help="YAML config (A)")
     parser.add_argument("--vs", metavar="CONFIG", help="second config (B), timed in alternation")
+    add_set_argument(parser, applies_to="both configs")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per config (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--device", default="auto",
@@ -60,9 +62,9 @@ def run(args) -> int:
         torch.set_num_threads(positive(args.threads, "--threads"))
     device = bench_device(args.device)
     rounds = args.warmup + args.steps
-    contenders = [prepare(args.config, rounds=rounds, device=device, label="A")]
+    contenders = [prepare(args.config, args.set, rounds=rounds, device=device, label="A")]
     if args.vs:
-        contenders.append(prepare(args.vs, rounds=rounds, device=device, label="B"))
+        contenders.append(prepare(args.vs, args.set, rounds=rounds, device=device, label="B"))
 
     def at(contender: Contender) -> Callable[[int], None]:
         return lambda index: contender.step(index + args.warmup)
@@ -118,7 +120,8 @@ def profile_steps(contender: Contender, *, steps: int, first: int, device: torch
     }
 
 
-def prepare(path: str, *, rounds: int, device: torch.device, label: str) -> Contender:
+def prepare(path: str, overrides: Sequence[str] = (), *, rounds: int, device: torch.device,
+            label: str) -> Contender:
     """Load config, tokenizer and the first `rounds` training batches; build model + optimizer."""
     from nmt.commands.prepare import prepare_tokenizer
     from nmt.commands.train import seed_everything
@@ -127,7 +130,7 @@ def prepare(path: str, *, rounds: int, device: torch.device, label: str) -> Cont
     from nmt.models.build import build_model
     from nmt.optim import build_optimizer
 
-    config = load_config(path)
+    config = load_config(path, overrides)
     check_data_files(config, ["train"])
     tokenizer, _ = prepare_tokenizer(config)
     corpus, sampler = training_sampler(config, tokenizer)

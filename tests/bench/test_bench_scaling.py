@@ -65,7 +65,9 @@ def test_command_line_table(config):
 
 @pytest.mark.parametrize("flags, message", [
     (["--lengths", "10,x"], "--lengths"), (["--lengths", "1"], "--lengths"),
-    (["--batch", "0"], "--batch"), (["--device", "cuda:7"], "--device")])
+    (["--batch", "0"], "--batch"), (["--device", "cuda:7"], "--device"),
+    (["--set", "model.encoder.cell=rnn"], "--set model.encoder.cell"),
+    (["--set", "memory.x=1"], "--set memory.x")])
 def test_bad_flags_are_one_line_errors(config, flags, message, capsys):
     from nmt.cli import main
 

@@ -105,3 +105,14 @@ def test_profile_ranks_operations_by_self_time(configs, capsys):
     assert 0 < sum(row["share"] for row in rows) <= 1 + 1e-9
     assert any(name in row["op"] for row in rows for name in ("mm", "linear", "gru", "bmm"))
     assert "Self CPU" in profile["table"]
+
+
+def test_set_overrides_both_configs(configs, capsys):
+    """--set applies to A and to B: the GRU config turned LSTM has the LSTM config's parameters."""
+    gru, lstm, _ = configs
+    report = bench(capsys, "--config", str(gru), "--vs", str(lstm), "--set",
+                   "model.encoder.cell=lstm", "--set", "model.decoder.cell=lstm", "--steps", "1",
+                   "--warmup", "0", "--device", "cpu", "--json")
+    assert report["A"]["parameters"] == report["B"]["parameters"]
+    bad = nmt("bench", "speed", "--config", str(gru), "--set", "model.hiden=3")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "(--set model.hiden)" in bad.stderr
