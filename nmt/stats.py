@@ -6,7 +6,7 @@ file `{run_dir}/metrics.jsonl` (one JSON record per event: `train`, `valid`, `su
 
 Memory figures: when the model's `LossOutput.memory` dict is non-empty, each key is logged as
 `memory/<key>` (TensorBoard tag, metrics field, progress line) next to the loss: the mean over
-the updates of the log window, so a logged point describes every batch since the last one.
+the batches of the log window, so a logged point describes every batch since the last one.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from tqdm import tqdm
 
@@ -65,15 +65,17 @@ class TrainingStats:
         self._window_start = time.perf_counter()
 
     def train_step(self, step: int, *, epoch: int, loss_sum: float, nll_sum: float,
-                   num_tokens: int, lr: float, memory: Optional[dict] = None) -> Optional[dict]:
-        """Adds one update; every `log_every` steps emits and returns a `train` record."""
+                   num_tokens: int, lr: float, memory: Sequence[dict] = ()) -> Optional[dict]:
+        """Adds one update (`memory`: the figures of each of its batches, several with
+        train.accumulate); every `log_every` steps emits and returns a `train` record."""
         self._window_loss += float(loss_sum)
         self._window_nll += float(nll_sum)
         self._window_tokens += int(num_tokens)
         self._window_steps += 1
-        for key, value in (memory or {}).items():
-            self._memory_sums[key] = self._memory_sums.get(key, 0.0) + float(value)
-            self._memory_counts[key] = self._memory_counts.get(key, 0) + 1
+        for figures in memory:
+            for key, value in figures.items():
+                self._memory_sums[key] = self._memory_sums.get(key, 0.0) + float(value)
+                self._memory_counts[key] = self._memory_counts.get(key, 0) + 1
         self._bar.update(1)
         if step % self.log_every:
             return None

@@ -201,6 +201,7 @@ class Trainer:
             [sum(int(shard.batch.num_tgt_tokens) * shard.weight for shard in shards)],
             placement, self.device)
         loss_sum = nll_sum = 0.0
+        memory = []  # each batch's figures, when the model reports them
         for index, shard in enumerate(shards):
             last = index == len(shards) - 1
             with distributed.gradient_sync(self.train_model, placement, enabled=last):
@@ -213,6 +214,8 @@ class Trainer:
             # read after backward: a reversible decoder computes its loss while reversing
             loss_sum += float(output.loss.detach()) * shard.weight
             nll_sum += float(output.nll) * shard.weight
+            if getattr(output, "memory", None):
+                memory.append(output.memory)
         loss_sum, nll_sum = distributed.all_reduce_sums([loss_sum, nll_sum], placement, self.device)
         if not math.isfinite(loss_sum):
             self._skip_batch(f"loss is {loss_sum}", len(group))
@@ -230,7 +233,7 @@ class Trainer:
         self._rng_before_update = None
         self.stats.train_step(state.step, epoch=state.epoch, loss_sum=loss_sum, nll_sum=nll_sum,
                               num_tokens=int(round(num_tokens)), lr=lr,
-                              memory=getattr(output, "memory", None))
+                              memory=memory)
         self._verify_reversal(shards[-1].batch)
 
     def _gradient_norm(self) -> float:

@@ -26,6 +26,21 @@ def test_groups_consecutive_batches_and_normalises_by_all_their_tokens(tmp_path)
     assert record["tokens"] == 8 and record["loss"] == pytest.approx((400 + 484) / 8)
 
 
+def test_memory_figures_of_an_update_are_the_mean_over_its_batches(tmp_path):
+    trainer, model = make_trainer(tmp_path, range(10), cfg=train_cfg(accumulate=3, max_steps=1))
+    original = model.training_loss
+
+    def reporting(batch, **kwargs):
+        output = original(batch, **kwargs)
+        output.memory = {"encoder_ratio": float(batch.x)}  # 10, 11, 12
+        return output
+
+    model.training_loss = reporting
+    trainer.train()
+    (record,) = read_metrics(tmp_path, "train")
+    assert record["memory/encoder_ratio"] == pytest.approx(11.0)  # not the last batch's 12
+
+
 def test_an_epochs_last_update_takes_what_is_left_and_resume_regroups_the_same(tmp_path):
     trainer, model = make_trainer(tmp_path, range(10), cfg=train_cfg(accumulate=2, max_steps=3),
                                   batches_per_epoch=3)

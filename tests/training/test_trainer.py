@@ -153,7 +153,7 @@ def test_logged_memory_figures_are_means_over_the_log_window(tmp_path):
     stats = TrainingStats(tmp_path, log_every=3, progress=False, echo=False, tensorboard=False)
     for step, ratio in enumerate([10.0, 20.0, 60.0, 5.0, 7.0, 9.0], start=1):
         stats.train_step(step, epoch=1, loss_sum=1.0, nll_sum=1.0, num_tokens=1, lr=0.1,
-                         memory={"encoder_ratio": ratio})
+                         memory=[{"encoder_ratio": ratio}])
     stats.close()
     assert [r["memory/encoder_ratio"] for r in read_metrics(tmp_path, "train")] == [30.0, 7.0]
 
