@@ -23,6 +23,7 @@ import random
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -71,7 +72,11 @@ def load_checkpoint(path, *, map_location="cpu") -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a pickle written by `pickle.dump` (protocol 3+) makes torch warn before refusing it;
+            # the refusal below says it in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError, OSError, UnpicklingError, EOFError...
         refused = _refused_global(str(error))
         if refused:
@@ -97,7 +102,11 @@ def _refused_global(message: str) -> Optional[str]:
     if not message.startswith("Weights only load failed"):
         return None
     found = re.search(r"GLOBAL ([\w.]+)", message)
-    return found.group(1) if found else "not tensors or plain data"
+    if found:
+        return found.group(1)
+    if "Unsupported operand" in message:
+        return "a plain Python pickle, not written by torch.save"
+    return "not tensors or plain data"
 
 
 def content_checksum(value) -> str:

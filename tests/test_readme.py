@@ -41,3 +41,15 @@ def test_translation_snippet_runs(tiny_checkpoint, capsys):
     translations = eval(printed)  # the printed list of two strings
     assert isinstance(translations, list) and len(translations) == 2
     assert all(isinstance(text, str) for text in translations)
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    """`.ci/run` takes its commands from the README, so the newcomer's path is the tested path."""
+    import subprocess
+
+    printed = subprocess.run(["bash", str(README.parent / ".ci" / "run"), "--print-commands"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert printed == ["pip install torch==2.13.0", "pip install -e '.[test]'",
+                       'MULTI30K_DIR="$MULTI30K_DIR" python -m pytest -q tests']
+    install = README.read_text(encoding="utf-8").split("## Install and test", 1)[1]
+    assert "python3 -m venv .venv" in install and ". .venv/bin/activate" in install

@@ -132,5 +132,7 @@ step "results"
   --commit "$COMMIT"
 echo "wall time: $(( (SECONDS - START_SECONDS) / 60 )) min $(( (SECONDS - START_SECONDS) % 60 )) s"
 echo
-echo "TensorBoard (training curves, memory/encoder_ratio, memory/decoder_ratio):"
-echo "  tensorboard --logdir $RUN_DIR/tensorboard --host 127.0.0.1"
+# the parent folder as logdir, so the run shows under its name beside any other runs there
+echo "TensorBoard (training curves, memory/encoder_ratio, memory/decoder_ratio; this run is"
+echo "'$(basename "$RUN_DIR")/tensorboard', beside the other runs in $(dirname "$RUN_DIR")):"
+echo "  tensorboard --logdir $(dirname "$RUN_DIR") --host 127.0.0.1"

@@ -39,11 +39,11 @@ def test_training_loss_matches_a_manual_cross_entropy(make_config, make_batch):
                     total -= float(log_probs[b, batch.tgt_out[b, t]])
                     uniform -= float(log_probs[b, 1:].mean())  # every token but padding
     assert out.num_tokens == 4 + 7 + 1
-    assert out.nll == pytest.approx(total, rel=1e-5)
+    assert float(out.nll) == pytest.approx(total, rel=1e-5)
     assert float(out.loss.detach()) == pytest.approx(total, rel=1e-5)
     assert out.memory == {}
     smoothed = model.training_loss(batch, label_smoothing=0.1)
-    assert smoothed.nll == pytest.approx(total, rel=1e-5)
+    assert float(smoothed.nll) == pytest.approx(total, rel=1e-5)
     assert float(smoothed.loss.detach()) == pytest.approx(0.9 * total + 0.1 * uniform, rel=1e-5)
 
 

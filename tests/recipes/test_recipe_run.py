@@ -77,14 +77,15 @@ def test_run_sh_trains_within_the_epoch_budget_and_writes_results(tmp_path):
     assert results["memory"] == {} and results["wall_seconds"] > 0
 
     assert f"BLEU {cased['bleu']:.2f}" in done.stdout and "lowercased BLEU" in done.stdout
-    assert f"tensorboard --logdir {run_dir}/tensorboard" in done.stdout
+    # the printed logdir is the runs folder, so the run is listed by its name, not as "."
+    assert f"tensorboard --logdir {run_dir.parent} --host 127.0.0.1" in done.stdout
 
     # the printed TensorBoard logdir serves the run's curves (check_tensorboard starts and stops it)
-    served = subprocess.run([sys.executable, str(CHECK_TENSORBOARD), "--logdir", run_dir / "tensorboard",
+    served = subprocess.run([sys.executable, str(CHECK_TENSORBOARD), "--logdir", run_dir.parent,
                              "--tags", "train/loss,valid/bleu", "--timeout", "120"],
                             capture_output=True, text=True, timeout=300)
     assert served.returncode == 0, served.stdout + served.stderr
-    assert "ok run . tag valid/bleu: 2 logged steps" in served.stdout
+    assert "ok run toy-recipe/tensorboard tag valid/bleu: 2 logged steps" in served.stdout
 
 
 @pytest.mark.parametrize("args, message", [

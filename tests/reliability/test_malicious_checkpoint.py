@@ -80,3 +80,22 @@ def test_cli_commands_refuse_it_in_one_line(tmp_path, command):
     assert f"checkpoint {path}: refused" in done.stderr
     assert not marker.exists()
     assert not (tmp_path / "avg.pt").exists()
+
+
+def test_a_plain_pickle_is_refused_in_one_line_without_torch_warnings(tmp_path):
+    """`pickle.dump` writes protocol 4+, which torch's weights-only loader warns about before
+    refusing; the user sees RevNMT's one line only."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": RunsCode(marker)}, handle, protocol=4)
+    done = subprocess.run([sys.executable, "-m", "nmt", "translate", "--checkpoint", str(path)],
+                          cwd=REPO, input="a b\n", capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 2 and not marker.exists()
+    assert done.stderr.strip().splitlines() == [
+        f"nmt translate: error: checkpoint {path}: refused: it holds a pickled Python object "
+        "(a plain Python pickle, not written by torch.save), which could run code when loaded; "
+        "RevNMT checkpoints hold only tensors and plain data, so do not load it"]
