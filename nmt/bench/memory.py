@@ -26,9 +26,8 @@ from typing import Dict, List
 
 import torch
 
+from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import SavedBytes, bench_device, format_bytes, positive
-from nmt.commands.helptext import describe
-from nmt.commands.options import add_set_argument
 from nmt.errors import UserError
 
 PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm"}

@@ -17,10 +17,9 @@ from typing import Callable, List, Sequence
 
 import torch
 
+from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import (bench_device, cuda_peak, format_bytes, median, paired_ratio,
                               positive, synchronize, time_alternating)
-from nmt.commands.helptext import describe
-from nmt.commands.options import add_set_argument
 from nmt.errors import UserError
 
 

@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from nmt.commands.helptext import describe
-from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
+from nmt.arguments import add_decode_arguments, check_beam, decode_overrides, describe
 from nmt.device import resolve_device
 from nmt.errors import UserError
 

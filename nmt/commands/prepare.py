@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 
 import yaml
 
-from nmt.commands.options import add_set_argument
+from nmt.arguments import add_set_argument
 from nmt.config import Config, check_data_files, load_config
 from nmt.data.corpus import check_parallel, count_lines, load_split
 from nmt.data.tokenizer import Tokenizer, train_tokenizer

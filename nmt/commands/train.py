@@ -26,10 +26,9 @@ from typing import List, Tuple
 
 import torch
 
+from nmt.arguments import add_set_argument, describe
 from nmt import checkpoint as ckpt
 from nmt import distributed
-from nmt.commands.helptext import describe
-from nmt.commands.options import add_set_argument
 from nmt.config import Config, check_data_files, load_config, validate
 from nmt.data.batching import collate, training_sampler
 from nmt.data.corpus import encode_parallel, read_parallel
