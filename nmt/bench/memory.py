@@ -219,7 +219,7 @@ def _load(args):
 
 
 def _batches(config, tokenizer, count: int, device) -> List:
-    from nmt.config import check_data_files
+    from nmt.data.files import check_data_files
     from nmt.data.batching import TokenBatchSampler, collate
     from nmt.data.corpus import load_split
 

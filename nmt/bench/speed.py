@@ -124,7 +124,8 @@ def prepare(path: str, overrides: Sequence[str] = (), *, rounds: int, device: to
     """Load config, tokenizer and the first `rounds` training batches; build model + optimizer."""
     from nmt.commands.prepare import prepare_tokenizer
     from nmt.commands.train import seed_everything
-    from nmt.config import check_data_files, load_config
+    from nmt.config import load_config
+    from nmt.data.files import check_data_files
     from nmt.data.batching import collate, training_sampler
     from nmt.models.build import build_model
     from nmt.optim import build_optimizer

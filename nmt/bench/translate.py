@@ -51,7 +51,7 @@ def process_age_seconds() -> float:
 def run(args) -> int:
     started = time.perf_counter()
     before_run = process_age_seconds()
-    from nmt.config import check_data_files
+    from nmt.data.files import check_data_files
     from nmt.data.corpus import read_parallel
     from nmt.evaluation import score_corpus
     from nmt.translation import load_translator

@@ -55,7 +55,7 @@ def run(args) -> int:
 
 
 def _evaluate_checkpoint(args):
-    from nmt.config import check_data_files
+    from nmt.data.files import check_data_files
     from nmt.data.corpus import read_parallel
     from nmt.evaluation import evaluate_translator
     from nmt.translation import load_translator

@@ -15,7 +15,8 @@ from typing import Callable, Dict, Optional
 import yaml
 
 from nmt.arguments import add_set_argument
-from nmt.config import Config, check_data_files, load_config
+from nmt.config import Config, load_config
+from nmt.data.files import check_data_files
 from nmt.data.corpus import check_parallel, count_lines, load_split
 from nmt.data.tokenizer import Tokenizer, train_tokenizer
 from nmt.errors import UserError

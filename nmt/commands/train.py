@@ -29,7 +29,8 @@ import torch
 from nmt.arguments import add_set_argument, describe
 from nmt import checkpoint as ckpt
 from nmt import distributed
-from nmt.config import Config, check_data_files, load_config, validate
+from nmt.config import Config, load_config, validate
+from nmt.data.files import check_data_files
 from nmt.data.batching import collate, training_sampler
 from nmt.data.corpus import encode_parallel, read_parallel
 from nmt.device import resolve_device

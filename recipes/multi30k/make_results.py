@@ -26,7 +26,8 @@ RECIPE_OUTPUTS = ("recipes/multi30k/RESULTS.md", "recipes/multi30k/results")  # 
 
 
 def describe(args) -> None:
-    from nmt.config import REVERSIBLE_CELLS, data_file, load_config
+    from nmt.config import REVERSIBLE_CELLS, load_config
+    from nmt.data.files import data_file
 
     config = load_config(args.config)
     reference = data_file(config.data, "test", config.data.tgt)  # None until the data is fetched
