@@ -1,10 +1,11 @@
 """Batches: token-budget length buckets for training (resumable), sentence counts for evaluation.
 
 Training: `TrainingBatches(corpus, batch_tokens=, seed=)` yields `Batch`es; each epoch uses every
-pair exactly once; `EpochBatches` are one epoch's batches as the Trainer indexes them. Pairs are sorted by length (ties broken by a seeded shuffle), cut into batches
+pair exactly once. Pairs are sorted by length (ties broken by a seeded shuffle), cut into batches
 whose padded target cost `sentences x longest target (+EOS)` stays within `batch_tokens`, and the
 batch order is shuffled with a generator seeded by (seed, epoch). `state_dict()` holds only the
 epoch and the next batch index, so a resumed run sees exactly the batches it would have seen.
+`EpochBatches` are one epoch's batches as the Trainer indexes them (a rank's share under torchrun).
 
 Evaluation/translation: `make_eval_batches(src_ids, tgt_ids, batch_size=)` sorts by source length
 for speed; `Batch.indices` and `restore_order` give back the input order.
