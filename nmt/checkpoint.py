@@ -30,10 +30,11 @@ from typing import Iterable, List, Optional
 import torch
 
 from nmt.errors import UserError
+from nmt.run_layout import (STEP_CHECKPOINT_NAME, best_checkpoint_path,  # noqa: F401 - ckpt.*
+                             checkpoint_dir, latest_checkpoint_path, step_checkpoint_path)
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "tokenizer", "vocab_sizes", "model", "step", "epoch")
-STEP_CHECKPOINT = re.compile(r"^step-(\d+)\.pt$")
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -135,23 +136,7 @@ def _hash_into(digest, value) -> None:
         digest.update(repr(value).encode())
 
 
-# --- run directory layout ------------------------------------------------------------------------
-
-def checkpoint_dir(run_dir) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def step_checkpoint_path(run_dir, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"step-{step:08d}.pt"
-
-
-def best_checkpoint_path(run_dir) -> Path:
-    return Path(run_dir) / "best.pt"
-
-
-def latest_checkpoint_path(run_dir) -> Path:
-    return Path(run_dir) / "latest.pt"
-
+# --- the run's checkpoints (named in nmt.run_layout) ---------------------------------------------
 
 def step_checkpoints(run_dir) -> List[Path]:
     """The run's step checkpoints, oldest first."""
@@ -159,7 +144,7 @@ def step_checkpoints(run_dir) -> List[Path]:
     if not directory.is_dir():
         return []
     found = [(int(match.group(1)), path) for path in directory.iterdir()
-             if (match := STEP_CHECKPOINT.match(path.name))]
+             if (match := STEP_CHECKPOINT_NAME.match(path.name))]
     return [path for _, path in sorted(found)]
 
 

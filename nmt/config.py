@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -23,7 +22,6 @@ PLAIN_CELLS = ("gru", "lstm")
 REVERSIBLE_CELLS = ("revgru", "revlstm")
 CELLS = PLAIN_CELLS + REVERSIBLE_CELLS
 ATTENTION_CONTEXTS = ("hidden", "emb", "slice", "proj", "emb+slice", "emb+proj")
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass
@@ -345,40 +343,3 @@ def _non_negative(value, key: str) -> None:
 def _probability(value: float, key: str) -> None:
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"{key}: must be in [0, 1), got {value}")
-
-
-# --------------------------------------------------------------------------- data files
-
-
-def split_prefix(data: DataConfig, split: str) -> str:
-    """The file prefix of a split name ('train', 'valid', 'test')."""
-    if split not in SPLITS:
-        raise ConfigError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
-    return getattr(data, split)
-
-
-def data_file(data: DataConfig, split: str, lang: str) -> Optional[Path]:
-    """`{dir}/{prefix}.{lang}` or `{dir}/{prefix}.{lang}.gz`, whichever exists (plain first)."""
-    base = Path(data.dir) / f"{split_prefix(data, split)}.{lang}"
-    for candidate in (base, base.with_name(base.name + ".gz")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def check_data_files(config: Config, splits: Iterable[str]) -> Dict[str, Tuple[Path, Path]]:
-    """Resolve the (src, tgt) files of each split; a missing one is a ConfigError naming it."""
-    data = config.data
-    if not Path(data.dir).is_dir():
-        raise ConfigError(f"data.dir: directory {data.dir} does not exist")
-    files = {}
-    for split in splits:
-        pair = []
-        for lang in (data.src, data.tgt):
-            path = data_file(data, split, lang)
-            if path is None:
-                base = Path(data.dir) / f"{split_prefix(data, split)}.{lang}"
-                raise ConfigError(f"data.{split}: neither {base} nor {base}.gz exists")
-            pair.append(path)
-        files[split] = (pair[0], pair[1])
-    return files

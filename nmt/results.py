@@ -22,8 +22,8 @@ from typing import Dict, Iterable, Optional
 
 from nmt.config import TrainConfig
 from nmt.errors import UserError
+from nmt.run_layout import CONFIG_COPY, METRICS_FILE
 
-RESULTS_FILE = "results.json"
 FORMAT_VERSION = 1
 DEFAULT_SEED = TrainConfig.seed  # results.json files written before the seed was recorded used it
 MEMORY_KEYS = ("encoder_ratio", "encoder_optimal_ratio", "decoder_ratio", "decoder_optimal_ratio")
@@ -135,12 +135,12 @@ def collect_run_results(run_dir, *, cased: dict, lowercased: dict, beam_size: in
     from nmt.stats import read_metrics
 
     run_dir = Path(run_dir)
-    config = _read_yaml(run_dir / "config.yaml")
+    config = _read_yaml(run_dir / CONFIG_COPY)
     records = read_metrics(run_dir)
     train_records = [r for r in records if r.get("event") == "train"]
     summaries = [r for r in records if r.get("event") == "summary"]
     if not summaries:
-        raise UserError(f"{run_dir / 'metrics.jsonl'}: no summary record (did training finish?)")
+        raise UserError(f"{run_dir / METRICS_FILE}: no summary record (did training finish?)")
     summary = summaries[-1]
     model, train, data = config.get("model", {}), config.get("train", {}), config.get("data", {})
     return {

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
 from nmt.errors import UserError
-from nmt.results import DEFAULT_SEED, RESULTS_FILE, format_number, read_json
+from nmt.results import DEFAULT_SEED, format_number, read_json
+from nmt.run_layout import RESULTS_FILE
 
 
 def load_results(paths: Iterable) -> List[dict]:

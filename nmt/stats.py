@@ -20,9 +20,8 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
-TENSORBOARD_DIR = "tensorboard"
+from nmt.run_layout import LOG_FILE, METRICS_FILE, TENSORBOARD_DIR
+
 
 
 class TrainingStats:

@@ -8,7 +8,7 @@ The loop is written against small interfaces so it can be tested with toy models
   in checkpoints is `(epoch, batches of it already done)`, so resuming regenerates the epoch and
   skips what was done.
 - `validate(model) -> ValidationOutput` (or a plain scores dict) with at least `loss` and `bleu`
-  (see `make_validator` in nmt.commands.train); rank 0 writes its hypotheses to
+  (see `make_validator` in nmt.validation); rank 0 writes its hypotheses to
   `{run_dir}/validations/step-N.txt` and logs its examples.
 - `static_payload` is the part of every checkpoint that never changes during a run (config dict,
   tokenizer bytes, vocabulary sizes).
@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -53,6 +52,7 @@ from nmt.distributed import SINGLE_PROCESS, Distributed, as_shard
 from nmt.errors import ConfigError, UserError
 from nmt.optim import LearningRateSchedule
 from nmt.reversal_drift import reversal_check_for
+from nmt.run_layout import validation_path
 from nmt.stats import TrainingStats
 
 
@@ -88,9 +88,6 @@ class ValidationOutput:
     scores: dict
     hypotheses: Optional[List[str]] = None
     examples: List[Tuple[str, str, str]] = field(default_factory=list)
-
-
-VALIDATIONS_DIR = "validations"
 
 
 class TrainingStopped(UserError):
@@ -343,9 +340,8 @@ class Trainer:
             self.stats.message(f"  example {number} reference:  {reference}")
             self.stats.message(f"  example {number} hypothesis: {hypothesis}")
         if output.hypotheses is not None:
-            directory = Path(self.run_dir) / VALIDATIONS_DIR
-            directory.mkdir(parents=True, exist_ok=True)
-            path = directory / f"step-{self.state.step:08d}.txt"
+            path = validation_path(self.run_dir, self.state.step)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(line + "\n" for line in output.hypotheses), encoding="utf-8")
 
     # --- checkpoints -----------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nmt.config import (CELLS, Config, check_data_files, config_from_dict, data_file, expand_env,
-                        load_config)
+from nmt.config import CELLS, Config, config_from_dict, expand_env, load_config
+from nmt.data.files import check_data_files
 from nmt.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,22 +210,6 @@ def test_command_line_overrides(monkeypatch, tmp_path):
         load_config(path, ["train.lr"])
     with pytest.raises(ConfigError, match=r"^--set train\.lr\.x: train\.lr is not a section"):
         load_config(path, ["train.lr.x=1"])
-
-
-def test_check_data_files(tmp_path):
-    (tmp_path / "train.en").write_text("a\n")
-    (tmp_path / "train.de.gz").write_bytes(b"")
-    (tmp_path / "val.en").write_text("a\n")
-    config = config_from_dict({"data": {"dir": str(tmp_path)}})
-    files = check_data_files(config, ["train"])
-    assert files["train"] == (tmp_path / "train.en", tmp_path / "train.de.gz")
-    with pytest.raises(ConfigError, match=r"^data\.valid: neither .*val\.de nor .*val\.de\.gz exists"):
-        check_data_files(config, ["train", "valid"])
-    (tmp_path / "train.de").write_text("plain wins\n")
-    assert data_file(config.data, "train", "de") == tmp_path / "train.de"
-    missing = config_from_dict({"data": {"dir": str(tmp_path / "nope")}})
-    with pytest.raises(ConfigError, match=r"^data\.dir: directory .*nope does not exist"):
-        check_data_files(missing, ["test"])
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):

@@ -26,9 +26,8 @@ from typing import Dict, List
 
 import torch
 
+from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import SavedBytes, bench_device, format_bytes, positive
-from nmt.commands.helptext import describe
-from nmt.commands.options import add_set_argument
 from nmt.errors import UserError
 
 PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm"}
@@ -202,8 +201,8 @@ def _zero_counts() -> dict:
 
 def _load(args):
     """(config, tokenizer, state_dict or None) from --config, or from --checkpoint."""
-    from nmt.commands.prepare import prepare_tokenizer
     from nmt.config import config_from_dict, load_config
+    from nmt.run import prepare_tokenizer
 
     config = load_config(args.config, args.set)
     if not args.checkpoint:
@@ -220,8 +219,8 @@ def _load(args):
 
 
 def _batches(config, tokenizer, count: int, device) -> List:
-    from nmt.config import check_data_files
-    from nmt.data.batching import TokenBatchSampler, collate
+    from nmt.data.batching import TokenBatchSampler, collate_pairs
+    from nmt.data.files import check_data_files
     from nmt.data.corpus import load_split
 
     check_data_files(config, ["train"])
@@ -231,8 +230,7 @@ def _batches(config, tokenizer, count: int, device) -> List:
     sampler = TokenBatchSampler([len(s) for s in corpus.src], [len(t) for t in corpus.tgt],
                                 batch_tokens=config.data.batch_tokens, seed=config.train.seed)
     chosen = sampler.batches_for_epoch(0)[:count]
-    return [collate([corpus.src[i] for i in ids], [corpus.tgt[i] for i in ids],
-                    [corpus.indices[i] for i in ids]).to(device) for ids in chosen]
+    return [collate_pairs(corpus, ids).to(device) for ids in chosen]
 
 
 def print_report(report: dict) -> None:

@@ -23,10 +23,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import (SavedBytes, bench_device, cuda_peak, format_bytes, median,
                               positive, time_alternating)
-from nmt.commands.helptext import describe
-from nmt.commands.options import add_set_argument
 from nmt.errors import ConfigError, UserError
 
 PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm", "gru": "gru", "lstm": "lstm"}

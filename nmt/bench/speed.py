@@ -17,10 +17,9 @@ from typing import Callable, List, Sequence
 
 import torch
 
+from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import (bench_device, cuda_peak, format_bytes, median, paired_ratio,
                               positive, synchronize, time_alternating)
-from nmt.commands.helptext import describe
-from nmt.commands.options import add_set_argument
 from nmt.errors import UserError
 
 
@@ -123,12 +122,12 @@ def profile_steps(contender: Contender, *, steps: int, first: int, device: torch
 def prepare(path: str, overrides: Sequence[str] = (), *, rounds: int, device: torch.device,
             label: str) -> Contender:
     """Load config, tokenizer and the first `rounds` training batches; build model + optimizer."""
-    from nmt.commands.prepare import prepare_tokenizer
-    from nmt.commands.train import seed_everything
-    from nmt.config import check_data_files, load_config
-    from nmt.data.batching import collate, training_sampler
+    from nmt.config import load_config
+    from nmt.data.batching import collate_pairs, training_sampler
+    from nmt.data.files import check_data_files
     from nmt.models.build import build_model
     from nmt.optim import build_optimizer
+    from nmt.run import prepare_tokenizer, seed_everything
 
     config = load_config(path, overrides)
     check_data_files(config, ["train"])
@@ -136,8 +135,7 @@ def prepare(path: str, overrides: Sequence[str] = (), *, rounds: int, device: to
     corpus, sampler = training_sampler(config, tokenizer)
     chosen = sampler.batches_for_epoch(0)
     chosen = [chosen[i % len(chosen)] for i in range(rounds)]  # tiny data: wrap around
-    batches = [collate([corpus.src[i] for i in ids], [corpus.tgt[i] for i in ids],
-                       [corpus.indices[i] for i in ids]).to(device) for ids in chosen]
+    batches = [collate_pairs(corpus, ids).to(device) for ids in chosen]
     seed_everything(config.train.seed)
     model = build_model(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size).to(device)
     model.train()

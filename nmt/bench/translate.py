@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from nmt.commands.helptext import describe
-from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
+from nmt.arguments import add_decode_arguments, check_beam, decode_overrides, describe
 from nmt.device import resolve_device
 from nmt.errors import UserError
 
@@ -52,7 +51,7 @@ def process_age_seconds() -> float:
 def run(args) -> int:
     started = time.perf_counter()
     before_run = process_age_seconds()
-    from nmt.config import check_data_files
+    from nmt.data.files import check_data_files
     from nmt.data.corpus import read_parallel
     from nmt.evaluation import score_corpus
     from nmt.translation import load_translator

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 
-from nmt.commands.helptext import describe
-from nmt.commands.translate import add_decode_arguments, check_beam, decode_overrides
+from nmt.arguments import add_decode_arguments, check_beam, decode_overrides, describe
 from nmt.device import resolve_device
 from nmt.errors import UserError
 from nmt.data.corpus import read_lines
@@ -56,7 +55,7 @@ def run(args) -> int:
 
 
 def _evaluate_checkpoint(args):
-    from nmt.config import check_data_files
+    from nmt.data.files import check_data_files
     from nmt.data.corpus import read_parallel
     from nmt.evaluation import evaluate_translator
     from nmt.translation import load_translator

@@ -5,6 +5,7 @@ pair exactly once. Pairs are sorted by length (ties broken by a seeded shuffle),
 whose padded target cost `sentences x longest target (+EOS)` stays within `batch_tokens`, and the
 batch order is shuffled with a generator seeded by (seed, epoch). `state_dict()` holds only the
 epoch and the next batch index, so a resumed run sees exactly the batches it would have seen.
+`EpochBatches` are one epoch's batches as the Trainer indexes them (a rank's share under torchrun).
 
 Evaluation/translation: `make_eval_batches(src_ids, tgt_ids, batch_size=)` sorts by source length
 for speed; `Batch.indices` and `restore_order` give back the input order.
@@ -19,6 +20,7 @@ import torch
 
 from nmt.data.corpus import EncodedCorpus, load_split
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.distributed import SINGLE_PROCESS, Distributed, Shard, shard_of
 from nmt.errors import UserError
 
 T = TypeVar("T")
@@ -97,6 +99,12 @@ def collate(src_ids: Sequence[Sequence[int]], tgt_ids: Optional[Sequence[Sequenc
                  tgt_in=_pad([[BOS_ID] + t for t in tgt]), tgt_out=_pad([t + [EOS_ID] for t in tgt]),
                  tgt_lengths=tgt_lengths, indices=batch_indices,
                  num_tgt_tokens=int(tgt_lengths.sum()))
+
+
+def collate_pairs(corpus: EncodedCorpus, chosen: Sequence[int]) -> Batch:
+    """`collate` of the pairs at positions `chosen` of an encoded corpus."""
+    return collate([corpus.src[i] for i in chosen], [corpus.tgt[i] for i in chosen],
+                   [corpus.indices[i] for i in chosen])
 
 
 # --------------------------------------------------------------------------- training
@@ -199,16 +207,36 @@ class TrainingBatches:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
-        corpus = self.corpus
         for chosen in self.sampler:
-            yield collate([corpus.src[i] for i in chosen], [corpus.tgt[i] for i in chosen],
-                          [corpus.indices[i] for i in chosen])
+            yield collate_pairs(self.corpus, chosen)
 
     def state_dict(self) -> Dict[str, Any]:
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.sampler.load_state_dict(state)
+
+
+class EpochBatches:
+    """The batches of one epoch, collated on access (a Sequence the Trainer indexes).
+
+    Under torchrun each item is this rank's `Shard` of the global batch (nmt.distributed)."""
+
+    def __init__(self, corpus, index_batches: List[List[int]],
+                 placement: Distributed = SINGLE_PROCESS):
+        self.corpus = corpus
+        self.index_batches = index_batches
+        self.placement = placement
+
+    def __len__(self) -> int:
+        return len(self.index_batches)
+
+    def __getitem__(self, position: int):
+        chosen, weight = self.index_batches[position], 1.0
+        if self.placement.enabled:
+            chosen, weight = shard_of(chosen, self.placement)
+        batch = collate_pairs(self.corpus, chosen)
+        return Shard(batch, weight) if self.placement.enabled else batch
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
+from nmt.data.files import check_data_files
 from nmt.errors import UserError
 
 logger = logging.getLogger("nmt.data")
@@ -182,8 +183,6 @@ def load_split(config, split: str, tokenizer) -> EncodedCorpus:
 
     Logs how many training pairs were skipped; raises ConfigError for missing files.
     """
-    from nmt.config import check_data_files  # config imports nothing from data; keep it that way
-
     src_path, tgt_path = check_data_files(config, [split])[split]
     src_lines, tgt_lines = read_parallel(src_path, tgt_path)
     max_len = config.data.max_len if split == "train" else None

@@ -15,6 +15,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence
 
 import sentencepiece as spm
 
+from nmt.data.corpus import read_lines
+from nmt.data.files import split_files
 from nmt.errors import ConfigError, UserError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -222,16 +224,7 @@ def train_tokenizer(data_config, out_dir=None, *, seed: int = 1) -> Tokenizer:
 
     Joint: one model on source and target lines; otherwise one model per side.
     """
-    from nmt.config import data_file
-    from nmt.data.corpus import read_lines
-
-    paths = []
-    for lang in (data_config.src, data_config.tgt):
-        path = data_file(data_config, "train", lang)
-        if path is None:
-            base = Path(data_config.dir) / f"{data_config.train}.{lang}"
-            raise ConfigError(f"data.train: neither {base} nor {base}.gz exists")
-        paths.append(path)
+    paths = split_files(data_config, "train")
     src_lines, tgt_lines = read_lines(paths[0]), read_lines(paths[1])
     cfg = data_config.tokenizer
     if cfg.joint:

@@ -17,16 +17,17 @@ import sys
 from pathlib import Path
 
 from nmt.errors import UserError
-from nmt.results import (RESULTS_FILE, collect_run_results, format_run_summary, git_commit,
-                         read_json)
+from nmt.results import collect_run_results, format_run_summary, git_commit, read_json
 from nmt.results_table import load_results, render_results_table
+from nmt.run_layout import RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_OUTPUTS = ("recipes/multi30k/RESULTS.md", "recipes/multi30k/results")  # grid.sh rewrites them
 
 
 def describe(args) -> None:
-    from nmt.config import REVERSIBLE_CELLS, data_file, load_config
+    from nmt.config import REVERSIBLE_CELLS, load_config
+    from nmt.data.files import data_file
 
     config = load_config(args.config)
     reference = data_file(config.data, "test", config.data.tgt)  # None until the data is fetched

@@ -56,8 +56,8 @@ def _config(tmp_path, data_dir, *, cell="revgru", context="emb+slice", precision
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, small_multi30k):
     """A reversible Emb+slice model trained 4 steps by the real Trainer: (config path, run dir)."""
-    from nmt.commands.train import train_from_config
     from nmt.config import load_config
+    from nmt.run import train_from_config
 
     directory = tmp_path_factory.mktemp("revrun")
     path = _config(directory, small_multi30k)

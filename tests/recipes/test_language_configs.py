@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from nmt.config import check_data_files, load_config
+from nmt.config import load_config
+from nmt.data.files import check_data_files
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "multi30k"
 

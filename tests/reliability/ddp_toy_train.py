@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from revtoy import ReversibleToyModel, toy_corpus, train_cfg  # noqa: E402
 
 from nmt import distributed  # noqa: E402
-from nmt.commands.train import EpochBatches, find_resume_checkpoint  # noqa: E402
-from nmt.data.batching import TokenBatchSampler  # noqa: E402
+from nmt.data.batching import EpochBatches, TokenBatchSampler  # noqa: E402
 from nmt.optim import LearningRateSchedule  # noqa: E402
+from nmt.run import find_resume_checkpoint  # noqa: E402
 from nmt.stats import TrainingStats  # noqa: E402
 from nmt.training import Trainer  # noqa: E402
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from nmt import checkpoint as ckpt
-from nmt.commands.train import train_from_config
 from nmt.config import config_from_dict
+from nmt.run import train_from_config
 from nmt.stats import read_metrics
 from training.toy import toy_config, write_config
 

@@ -11,10 +11,10 @@ import torch
 
 import nmt.stats
 from nmt import checkpoint as ckpt
-from nmt.commands.train import train_from_config
-from nmt.config import config_from_dict
 from nmt.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
+from nmt.config import config_from_dict
 from nmt.errors import UserError
+from nmt.run import train_from_config
 from nmt.stats import read_metrics
 from training.toy import toy_config, write_config
 

@@ -64,8 +64,8 @@ def write_config(tmp_path, config: dict, name: str = "toy.yaml") -> Path:
 
 def train_toy_model(directory, **train_overrides) -> Path:
     """Trains the toy config in-process (a few seconds); returns the run directory."""
-    from nmt.commands.train import train_from_config
     from nmt.config import config_from_dict
+    from nmt.run import train_from_config
 
     settings = dict(max_steps=40, valid_every=20)
     settings.update(train_overrides)
