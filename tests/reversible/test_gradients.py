@@ -82,7 +82,7 @@ def test_loss_is_bit_identical_and_gradients_agree(cell, storage, chunk_steps):
 def test_steps_where_every_row_is_real_skip_the_masks_without_changing_anything(cell, monkeypatch):
     """The cells take mask=None on the leading steps where no row is padded (a CPU shortcut);
     runs that pass the mask on every step must give the same loss, storage and gradients."""
-    import nmt.reversible.sequence as sequence
+    import nmt.reversible.plan as sequence
 
     lengths = torch.tensor([9, 9, 7, 5])  # five leading steps without padding
     mask = torch.arange(STEPS)[None] < lengths[:, None]
