@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import yaml
 
 from nmt.errors import ConfigError
+from nmt.reversible.fixed_point import MAX_FORGET_CHOICES
 from nmt.typed_yaml import expand_env  # noqa: F401 - part of this module's API
 from nmt.typed_yaml import choices, parse_dataclass, read_yaml_mapping, type_name
 
@@ -57,7 +58,7 @@ class EncoderConfig:
     hidden: int = 300
     bidirectional: bool = False
     dropout: float = 0.3
-    max_forget_bits: Optional[int] = field(default=3, metadata=choices(1, 2, 3, 5, None))
+    max_forget_bits: Optional[int] = field(default=3, metadata=choices(*MAX_FORGET_CHOICES))
     # false: a reversible encoder stores every state (plain autograd), as the paper's 300H row does
     memory_saving: bool = True
 
@@ -69,7 +70,7 @@ class DecoderConfig:
     hidden: int = 300
     input_feeding: bool = False
     dropout: float = 0.3
-    max_forget_bits: Optional[int] = field(default=3, metadata=choices(1, 2, 3, 5, None))
+    max_forget_bits: Optional[int] = field(default=3, metadata=choices(*MAX_FORGET_CHOICES))
 
 
 @dataclass

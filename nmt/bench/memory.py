@@ -96,7 +96,7 @@ def measure_reversible(model, batches, label_smoothing: float) -> dict:
         with SavedBytes(exclude) as saved:
             output = model.training_loss(batch, label_smoothing=label_smoothing)
         output.loss.backward()
-        details = model.decoder.memory_details()
+        details = output.memory.details()
         for side in sides:
             for key in sides[side]:
                 sides[side][key] += details[side][key]

@@ -139,17 +139,16 @@ def _with_cells(model_cfg, mapping: Dict[str, str]):
 def _seq2seq_way(kind: str, model) -> Way:
     def step(batch):
         output = model.training_loss(batch)
-        return output.loss / batch.num_tgt_tokens, reversible_kept_bytes(model)
+        return output.loss / batch.num_tgt_tokens, reversible_kept_bytes(output.memory)
 
     return Way(kind=kind, step=step, parameters=list(model.parameters()))
 
 
-def reversible_kept_bytes(model) -> int:
-    """Bytes a reversible Seq2Seq's Functions hold besides autograd's saved tensors: the shared
-    buffer at its peak and the exact final states (stored attention values are saved tensors,
-    so already counted). 0 for a plain model."""
-    details = getattr(model.decoder, "memory_details", None)
-    kept = (details() if details is not None else {}).get("kept_bytes")
+def reversible_kept_bytes(memory) -> int:
+    """Bytes a reversible Seq2Seq's Functions hold besides autograd's saved tensors, from the
+    memory its training_loss returned: the shared buffer at its peak and the exact final states
+    (stored attention values are saved tensors, so already counted). 0 for a plain model."""
+    kept = getattr(memory, "kept_bytes", None)
     if not kept:
         return 0
     encoder, decoder = kept.get("encoder") or {}, kept.get("decoder") or {}

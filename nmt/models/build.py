@@ -59,9 +59,6 @@ def build_rnn_encoder(model_cfg, *, src_vocab_size: int) -> RNNEncoder:
 @register_decoder("lstm")
 def build_rnn_decoder(model_cfg, *, tgt_vocab_size: int, encoder) -> RNNDecoder:
     dec, enc = model_cfg.decoder, model_cfg.encoder
-    if model_cfg.tie_embeddings and dec.hidden != model_cfg.embedding_dim:
-        raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({dec.hidden}) "
-                          f"== model.embedding_dim ({model_cfg.embedding_dim})")
     bridge = Bridge(
         encoder_layers=enc.layers, encoder_size=encoder.final_size,
         encoder_has_cell=enc.cell in ("lstm", "revlstm"),

@@ -13,9 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nmt.config import ATTENTION_CONTEXTS as CONTEXT_KINDS
 from nmt.errors import ConfigError
-
-CONTEXT_KINDS = ("hidden", "emb", "slice", "proj", "emb+slice", "emb+proj")
 
 
 class AttentionContext(nn.Module):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nmt.models.attention import LuongAttention
-from nmt.models.embeddings import PAD_ID, Embeddings
+from nmt.models.embeddings import PAD_ID, Embeddings, tie_output
 from nmt.models.encoders import RNN_CLASSES, EncoderOutput
 from nmt.models.loss import label_smoothed_nll_from_logits
 
@@ -112,10 +112,7 @@ class RNNDecoder(nn.Module):
         vocab_size = embeddings.embedding.num_embeddings
         self.output = nn.Linear(hidden, vocab_size)
         if tie_embeddings:
-            if embeddings.dim != hidden:
-                raise ValueError(f"tied embeddings need hidden ({hidden}) == embedding dim "
-                                 f"({embeddings.dim})")
-            self.output.weight = embeddings.weight
+            tie_output(self.output, embeddings)
 
     def attach(self, encoder_output: EncoderOutput) -> EncoderOutput:
         """Add the attention keys, computed once per sentence, to the encoder output."""
