@@ -44,10 +44,9 @@ def verify_seq2seq(model: nn.Module, batch, *,
             final = encoder.rnn.join([tuple(from_fixed(part) for part in layer)
                                       for layer in records[0][2].final_state])
             hidden, cell = final if encoder.has_cell else (final, None)
-            initial = decoder.bridge(hidden, cell)
             records.append(("decoder", decoder.rnn, record_run(
                 decoder.rnn, batch.tgt_in, batch.tgt_out != 0, buffer=buffer, exact=True,
-                initial_state=initial if decoder.has_cell else initial[0],
+                initial_state=decoder.initial_state_from(hidden, cell),
                 **decoder.run_options(batch.tgt_in))))
         if corrupt is not None:
             corrupt(buffer)

@@ -32,7 +32,7 @@ from nmt.models.attention import LuongAttention
 from nmt.models.embeddings import PAD_ID, Embeddings, rename_embedding_keys, tie_output
 from nmt.models.loss import label_smoothed_nll_from_logits
 from nmt.models.memory import ModelMemory
-from nmt.models.reversible_encoder import ReversibleEncoderOutput, layer_masks, locked_mask
+from nmt.models.reversible_encoder import ReversibleEncoderOutput, ReversiblePart, locked_mask
 from nmt.reversible import InformationBuffer, MemoryMode, ReversibleRNN, count_memory
 from nmt.reversible.readout import PendingTotal
 
@@ -147,7 +147,7 @@ class StepLoss(nn.Module):
         return loss
 
 
-class ReversibleDecoder(nn.Module):
+class ReversibleDecoder(ReversiblePart):
     """Attentional reversible decoder (see the module docstring).
 
     Args:
@@ -159,6 +159,8 @@ class ReversibleDecoder(nn.Module):
             dropout on a_t, or per step with per_step_dropout. tie_embeddings: output layer
             shares the embedding matrix.
     """
+
+    TAG = DECODER_TAG
 
     def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context_size: int,
@@ -178,21 +180,16 @@ class ReversibleDecoder(nn.Module):
         self.dropout, self.output_dropout = dropout, output_dropout
         self.per_step_dropout = per_step_dropout
 
-    @property
-    def embedding(self) -> nn.Embedding:
-        """The token table the recurrence looks up (dropout: the run's locked masks)."""
-        return self.embeddings.embedding
-
-    @property
-    def has_cell(self) -> bool:
-        return self.rnn.state_parts == 4
-
     def attach(self, encoder_output: ReversibleEncoderOutput) -> ReversibleEncoderOutput:
         """Attention keys W_a v_s, computed once per sentence."""
         return encoder_output.with_keys(self.readout.attention.project_keys(encoder_output.context))
 
     def initial_state(self, encoder_output: ReversibleEncoderOutput):
-        hidden, cell = self.bridge(encoder_output.final_hidden, encoder_output.final_cell)
+        """The float initial state (layers, batch, H) (or (h, c)) from the encoder's final one."""
+        return self.initial_state_from(encoder_output.final_hidden, encoder_output.final_cell)
+
+    def initial_state_from(self, final_hidden: Tensor, final_cell: Optional[Tensor]):
+        hidden, cell = self.bridge(final_hidden, final_cell)
         return (hidden, cell) if self.has_cell else hidden
 
     # -- decoding -------------------------------------------------------------------------------
@@ -218,17 +215,6 @@ class ReversibleDecoder(nn.Module):
         return log_probs, ReversibleDecoderState(state=exact, buffer=buffer, attention=weights)
 
     # -- training -------------------------------------------------------------------------------
-
-    def run_options(self, tgt_in: Tensor) -> dict:
-        """The options of the decoder's run over tgt_in besides inputs, mask, initial state and
-        buffer: embedding, tag and the recurrence's dropout masks, drawn as training draws them
-        (shared by training_loss and the drift check, nmt/reversal_drift.py)."""
-        batch = tgt_in.shape[0]
-        return dict(embedding=self.embedding, tag=DECODER_TAG,
-                    input_dropout=locked_mask(batch, self.embedding.embedding_dim, self.dropout,
-                                              like=tgt_in, training=self.training),
-                    layer_dropout=layer_masks(self.layers, batch, self.hidden, self.dropout,
-                                              like=tgt_in, training=self.training))
 
     def training_loss(self, tgt_in: Tensor, tgt_out: Tensor,
                       encoder_output: ReversibleEncoderOutput, *, label_smoothing: float = 0.0,

@@ -50,6 +50,34 @@ def layer_masks(layers: int, batch: int, hidden: int, probability: float, *, lik
                         for _ in range(layers - 1)])
 
 
+class ReversiblePart(nn.Module):
+    """What the reversible encoder and decoder share: a ReversibleRNN `rnn` over `embeddings`
+    (Embeddings), `layers` of `hidden` units with locked `dropout`, runs tagged TAG."""
+
+    TAG = ""
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        """The token table the recurrence looks up (dropout: the run's locked masks)."""
+        return self.embeddings.embedding
+
+    @property
+    def has_cell(self) -> bool:
+        return self.rnn.state_parts == 4
+
+    def run_options(self, tokens: Tensor) -> dict:
+        """The options of this part's run over tokens (batch, len) besides inputs, mask, buffer
+        (and initial state): embedding, tag and the recurrence's dropout masks, drawn as
+        training draws them. Training and the drift check (nmt/reversal_drift.py) both take
+        them from here."""
+        batch = tokens.shape[0]
+        return dict(embedding=self.embedding, tag=self.TAG,
+                    input_dropout=locked_mask(batch, self.embedding.embedding_dim, self.dropout,
+                                              like=tokens, training=self.training),
+                    layer_dropout=layer_masks(self.layers, batch, self.hidden, self.dropout,
+                                              like=tokens, training=self.training))
+
+
 @dataclass
 class ReversibleEncoderOutput(EncoderOutput):
     """EncoderOutput plus what a reversible decoder continues from and what the run counted.
@@ -74,7 +102,7 @@ class ReversibleEncoderOutput(EncoderOutput):
                                        kept_bytes=self.kept_bytes)
 
 
-class ReversibleEncoder(nn.Module):
+class ReversibleEncoder(ReversiblePart):
     """Embeds the source and runs a reversible stack over it (see the module docstring).
 
     Args:
@@ -90,6 +118,8 @@ class ReversibleEncoder(nn.Module):
         charges_head: charge the buffer's heads to this encoder (when no reversible decoder
             continues the buffer; otherwise the decoder pays them).
     """
+
+    TAG = ENCODER_TAG
 
     def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context: str = "emb",
@@ -115,30 +145,10 @@ class ReversibleEncoder(nn.Module):
         self.buffer_width = max(buffer_width or 0, self.rnn.half_size)
         self.charges_head = charges_head
 
-    @property
-    def embedding(self) -> nn.Embedding:
-        """The token table the recurrence looks up (dropout: the run's locked masks)."""
-        return self.embeddings.embedding
-
-    @property
-    def has_cell(self) -> bool:
-        return self.rnn.state_parts == 4
-
     def new_buffer(self, batch: int, device) -> InformationBuffer:
         """The batch's shared buffer; it keeps its words only when a backward pass will follow."""
         return InformationBuffer((batch, self.buffer_width), device=device,
                                  keep_words=torch.is_grad_enabled())
-
-    def run_options(self, src: Tensor) -> dict:
-        """The options of the encoder's run over src (batch, src_len) besides inputs, mask and
-        buffer: embedding, tag and the dropout masks, drawn as training draws them. Forward and
-        the drift check (nmt/reversal_drift.py) both take them from here."""
-        batch = src.shape[0]
-        return dict(embedding=self.embedding, tag=ENCODER_TAG,
-                    input_dropout=locked_mask(batch, self.embedding.embedding_dim, self.dropout,
-                                              like=src, training=self.training),
-                    layer_dropout=layer_masks(self.layers, batch, self.hidden, self.dropout,
-                                              like=src, training=self.training))
 
     def forward(self, src: Tensor, src_lengths: Tensor, *,
                 mode: Optional[MemoryMode] = None) -> ReversibleEncoderOutput:

@@ -1,15 +1,22 @@
-"""What one run of a ReversibleRNN over a sequence needs besides its tensors: the memory mode,
-the first layer's inputs chunk by chunk, the masks and the chunking every mode shares."""
+"""What one run of a ReversibleRNN over a sequence needs besides its tensors (the memory mode,
+the first layer's inputs chunk by chunk, the masks and the chunking every mode shares), and what
+it returns: a SequenceOutput, and per step (forward) or chunk (reverse) of the time loop."""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from nmt.reversible.accounting import MemoryAccount
+from nmt.reversible.buffer import InformationBuffer
+from nmt.reversible.cells import State, Values
+from nmt.reversible.readout import PendingTotal
+
 DEFAULT_CHUNK_STEPS = 16
+InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
 
 
 class MemoryMode(enum.Enum):
@@ -59,7 +66,7 @@ class Plan:
 
     inputs: StepInputs
     mask: Tensor  # (batch, T) bool
-    buffer: "InformationBuffer"  # noqa: F821 (nmt.reversible.buffer)
+    buffer: InformationBuffer
     tag: str = ""
     readout: Optional[Callable] = None
     num_extras: int = 0
@@ -86,6 +93,57 @@ class Plan:
         return [(start, min(start + self.chunk_steps, self.steps))
                 for start in range(0, self.steps, self.chunk_steps)]
 
+
+@dataclass
+class SequenceOutput:
+    """What a run returns.
+
+    final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable.
+    final_state: the exact int64 state per layer (tuples of halves).
+    stored: (batch, T, units) float32 attention storage (zero on padded steps), or None;
+        differentiable like `final`.
+    outputs: (batch, T, H) top-layer states (zero on padded steps), reference mode with
+        `outputs=True` only, else None.
+    readout: the summed readout (scalar), or None. In reversible mode, when anything is to be
+        differentiated, the readout is evaluated during backward: `pending` then says whether
+        backward has filled it in (read it after `backward()`; before, it holds NaN).
+    memory: counted bits of this run (accounting.py; heads charged to this run: recount with
+        count_memory(..., charge_head=False) for all but one run sharing a buffer).
+    kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
+        ({"buffer", "stored", "state"}; the buffer's figure includes other runs sharing it);
+        empty in reference mode.
+    """
+
+    final: InitialState
+    final_state: List[State]
+    stored: Optional[Tensor]
+    readout: Optional[Tensor]
+    buffer: InformationBuffer
+    memory: MemoryAccount
+    kept_bytes: dict = field(default_factory=dict)
+    outputs: Optional[Tensor] = None
+    pending: Optional[PendingTotal] = None
+
+
+class StepResult(NamedTuple):
+    """One forward step of the stack (`run_steps`)."""
+
+    t: int
+    state: List[State]  # exact, after step t
+    values: List[Values]  # float views of it (with gradients in reference mode)
+    stored: Optional[Tensor]  # (batch, units): what the storage keeps of step t
+    readout: Optional[Tensor]  # the readout of the chunk that step t ends, else None
+
+
+class ReversedChunk(NamedTuple):
+    """One chunk of steps undone (`reverse_chunks`), in forward order."""
+
+    start: int
+    stop: int
+    states: List[List[State]]  # exact state before each step start .. stop - 1, then after stop - 1
+    tapes: Optional[list]  # per step, what its gradient needs (with tapes=True)
+    projected: Tensor  # (batch, C, P) first-layer input projections (a graph back to x_leaf)
+    x_leaf: Optional[Tensor]  # the chunk's inputs as a grad leaf (with grad=True)
 
 def _leading_full_steps(mask: Tensor) -> int:
     """How many first steps have every row real. Read on the host only on a CPU; elsewhere 0

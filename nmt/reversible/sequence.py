@@ -21,77 +21,25 @@ backward again, with gradients, while the chunk is reversed (so it must be deter
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from nmt.reversible.accounting import MemoryAccount, count_memory
+from nmt.reversible.accounting import count_memory
 from nmt.reversible.backprop import run_reversible
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.cells import CELLS, State, Values, float32_math
 from nmt.reversible.checks import ReversalError
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
-from nmt.reversible.plan import DEFAULT_CHUNK_STEPS, MemoryMode, Plan, StepInputs
-from nmt.reversible.readout import PendingTotal, read_chunk
+from nmt.reversible.plan import (DEFAULT_CHUNK_STEPS, InitialState, MemoryMode, Plan,
+                                 ReversedChunk, SequenceOutput, StepInputs, StepResult)
+from nmt.reversible.readout import read_chunk
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
 from nmt.reversible.validation import check_run
 
-InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
 __all__ = ["MemoryMode", "ReversibleRNN", "SequenceOutput", "DEFAULT_CHUNK_STEPS"]
 
-
-@dataclass
-class SequenceOutput:
-    """What a run returns.
-
-    final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable.
-    final_state: the exact int64 state per layer (tuples of halves).
-    stored: (batch, T, units) float32 attention storage (zero on padded steps), or None;
-        differentiable like `final`.
-    outputs: (batch, T, H) top-layer states (zero on padded steps), reference mode with
-        `outputs=True` only, else None.
-    readout: the summed readout (scalar), or None. In reversible mode, when anything is to be
-        differentiated, the readout is evaluated during backward: `pending` then says whether
-        backward has filled it in (read it after `backward()`; before, it holds NaN).
-    memory: counted bits of this run (accounting.py; heads charged to this run: recount with
-        count_memory(..., charge_head=False) for all but one run sharing a buffer).
-    kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
-        ({"buffer", "stored", "state"}; the buffer's figure includes other runs sharing it);
-        empty in reference mode.
-    """
-
-    final: InitialState
-    final_state: List[State]
-    stored: Optional[Tensor]
-    readout: Optional[Tensor]
-    buffer: InformationBuffer
-    memory: MemoryAccount
-    kept_bytes: dict = field(default_factory=dict)
-    outputs: Optional[Tensor] = None
-    pending: Optional[PendingTotal] = None
-
-
-class StepResult(NamedTuple):
-    """One forward step of the stack (`run_steps`)."""
-
-    t: int
-    state: List[State]  # exact, after step t
-    values: List[Values]  # float views of it (with gradients in reference mode)
-    stored: Optional[Tensor]  # (batch, units): what the storage keeps of step t
-    readout: Optional[Tensor]  # the readout of the chunk that step t ends, else None
-
-
-class ReversedChunk(NamedTuple):
-    """One chunk of steps undone (`reverse_chunks`), in forward order."""
-
-    start: int
-    stop: int
-    states: List[List[State]]  # exact state before each step start .. stop - 1, then after stop - 1
-    tapes: Optional[list]  # per step, what its gradient needs (with tapes=True)
-    projected: Tensor  # (batch, C, P) first-layer input projections (a graph back to x_leaf)
-    x_leaf: Optional[Tensor]  # the chunk's inputs as a grad leaf (with grad=True)
 
 class ReversibleRNN(nn.Module):
     """A stack of RevGRU or RevLSTM cells run over sequences.
