@@ -242,6 +242,24 @@ def _validate_data(data: DataConfig) -> None:
                           f"got {tokenizer.character_coverage}")
 
 
+def check_model_rules(model) -> None:
+    """The rules across model sections, in one home: checked when a config is read and again by
+    build_model (for model configs made in code, e.g. with dataclasses.replace)."""
+    encoder, decoder, attention = model.encoder, model.decoder, model.attention
+    if decoder.input_feeding and decoder.cell in REVERSIBLE_CELLS:
+        raise ConfigError(f"model.decoder.input_feeding: not possible with a reversible decoder "
+                          f"({decoder.cell}): the input would depend on the state it must restore")
+    if model.tie_embeddings and decoder.hidden != model.embedding_dim:
+        raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({decoder.hidden}) "
+                          f"== model.embedding_dim ({model.embedding_dim})")
+    if (attention.context == "hidden" and encoder.cell in REVERSIBLE_CELLS
+            and getattr(encoder, "memory_saving", True)):
+        raise ConfigError(f"model.attention.context: 'hidden' stores every encoder state, which a "
+                          f"reversible encoder ({encoder.cell}) does not keep; use one of "
+                          f"{', '.join(c for c in ATTENTION_CONTEXTS if c != 'hidden')}, or set "
+                          f"model.encoder.memory_saving: false (the paper's 300H row)")
+
+
 def _validate_model(model: ModelConfig) -> None:
     _at_least(model.embedding_dim, 1, "model.embedding_dim")
     _probability(model.dropout, "model.dropout")
@@ -255,18 +273,8 @@ def _validate_model(model: ModelConfig) -> None:
         if section.cell in REVERSIBLE_CELLS and section.hidden % 2:
             raise ConfigError(f"model.{side}.hidden: a reversible cell splits the state in two "
                               f"halves, so hidden must be even (got {section.hidden})")
-    encoder, decoder, attention = model.encoder, model.decoder, model.attention
-    if decoder.input_feeding and decoder.cell in REVERSIBLE_CELLS:
-        raise ConfigError(f"model.decoder.input_feeding: not possible with a reversible decoder "
-                          f"({decoder.cell}): the input would depend on the state it must restore")
-    if model.tie_embeddings and decoder.hidden != model.embedding_dim:
-        raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({decoder.hidden}) "
-                          f"== model.embedding_dim ({model.embedding_dim})")
-    if attention.context == "hidden" and encoder.cell in REVERSIBLE_CELLS and encoder.memory_saving:
-        raise ConfigError(f"model.attention.context: 'hidden' stores every encoder state, which a "
-                          f"reversible encoder ({encoder.cell}) does not keep; use one of "
-                          f"{', '.join(c for c in ATTENTION_CONTEXTS if c != 'hidden')}, or set "
-                          f"model.encoder.memory_saving: false (the paper's 300H row)")
+    check_model_rules(model)
+    encoder, attention = model.encoder, model.attention
     needs_size = attention.context.endswith(("slice", "proj"))
     if needs_size:
         if attention.size is None:

@@ -7,7 +7,7 @@ and backward per batch, in training mode, for the configured reversible model an
 same-size plain model (revgru -> gru, revlstm -> lstm, same attention context), in one run.
 
 Reported: bits summed over the batches (ratios of the sums), bytes as means per batch.
-- counted (design notes, section 8): per side normal / used / optimal bits and the ratios
+- counted (docs/design.md, "Memory accounting"): per side normal / used / optimal bits and the ratios
   normal/used and normal/optimal. The shared buffer's int32 heads are charged once, to the
   decoder; the exact final states are kept by plain backprop too and are left out of both sides.
 - measured, recurrent parts: bytes of the distinct storages autograd saves during the plain
@@ -126,7 +126,7 @@ def _encoder_states_saved_bytes(model, batch, label_smoothing: float, exclude) -
     encoder with `memory_saving: false` runs its steps: that encoder keeps its states that way."""
     encoder = model.encoder
     counted = []
-    run_steps = encoder._run_storing_states
+    run_steps = encoder.rnn.forward  # the encoder's run, which keeps its states through autograd
 
     def counting(*args, **kwargs):
         with SavedBytes(exclude) as saved:
@@ -134,12 +134,12 @@ def _encoder_states_saved_bytes(model, batch, label_smoothing: float, exclude) -
         counted.append(saved.bytes)
         return result
 
-    encoder._run_storing_states = counting
+    encoder.rnn.forward = counting
     try:
         model.zero_grad(set_to_none=True)
         output = model.training_loss(batch, label_smoothing=label_smoothing)
     finally:
-        del encoder._run_storing_states
+        del encoder.rnn.forward
     output.loss.backward()
     return sum(counted)
 

@@ -16,6 +16,7 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
+from nmt.config import check_model_rules
 from nmt.errors import ConfigError
 from nmt.models.context import AttentionContext
 from nmt.models.decoders import Bridge, RNNDecoder
@@ -93,6 +94,7 @@ def init_parameters(model: nn.Module, init_uniform) -> None:
 
 def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
     """model_cfg: the `model` section (nmt.config.ModelConfig or anything with its attributes)."""
+    check_model_rules(model_cfg)
     encoder = _builder(ENCODER_BUILDERS, model_cfg.encoder.cell, "model.encoder.cell")(
         model_cfg, src_vocab_size=src_vocab_size)
     decoder = _builder(DECODER_BUILDERS, model_cfg.decoder.cell, "model.decoder.cell")(

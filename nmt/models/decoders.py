@@ -5,7 +5,7 @@ Per step t (Luong et al. 2015, "general" score):
     c_t = attention(h_t^top, encoder context)
     a_t = dropout(tanh(W_c [c_t; h_t^top]))    the attentional vector
     log p(y_t | ...) = log_softmax(W_o a_t)
-Without input feeding this is exactly the reversible decoder's structure (design notes, section 7),
+Without input feeding this is exactly the reversible decoder's structure (docs/design.md),
 and the whole target sequence can be run through the RNN at once during training.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reversible (RevGRU/RevLSTM) decoder: Luong attention without input feeding, loss per step.
 
-Per step t (MacKay et al. 2018, section 5.2; docs/design.md): h_t = RevCell(emb(y_{t-1}), h_{t-1});
+Per step t (MacKay et al. 2018; docs/design.md): h_t = RevCell(emb(y_{t-1}), h_{t-1});
 c_t = attention(h_t, encoder context); a_t = tanh(W_c [c_t; h_t]); log p = log_softmax(W_o a_t).
 
 Training runs the recurrence through `ReversibleRNN` with a readout (`StepLoss`) over chunks of

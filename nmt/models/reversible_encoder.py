@@ -1,7 +1,7 @@
 """Reversible (RevGRU/RevLSTM) source encoder: keeps only what attention reads.
 
 The encoder's states are not stored: the attention context is built from what a reversible run
-can afford (MacKay et al. 2018, section 5; docs/design.md):
+can afford (MacKay et al. 2018; docs/design.md):
 - emb: the source embeddings, looked up again from the token ids (free);
 - slice k / proj k: the first k units of the top layer's h1, or a learned k-dim projection of the
   top state, stored per step by the ReversibleRNN (32 or 16 bits);

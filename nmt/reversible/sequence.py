@@ -303,11 +303,10 @@ class ReversibleRNN(nn.Module):
         initial = self.initial_halves(initial_state, batch, inputs.device)
         if reversing:
             run = run_reversible(self, plan, initial, readout_extras)
-            result = SequenceOutput(final=self.join(run.final_values), final_state=run.final_state,
-                                    stored=run.stored, readout=run.total, buffer=buffer,
-                                    memory=count_memory(self, mask, buffer, tag=tag),
-                                    kept_bytes=run.kept_bytes, pending=run.pending)
-            return result
+            return SequenceOutput(final=self.join(run.final_values), final_state=run.final_state,
+                                  stored=run.stored, readout=run.total, buffer=buffer,
+                                  memory=count_memory(self, mask, buffer, tag=tag),
+                                  kept_bytes=run.kept_bytes, pending=run.pending)
         final_state, final_values, stored, total, tops = self._run_reference(
             plan, initial, readout_extras, outputs=outputs)
         return SequenceOutput(final=self.join(final_values), final_state=final_state,

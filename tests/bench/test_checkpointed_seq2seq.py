@@ -60,7 +60,7 @@ def test_same_loss_and_gradients_as_the_plain_model(cell, input_feeding, segment
     got, got_grads = loss_and_grads(checkpointed, batch)
     assert got.num_tokens == expected.num_tokens == 23
     torch.testing.assert_close(got.loss, expected.loss, rtol=1e-6, atol=1e-6)
-    assert got.nll == pytest.approx(expected.nll, rel=1e-6)
+    assert float(got.nll) == pytest.approx(float(expected.nll), rel=1e-6)
     for name, (a, b) in zip([n for n, _ in plain.named_parameters()],
                             zip(got_grads, expected_grads)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
