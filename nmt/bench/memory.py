@@ -31,7 +31,7 @@ from nmt.commands.helptext import describe
 from nmt.commands.options import add_set_argument
 from nmt.errors import UserError
 
-PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm"}
+TO_PLAIN = {"revgru": "gru", "revlstm": "lstm"}
 HEAD_RULE = ("the shared buffer's int32 heads are charged once, to the decoder; the exact final "
              "states are kept by plain backprop too and are left out of both sides")
 
@@ -50,7 +50,7 @@ def run(args) -> int:
     positive(args.batches, "--batches")
     device = bench_device(args.device)
     config, tokenizer, state_dict = _load(args)
-    if config.model.encoder.cell not in PLAIN_CELLS or config.model.decoder.cell not in PLAIN_CELLS:
+    if config.model.encoder.cell not in TO_PLAIN or config.model.decoder.cell not in TO_PLAIN:
         raise UserError(f"{args.config}: model.encoder.cell and model.decoder.cell must be revgru "
                         f"or revlstm for a memory comparison (got {config.model.encoder.cell}, "
                         f"{config.model.decoder.cell})")
@@ -80,8 +80,8 @@ def run(args) -> int:
 def plain_model_config(model_cfg):
     """The same-size plain model: reversible cells replaced by GRU/LSTM, everything else kept."""
     plain = copy.deepcopy(model_cfg)
-    plain.encoder.cell = PLAIN_CELLS[plain.encoder.cell]
-    plain.decoder.cell = PLAIN_CELLS[plain.decoder.cell]
+    plain.encoder.cell = TO_PLAIN[plain.encoder.cell]
+    plain.decoder.cell = TO_PLAIN[plain.decoder.cell]
     return plain
 
 

@@ -16,6 +16,7 @@ import time
 import torch
 
 from nmt.errors import UserError
+from nmt.reversible.fixed_point import MAX_FORGET_CHOICES
 
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6  # float rounding of the same sums in another order
 
@@ -27,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--input-size", type=int, default=None, help="default: --hidden")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--max-forget-bits", default="3", choices=["1", "2", "3", "5", "none"])
+    parser.add_argument("--max-forget-bits", default="3",
+                        choices=["none" if k is None else str(k) for k in MAX_FORGET_CHOICES])
     storage = parser.add_mutually_exclusive_group()
     storage.add_argument("--slice", type=int, metavar="K", help="store the first K units of h1")
     storage.add_argument("--proj", type=int, metavar="K", help="store a learned K-dim projection")

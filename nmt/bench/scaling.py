@@ -29,8 +29,8 @@ from nmt.commands.helptext import describe
 from nmt.commands.options import add_set_argument
 from nmt.errors import ConfigError, UserError
 
-PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm", "gru": "gru", "lstm": "lstm"}
-REVERSIBLE_CELLS = {"gru": "revgru", "lstm": "revlstm", "revgru": "revgru", "revlstm": "revlstm"}
+TO_PLAIN = {"revgru": "gru", "revlstm": "lstm", "gru": "gru", "lstm": "lstm"}
+TO_REVERSIBLE = {"gru": "revgru", "lstm": "revlstm", "revgru": "revgru", "revlstm": "revlstm"}
 WAYS = ("plain", "checkpointed", "reversible")
 
 
@@ -111,7 +111,7 @@ def build_ways(model_cfg, vocab: int, *, device: torch.device,
     from nmt.models.build import build_model
     from nmt.models.checkpointed import CheckpointedSeq2Seq
 
-    plain = build_model(_with_cells(model_cfg, PLAIN_CELLS), vocab, vocab).to(device).train()
+    plain = build_model(_with_cells(model_cfg, TO_PLAIN), vocab, vocab).to(device).train()
     try:
         checkpointed = CheckpointedSeq2Seq.sharing(plain, segment_steps=segment_steps)
     except ValueError as error:
@@ -120,7 +120,7 @@ def build_ways(model_cfg, vocab: int, *, device: torch.device,
             "checkpointed": _seq2seq_way("seq2seq", checkpointed)}
     reversible = None
     try:
-        reversible = build_model(_with_cells(model_cfg, REVERSIBLE_CELLS), vocab, vocab)
+        reversible = build_model(_with_cells(model_cfg, TO_REVERSIBLE), vocab, vocab)
     except (ConfigError, ValueError):
         pass  # no reversible Seq2Seq in this build (or for this config): use the stand-in
     if reversible is not None:
@@ -173,7 +173,7 @@ def _reversible_rnn_way(model_cfg, vocab: int, device: torch.device) -> Way:
     from nmt.reversible import MemoryMode, ReversibleRNN
 
     decoder = model_cfg.decoder
-    rnn = ReversibleRNN(REVERSIBLE_CELLS[decoder.cell], model_cfg.embedding_dim, decoder.hidden,
+    rnn = ReversibleRNN(TO_REVERSIBLE[decoder.cell], model_cfg.embedding_dim, decoder.hidden,
                         num_layers=decoder.layers,
                         max_forget_bits=getattr(decoder, "max_forget_bits", 3)).to(device)
     embedding = nn.Embedding(vocab, model_cfg.embedding_dim).to(device)
