@@ -34,12 +34,14 @@ class ReversalError(RuntimeError):
 def check_restored(state, initial_state, buffer, mark, *, tag: str = "") -> None:
     """Raise ReversalError unless the reversal of a run ended exactly where it started."""
     run = tag or "a reversible run"
-    for layer, (restored, initial) in enumerate(zip(state, initial_state)):
-        if not all(torch.equal(a, b) for a, b in zip(restored, initial)):
-            raise ReversalError(
-                f"reversing {run} was not exact: layer {layer}'s state restored before step 0 "
-                f"differs from the initial state (largest difference "
-                f"{_largest_difference(restored, initial):.3g})")
+    differs = torch.stack([torch.stack([(a != b).any() for a, b in zip(restored, initial)]).any()
+                           for restored, initial in zip(state, initial_state)])  # (layers,)
+    if bool(differs.any()):  # one wait for the device for all layers
+        layer = int(differs.nonzero()[0])
+        raise ReversalError(
+            f"reversing {run} was not exact: layer {layer}'s state restored before step 0 "
+            f"differs from the initial state (largest difference "
+            f"{_largest_difference(state[layer], initial_state[layer]):.3g})")
     problem = buffer.departure_from(mark)
     if problem is not None:
         raise ReversalError(f"reversing {run} was not exact: after undoing step 0 the "
