@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from nmt.errors import ConfigError
+from nmt.reversible.fixed_point import MAX_FORGET_CHOICES
 from nmt.typed_yaml import expand_env  # noqa: F401 - part of this module's API
 from nmt.typed_yaml import choices, parse_dataclass, read_yaml_mapping, type_name
 
@@ -55,7 +56,7 @@ class EncoderConfig:
     hidden: int = 300
     bidirectional: bool = False
     dropout: float = 0.3
-    max_forget_bits: Optional[int] = field(default=3, metadata=choices(1, 2, 3, 5, None))
+    max_forget_bits: Optional[int] = field(default=3, metadata=choices(*MAX_FORGET_CHOICES))
     # false: a reversible encoder stores every state (plain autograd), as the paper's 300H row does
     memory_saving: bool = True
 
@@ -67,7 +68,7 @@ class DecoderConfig:
     hidden: int = 300
     input_feeding: bool = False
     dropout: float = 0.3
-    max_forget_bits: Optional[int] = field(default=3, metadata=choices(1, 2, 3, 5, None))
+    max_forget_bits: Optional[int] = field(default=3, metadata=choices(*MAX_FORGET_CHOICES))
 
 
 @dataclass
@@ -239,6 +240,24 @@ def _validate_data(data: DataConfig) -> None:
                           f"got {tokenizer.character_coverage}")
 
 
+def check_model_rules(model) -> None:
+    """The rules across model sections, in one home: checked when a config is read and again by
+    build_model (for model configs made in code, e.g. with dataclasses.replace)."""
+    encoder, decoder, attention = model.encoder, model.decoder, model.attention
+    if decoder.input_feeding and decoder.cell in REVERSIBLE_CELLS:
+        raise ConfigError(f"model.decoder.input_feeding: not possible with a reversible decoder "
+                          f"({decoder.cell}): the input would depend on the state it must restore")
+    if model.tie_embeddings and decoder.hidden != model.embedding_dim:
+        raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({decoder.hidden}) "
+                          f"== model.embedding_dim ({model.embedding_dim})")
+    if (attention.context == "hidden" and encoder.cell in REVERSIBLE_CELLS
+            and getattr(encoder, "memory_saving", True)):
+        raise ConfigError(f"model.attention.context: 'hidden' stores every encoder state, which a "
+                          f"reversible encoder ({encoder.cell}) does not keep; use one of "
+                          f"{', '.join(c for c in ATTENTION_CONTEXTS if c != 'hidden')}, or set "
+                          f"model.encoder.memory_saving: false (the paper's 300H row)")
+
+
 def _validate_model(model: ModelConfig) -> None:
     _at_least(model.embedding_dim, 1, "model.embedding_dim")
     _probability(model.dropout, "model.dropout")
@@ -252,18 +271,8 @@ def _validate_model(model: ModelConfig) -> None:
         if section.cell in REVERSIBLE_CELLS and section.hidden % 2:
             raise ConfigError(f"model.{side}.hidden: a reversible cell splits the state in two "
                               f"halves, so hidden must be even (got {section.hidden})")
-    encoder, decoder, attention = model.encoder, model.decoder, model.attention
-    if decoder.input_feeding and decoder.cell in REVERSIBLE_CELLS:
-        raise ConfigError(f"model.decoder.input_feeding: not possible with a reversible decoder "
-                          f"({decoder.cell}): the input would depend on the state it must restore")
-    if model.tie_embeddings and decoder.hidden != model.embedding_dim:
-        raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({decoder.hidden}) "
-                          f"== model.embedding_dim ({model.embedding_dim})")
-    if attention.context == "hidden" and encoder.cell in REVERSIBLE_CELLS and encoder.memory_saving:
-        raise ConfigError(f"model.attention.context: 'hidden' stores every encoder state, which a "
-                          f"reversible encoder ({encoder.cell}) does not keep; use one of "
-                          f"{', '.join(c for c in ATTENTION_CONTEXTS if c != 'hidden')}, or set "
-                          f"model.encoder.memory_saving: false (the paper's 300H row)")
+    check_model_rules(model)
+    encoder, attention = model.encoder, model.attention
     needs_size = attention.context.endswith(("slice", "proj"))
     if needs_size:
         if attention.size is None:

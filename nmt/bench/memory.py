@@ -7,7 +7,7 @@ and backward per batch, in training mode, for the configured reversible model an
 same-size plain model (revgru -> gru, revlstm -> lstm, same attention context), in one run.
 
 Reported: bits summed over the batches (ratios of the sums), bytes as means per batch.
-- counted (design notes, section 8): per side normal / used / optimal bits and the ratios
+- counted (docs/design.md, "Memory accounting"): per side normal / used / optimal bits and the ratios
   normal/used and normal/optimal. The shared buffer's int32 heads are charged once, to the
   decoder; the exact final states are kept by plain backprop too and are left out of both sides.
 - measured, recurrent parts: bytes of the distinct storages autograd saves during the plain
@@ -30,7 +30,7 @@ from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import SavedBytes, bench_device, format_bytes, positive
 from nmt.errors import UserError
 
-PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm"}
+TO_PLAIN = {"revgru": "gru", "revlstm": "lstm"}
 HEAD_RULE = ("the shared buffer's int32 heads are charged once, to the decoder; the exact final "
              "states are kept by plain backprop too and are left out of both sides")
 
@@ -49,7 +49,7 @@ def run(args) -> int:
     positive(args.batches, "--batches")
     device = bench_device(args.device)
     config, tokenizer, state_dict = _load(args)
-    if config.model.encoder.cell not in PLAIN_CELLS or config.model.decoder.cell not in PLAIN_CELLS:
+    if config.model.encoder.cell not in TO_PLAIN or config.model.decoder.cell not in TO_PLAIN:
         raise UserError(f"{args.config}: model.encoder.cell and model.decoder.cell must be revgru "
                         f"or revlstm for a memory comparison (got {config.model.encoder.cell}, "
                         f"{config.model.decoder.cell})")
@@ -79,8 +79,8 @@ def run(args) -> int:
 def plain_model_config(model_cfg):
     """The same-size plain model: reversible cells replaced by GRU/LSTM, everything else kept."""
     plain = copy.deepcopy(model_cfg)
-    plain.encoder.cell = PLAIN_CELLS[plain.encoder.cell]
-    plain.decoder.cell = PLAIN_CELLS[plain.decoder.cell]
+    plain.encoder.cell = TO_PLAIN[plain.encoder.cell]
+    plain.decoder.cell = TO_PLAIN[plain.decoder.cell]
     return plain
 
 
@@ -95,7 +95,7 @@ def measure_reversible(model, batches, label_smoothing: float) -> dict:
         with SavedBytes(exclude) as saved:
             output = model.training_loss(batch, label_smoothing=label_smoothing)
         output.loss.backward()
-        details = model.decoder.memory_details()
+        details = output.memory.details()
         for side in sides:
             for key in sides[side]:
                 sides[side][key] += details[side][key]
@@ -125,7 +125,7 @@ def _encoder_states_saved_bytes(model, batch, label_smoothing: float, exclude) -
     encoder with `memory_saving: false` runs its steps: that encoder keeps its states that way."""
     encoder = model.encoder
     counted = []
-    run_steps = encoder._run_storing_states
+    run_steps = encoder.rnn.forward  # the encoder's run, which keeps its states through autograd
 
     def counting(*args, **kwargs):
         with SavedBytes(exclude) as saved:
@@ -133,12 +133,12 @@ def _encoder_states_saved_bytes(model, batch, label_smoothing: float, exclude) -
         counted.append(saved.bytes)
         return result
 
-    encoder._run_storing_states = counting
+    encoder.rnn.forward = counting
     try:
         model.zero_grad(set_to_none=True)
         output = model.training_loss(batch, label_smoothing=label_smoothing)
     finally:
-        del encoder._run_storing_states
+        del encoder.rnn.forward
     output.loss.backward()
     return sum(counted)
 

@@ -28,8 +28,8 @@ from nmt.bench.common import (SavedBytes, bench_device, cuda_peak, format_bytes,
                               positive, time_alternating)
 from nmt.errors import ConfigError, UserError
 
-PLAIN_CELLS = {"revgru": "gru", "revlstm": "lstm", "gru": "gru", "lstm": "lstm"}
-REVERSIBLE_CELLS = {"gru": "revgru", "lstm": "revlstm", "revgru": "revgru", "revlstm": "revlstm"}
+TO_PLAIN = {"revgru": "gru", "revlstm": "lstm", "gru": "gru", "lstm": "lstm"}
+TO_REVERSIBLE = {"gru": "revgru", "lstm": "revlstm", "revgru": "revgru", "revlstm": "revlstm"}
 WAYS = ("plain", "checkpointed", "reversible")
 
 
@@ -110,7 +110,7 @@ def build_ways(model_cfg, vocab: int, *, device: torch.device,
     from nmt.models.build import build_model
     from nmt.models.checkpointed import CheckpointedSeq2Seq
 
-    plain = build_model(_with_cells(model_cfg, PLAIN_CELLS), vocab, vocab).to(device).train()
+    plain = build_model(_with_cells(model_cfg, TO_PLAIN), vocab, vocab).to(device).train()
     try:
         checkpointed = CheckpointedSeq2Seq.sharing(plain, segment_steps=segment_steps)
     except ValueError as error:
@@ -119,7 +119,7 @@ def build_ways(model_cfg, vocab: int, *, device: torch.device,
             "checkpointed": _seq2seq_way("seq2seq", checkpointed)}
     reversible = None
     try:
-        reversible = build_model(_with_cells(model_cfg, REVERSIBLE_CELLS), vocab, vocab)
+        reversible = build_model(_with_cells(model_cfg, TO_REVERSIBLE), vocab, vocab)
     except (ConfigError, ValueError):
         pass  # no reversible Seq2Seq in this build (or for this config): use the stand-in
     if reversible is not None:
@@ -138,17 +138,16 @@ def _with_cells(model_cfg, mapping: Dict[str, str]):
 def _seq2seq_way(kind: str, model) -> Way:
     def step(batch):
         output = model.training_loss(batch)
-        return output.loss / batch.num_tgt_tokens, reversible_kept_bytes(model)
+        return output.loss / batch.num_tgt_tokens, reversible_kept_bytes(output.memory)
 
     return Way(kind=kind, step=step, parameters=list(model.parameters()))
 
 
-def reversible_kept_bytes(model) -> int:
-    """Bytes a reversible Seq2Seq's Functions hold besides autograd's saved tensors: the shared
-    buffer at its peak and the exact final states (stored attention values are saved tensors,
-    so already counted). 0 for a plain model."""
-    details = getattr(model.decoder, "memory_details", None)
-    kept = (details() if details is not None else {}).get("kept_bytes")
+def reversible_kept_bytes(memory) -> int:
+    """Bytes a reversible Seq2Seq's Functions hold besides autograd's saved tensors, from the
+    memory its training_loss returned: the shared buffer at its peak and the exact final states
+    (stored attention values are saved tensors, so already counted). 0 for a plain model."""
+    kept = getattr(memory, "kept_bytes", None)
     if not kept:
         return 0
     encoder, decoder = kept.get("encoder") or {}, kept.get("decoder") or {}
@@ -173,7 +172,7 @@ def _reversible_rnn_way(model_cfg, vocab: int, device: torch.device) -> Way:
     from nmt.reversible import MemoryMode, ReversibleRNN
 
     decoder = model_cfg.decoder
-    rnn = ReversibleRNN(REVERSIBLE_CELLS[decoder.cell], model_cfg.embedding_dim, decoder.hidden,
+    rnn = ReversibleRNN(TO_REVERSIBLE[decoder.cell], model_cfg.embedding_dim, decoder.hidden,
                         num_layers=decoder.layers,
                         max_forget_bits=getattr(decoder, "max_forget_bits", 3)).to(device)
     embedding = nn.Embedding(vocab, model_cfg.embedding_dim).to(device)

@@ -16,6 +16,7 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
+from nmt.config import check_model_rules
 from nmt.errors import ConfigError
 from nmt.models.context import AttentionContext
 from nmt.models.decoders import Bridge, RNNDecoder
@@ -59,9 +60,6 @@ def build_rnn_encoder(model_cfg, *, src_vocab_size: int) -> RNNEncoder:
 @register_decoder("lstm")
 def build_rnn_decoder(model_cfg, *, tgt_vocab_size: int, encoder) -> RNNDecoder:
     dec, enc = model_cfg.decoder, model_cfg.encoder
-    if model_cfg.tie_embeddings and dec.hidden != model_cfg.embedding_dim:
-        raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({dec.hidden}) "
-                          f"== model.embedding_dim ({model_cfg.embedding_dim})")
     bridge = Bridge(
         encoder_layers=enc.layers, encoder_size=encoder.final_size,
         encoder_has_cell=enc.cell in ("lstm", "revlstm"),
@@ -96,6 +94,7 @@ def init_parameters(model: nn.Module, init_uniform) -> None:
 
 def build_model(model_cfg, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
     """model_cfg: the `model` section (nmt.config.ModelConfig or anything with its attributes)."""
+    check_model_rules(model_cfg)
     encoder = _builder(ENCODER_BUILDERS, model_cfg.encoder.cell, "model.encoder.cell")(
         model_cfg, src_vocab_size=src_vocab_size)
     decoder = _builder(DECODER_BUILDERS, model_cfg.decoder.cell, "model.decoder.cell")(

@@ -1,7 +1,7 @@
 """What the decoder attends to: the encoder's top states, the source embeddings, or parts of them.
 
-`model.attention.context` names the choice (the reversible paper's storage options, design notes
-section 6): hidden (all top-layer states), emb (source embeddings), slice (first `size` units of
+`model.attention.context` names the choice (the reversible paper's storage options,
+docs/design.md): hidden (all top-layer states), emb (source embeddings), slice (first `size` units of
 the top layer), proj (a learned `size`-dim projection of the top layer), and emb+slice / emb+proj
 (concatenated). Precision 16 rounds the values through float16, as a reversible encoder storing
 them at half precision would, so the baseline sees exactly what such storage keeps.
@@ -13,9 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from nmt.config import ATTENTION_CONTEXTS as CONTEXT_KINDS
 from nmt.errors import ConfigError
-
-CONTEXT_KINDS = ("hidden", "emb", "slice", "proj", "emb+slice", "emb+proj")
 
 
 class AttentionContext(nn.Module):

@@ -5,7 +5,7 @@ Per step t (Luong et al. 2015, "general" score):
     c_t = attention(h_t^top, encoder context)
     a_t = dropout(tanh(W_c [c_t; h_t^top]))    the attentional vector
     log p(y_t | ...) = log_softmax(W_o a_t)
-Without input feeding this is exactly the reversible decoder's structure (design notes, section 7),
+Without input feeding this is exactly the reversible decoder's structure (docs/design.md),
 and the whole target sequence can be run through the RNN at once during training.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nmt.models.attention import LuongAttention
-from nmt.models.embeddings import PAD_ID, Embeddings
+from nmt.models.embeddings import PAD_ID, Embeddings, tie_output
 from nmt.models.encoders import RNN_CLASSES, EncoderOutput
 from nmt.models.loss import label_smoothed_nll_from_logits
 
@@ -112,10 +112,7 @@ class RNNDecoder(nn.Module):
         vocab_size = embeddings.embedding.num_embeddings
         self.output = nn.Linear(hidden, vocab_size)
         if tie_embeddings:
-            if embeddings.dim != hidden:
-                raise ValueError(f"tied embeddings need hidden ({hidden}) == embedding dim "
-                                 f"({embeddings.dim})")
-            self.output.weight = embeddings.weight
+            tie_output(self.output, embeddings)
 
     def attach(self, encoder_output: EncoderOutput) -> EncoderOutput:
         """Add the attention keys, computed once per sentence, to the encoder output."""

@@ -1,13 +1,12 @@
 """Registers the reversible encoder and decoder (cells revgru, revlstm) with build_model."""
 from __future__ import annotations
 
+from nmt.config import REVERSIBLE_CELLS
 from nmt.errors import ConfigError
 from nmt.models.build import register_decoder, register_encoder
 from nmt.models.decoders import Bridge
 from nmt.models.reversible_decoder import ReversibleDecoder
 from nmt.models.reversible_encoder import ReversibleEncoder
-
-REVERSIBLE_CELLS = ("revgru", "revlstm")
 
 
 @register_encoder("revgru")
@@ -36,11 +35,7 @@ def build_reversible_decoder(model_cfg, *, tgt_vocab_size: int, encoder) -> Reve
         raise ConfigError(f"model.decoder.cell: a reversible decoder ({dec.cell}) continues the "
                           f"reversible encoder's buffer; model.encoder.cell must be one of "
                           f"{', '.join(REVERSIBLE_CELLS)}, not {enc.cell!r}")
-    if dec.input_feeding:
-        raise ConfigError("model.decoder.input_feeding: not possible with a reversible decoder")
-    if model_cfg.tie_embeddings and dec.hidden != model_cfg.embedding_dim:
-        raise ConfigError(f"model.tie_embeddings: needs model.decoder.hidden ({dec.hidden}) "
-                          f"== model.embedding_dim ({model_cfg.embedding_dim})")
+    # input feeding, tied sizes: config.py's rules (validated when the config is read)
     bridge = Bridge(
         encoder_layers=enc.layers, encoder_size=encoder.final_size,
         encoder_has_cell=encoder.has_cell, decoder_layers=dec.layers, decoder_size=dec.hidden,

@@ -1,6 +1,6 @@
 """Reversible (RevGRU/RevLSTM) decoder: Luong attention without input feeding, loss per step.
 
-Per step t (design notes, section 7): h_t = RevCell(emb(y_{t-1}), h_{t-1});
+Per step t (MacKay et al. 2018; docs/design.md): h_t = RevCell(emb(y_{t-1}), h_{t-1});
 c_t = attention(h_t, encoder context); a_t = tanh(W_c [c_t; h_t]); log p = log_softmax(W_o a_t).
 
 Training runs the recurrence through `ReversibleRNN` with a readout (`StepLoss`) over chunks of
@@ -12,7 +12,7 @@ keys and values flow on, through ordinary autograd, into the encoder's stored va
 reversible backward.
 
 The decoder continues the encoder's information buffer (one per batch). Memory accounting
-(`memory_report`): each side's normal bits are 32 x H x real steps x layers (x2 for RevLSTM);
+(returned with the loss, nmt/models/memory.py): each side's normal bits are 32 x H x real steps x layers (x2 for RevLSTM);
 used bits are the 16-bit words pushed by that side plus its stored attention values; the
 buffer's int32 heads are charged once, to the decoder. The exact final states (int64) are kept by
 plain backprop too and are left out of both sides (reported as *_final_state_bits).
@@ -23,19 +23,31 @@ Inference runs the same fixed-point steps without gradient on a head-only buffer
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from nmt.models.attention import LuongAttention
-from nmt.models.embeddings import PAD_ID
+from nmt.models.embeddings import PAD_ID, Embeddings, rename_embedding_keys, tie_output
 from nmt.models.loss import label_smoothed_nll_from_logits
-from nmt.models.reversible_encoder import ReversibleEncoderOutput, locked_mask
+from nmt.models.memory import ModelMemory
+from nmt.models.reversible_encoder import ReversibleEncoderOutput, ReversiblePart, locked_mask
 from nmt.reversible import InformationBuffer, MemoryMode, ReversibleRNN, count_memory
+from nmt.reversible.readout import PendingTotal
 
 DECODER_TAG = "decoder"
-_MIB = float(1 << 20)
+
+
+class DecoderLoss(NamedTuple):
+    """loss, nll: summed over the target tokens (placeholders until backward when `pending` is
+    set: the reversible run computes them while backward reverses it); memory: both sides'
+    counts (training batches; empty otherwise)."""
+
+    loss: Tensor
+    nll: Tensor
+    memory: ModelMemory
+    pending: Optional[PendingTotal] = None
 
 
 @dataclass
@@ -135,7 +147,7 @@ class StepLoss(nn.Module):
         return loss
 
 
-class ReversibleDecoder(nn.Module):
+class ReversibleDecoder(ReversiblePart):
     """Attentional reversible decoder (see the module docstring).
 
     Args:
@@ -148,43 +160,42 @@ class ReversibleDecoder(nn.Module):
             shares the embedding matrix.
     """
 
+    TAG = DECODER_TAG
+
     def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context_size: int,
                  bridge: nn.Module, dropout: float = 0.0, output_dropout: float = 0.0,
                  per_step_dropout: bool = True, tie_embeddings: bool = False):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        # a tied PAD row is also the output layer's: it keeps its init (see Embeddings)
+        self.embeddings = Embeddings(vocab_size, embedding_dim, zero_padding=not tie_embeddings)
+        rename_embedding_keys(self)
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
                                  max_forget_bits=max_forget_bits)
         self.readout = Readout(hidden, context_size, vocab_size)
         if tie_embeddings:
-            if embedding_dim != hidden:
-                raise ValueError(f"tied embeddings need hidden ({hidden}) == embedding dim "
-                                 f"({embedding_dim})")
-            self.readout.output.weight = self.embedding.weight
+            tie_output(self.readout.output, self.embeddings)
         self.bridge = bridge
         self.hidden, self.layers = hidden, layers
         self.dropout, self.output_dropout = dropout, output_dropout
         self.per_step_dropout = per_step_dropout
-        self.mode = MemoryMode.REVERSIBLE
-        self._memory: dict = {}
-
-    @property
-    def has_cell(self) -> bool:
-        return self.rnn.state_parts == 4
 
     def attach(self, encoder_output: ReversibleEncoderOutput) -> ReversibleEncoderOutput:
         """Attention keys W_a v_s, computed once per sentence."""
         return encoder_output.with_keys(self.readout.attention.project_keys(encoder_output.context))
 
-    def _initial_state(self, encoder_output: ReversibleEncoderOutput):
-        hidden, cell = self.bridge(encoder_output.final_hidden, encoder_output.final_cell)
+    def initial_state(self, encoder_output: ReversibleEncoderOutput):
+        """The float initial state (layers, batch, H) (or (h, c)) from the encoder's final one."""
+        return self.initial_state_from(encoder_output.final_hidden, encoder_output.final_cell)
+
+    def initial_state_from(self, final_hidden: Tensor, final_cell: Optional[Tensor]):
+        hidden, cell = self.bridge(final_hidden, final_cell)
         return (hidden, cell) if self.has_cell else hidden
 
     # -- decoding -------------------------------------------------------------------------------
 
     def init_state(self, encoder_output: ReversibleEncoderOutput) -> ReversibleDecoderState:
-        initial = self._initial_state(encoder_output)
+        initial = self.initial_state(encoder_output)
         batch = encoder_output.mask.shape[0]
         buffer = encoder_output.buffer.clone()
         if buffer.keep_words:  # decoding never reverses: keep the head only
@@ -206,19 +217,16 @@ class ReversibleDecoder(nn.Module):
     # -- training -------------------------------------------------------------------------------
 
     def training_loss(self, tgt_in: Tensor, tgt_out: Tensor,
-                      encoder_output: ReversibleEncoderOutput, *, label_smoothing: float = 0.0
-                      ) -> Tuple[Tensor, Tensor]:
-        """-> (label-smoothed loss, nll), summed over the non-padding tokens of tgt_out.
+                      encoder_output: ReversibleEncoderOutput, *, label_smoothing: float = 0.0,
+                      mode: Optional[MemoryMode] = None) -> DecoderLoss:
+        """-> DecoderLoss: label-smoothed loss and nll summed over the non-padding tokens of
+        tgt_out, and the counted memory of both sides (training batches).
 
-        With gradients on (reversible training) both are NaN until backward fills them in."""
+        mode: REVERSIBLE (default) or REFERENCE (plain autograd). In reversible training the
+        loss and nll are computed while backward reverses the run (`pending`)."""
         batch = tgt_in.shape[0]
         tgt_mask = tgt_out != PAD_ID
-        input_mask = locked_mask(batch, self.embedding.embedding_dim, self.dropout, like=tgt_in,
-                                 training=self.training)
-        layer_masks = None
-        if self.layers > 1 and self.training and self.dropout > 0:
-            layer_masks = torch.stack([locked_mask(batch, self.hidden, self.dropout, like=tgt_in,
-                                                   training=True) for _ in range(self.layers - 1)])
+        options = self.run_options(tgt_in)
         if self.per_step_dropout and self.training and self.output_dropout > 0:
             output_mask = StepDropout(self.output_dropout, batch, self.hidden, tgt_in.device)
         else:
@@ -227,49 +235,23 @@ class ReversibleDecoder(nn.Module):
         step_loss = StepLoss(self.readout, tgt_out, encoder_output.mask,
                              label_smoothing=label_smoothing, dropout=output_mask)
         buffer = encoder_output.buffer
-        mode = self.mode if torch.is_grad_enabled() and buffer.keep_words else MemoryMode.REFERENCE
+        if mode is None or not (torch.is_grad_enabled() and buffer.keep_words):
+            mode = (MemoryMode.REVERSIBLE if torch.is_grad_enabled() and buffer.keep_words
+                    else MemoryMode.REFERENCE)
         if mode is MemoryMode.REFERENCE and buffer.keep_words:
             buffer = buffer.clone()  # plain autograd leaves its words: keep the encoder's stack
         run = self.rnn(tgt_in, tgt_mask, mode=mode,
-                       initial_state=self._initial_state(encoder_output), buffer=buffer,
-                       embedding=self.embedding, input_dropout=input_mask,
-                       layer_dropout=layer_masks, readout=step_loss,
-                       readout_extras=(encoder_output.keys, encoder_output.context),
-                       tag=DECODER_TAG)
+                       initial_state=self.initial_state(encoder_output), buffer=buffer,
+                       readout=step_loss,
+                       readout_extras=(encoder_output.keys, encoder_output.context), **options)
+        memory = ModelMemory()
         if torch.is_grad_enabled():  # training batches only (not validation)
-            self._record_memory(run, tgt_mask, encoder_output)
-        return run.readout, step_loss.nll
-
-    def _record_memory(self, run, tgt_mask: Tensor,
-                       encoder_output: ReversibleEncoderOutput) -> None:
-        decoder = count_memory(self.rnn, tgt_mask, run.buffer, tag=DECODER_TAG, charge_head=True)
-        encoder = encoder_output.memory
-        kept = encoder_output.kept_bytes or {}
-        mine = run.kept_bytes or {}
-        # the buffer figure of the decoder's run is the shared buffer at its peak (both sides)
-        kept_total = (mine.get("buffer", kept.get("buffer", 0)) + kept.get("stored", 0)
-                      + kept.get("state", 0) + mine.get("state", 0))
-        self._memory = {
-            "encoder_ratio": encoder.ratio_used if encoder else float("nan"),
-            "decoder_ratio": decoder.ratio_used,
-            "encoder_optimal_ratio": encoder.ratio_optimal if encoder else float("nan"),
-            "decoder_optimal_ratio": decoder.ratio_optimal,
-            "activation_mib": kept_total / _MIB,
-        }
-        self._accounts = {"encoder": encoder, "decoder": decoder}
-        self._kept_bytes = {"encoder": dict(kept), "decoder": dict(mine), "total": kept_total}
-
-    def memory_report(self) -> dict:
-        """Counted memory of the last training batch: ratios (normal / used, normal / optimal)
-        of the encoder and the decoder, and the measured MiB the reversible path kept."""
-        return dict(self._memory)
-
-    def memory_details(self) -> dict:
-        """The full counts of the last batch: per-side MemoryAccount dicts and kept bytes."""
-        if not self._memory:
-            return {}
-        return {side: None if account is None else account.as_dict()
-                for side, account in self._accounts.items()} | {"kept_bytes": self._kept_bytes}
+            decoder = count_memory(self.rnn, tgt_mask, run.buffer, tag=DECODER_TAG,
+                                   charge_head=True)
+            memory = ModelMemory.of(encoder=encoder_output.memory, decoder=decoder,
+                                    kept_bytes={"encoder": dict(encoder_output.kept_bytes or {}),
+                                                "decoder": dict(run.kept_bytes or {})})
+        return DecoderLoss(run.readout, step_loss.nll, memory, run.pending)
 
 
 def _head_only(buffer: InformationBuffer) -> InformationBuffer:

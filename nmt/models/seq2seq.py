@@ -6,30 +6,50 @@ Seq2Seq only composes an encoder and a decoder; anything with the same small int
     decoder.attach(encoder_output) -> encoder_output with what every step reuses (attention keys)
     decoder.init_state(encoder_output) -> state with .reorder(index)
     decoder.step(prev_tokens, state, encoder_output) -> (log_probs, state)
-    decoder.training_loss(tgt_in, tgt_out, encoder_output, label_smoothing=) -> (loss, nll)
-    optional `memory_report()` on either -> dict of memory figures for the last batch
+    decoder.training_loss(tgt_in, tgt_out, encoder_output, label_smoothing=) -> (loss, nll),
+        or a DecoderLoss (loss, nll, memory, pending) that also returns counted memory
+Encoders and decoders that take a `mode` (the reversible ones, MemoryMode) get it from
+`training_loss(batch, mode=...)`; results are returned, never kept on the modules.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
+from nmt.models.memory import ModelMemory
+from nmt.reversible import ReversibleRNN
+from nmt.reversible.readout import PendingTotal
 
-@dataclass
+
 class LossOutput:
     """loss: scalar to backpropagate (label-smoothed, summed over target tokens);
     nll: summed token NLL without smoothing (a detached scalar tensor); num_tokens: non-padding
-    target tokens; memory: counted memory figures ({} for models that count none).
-    A reversible decoder evaluates its loss while backward reverses it: in training, read `loss`
-    and `nll` after `loss.backward()` (they are NaN before)."""
+    target tokens; memory: counted memory (ModelMemory, a mapping of the flat figures; empty for
+    models that count none).
 
-    loss: torch.Tensor
-    nll: torch.Tensor
-    num_tokens: int
-    memory: Dict[str, float] = field(default_factory=dict)
+    A reversible decoder computes its loss while backward reverses it (`pending`): in training,
+    call `loss.backward()` first, then read `loss_value()` and `nll`; before, they raise
+    PendingValueError (the `loss` tensor itself is a NaN placeholder until then)."""
+
+    def __init__(self, loss: torch.Tensor, nll, num_tokens: int,
+                 memory: Optional[Mapping] = None, pending: Optional[PendingTotal] = None):
+        self.loss, self._nll, self.num_tokens = loss, nll, num_tokens
+        self.memory = ModelMemory() if memory is None else memory
+        self.pending = pending
+
+    @property
+    def nll(self):
+        if self.pending is not None:
+            self.pending.check("the NLL")
+        return self._nll
+
+    def loss_value(self) -> float:
+        """The loss as a float (after backward for a reversible model)."""
+        if self.pending is not None:
+            self.pending.check("the loss")
+        return float(self.loss.detach())
 
 
 class Seq2Seq(nn.Module):
@@ -57,19 +77,29 @@ class Seq2Seq(nn.Module):
     def reorder_state(self, state, index: torch.Tensor):
         return state.reorder(index)
 
-    def training_loss(self, batch, *, label_smoothing: float = 0.0) -> LossOutput:
-        """Teacher-forced loss of a Batch (src, src_lengths, tgt_in, tgt_out, num_tgt_tokens)."""
-        encoder_output = self.encode(batch.src, batch.src_lengths)
-        loss, nll = self.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output,
-                                               label_smoothing=label_smoothing)
-        memory = {}
-        for part in (self.encoder, self.decoder):
-            report = getattr(part, "memory_report", None)
-            if report is not None:
-                memory.update(report())
-        return LossOutput(loss=loss, nll=nll.detach(), num_tokens=int(batch.num_tgt_tokens),
-                          memory=memory)
+    def training_loss(self, batch, *, label_smoothing: float = 0.0, mode=None) -> LossOutput:
+        """Teacher-forced loss of a Batch (src, src_lengths, tgt_in, tgt_out, num_tgt_tokens).
+        mode: a MemoryMode for the reversible parts (None: their default)."""
+        encoder_output = self.decoder.attach(
+            self.encoder(batch.src, batch.src_lengths, **_mode_option(self.encoder, mode)))
+        decoded = self.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output,
+                                             label_smoothing=label_smoothing,
+                                             **_mode_option(self.decoder, mode))
+        memory = decoded.memory if len(decoded) > 2 else None
+        if memory is None and torch.is_grad_enabled() and getattr(encoder_output, "memory", None):
+            # a reversible encoder before a plain decoder: the encoder's counts alone
+            memory = ModelMemory.of(encoder=encoder_output.memory,
+                                    kept_bytes={"encoder": dict(encoder_output.kept_bytes)})
+        return LossOutput(loss=decoded[0], nll=decoded[1].detach(),
+                          num_tokens=int(batch.num_tgt_tokens), memory=memory,
+                          pending=decoded.pending if len(decoded) > 3 else None)
 
-    def forward(self, batch, *, label_smoothing: float = 0.0) -> LossOutput:
+    def forward(self, batch, *, label_smoothing: float = 0.0, mode=None) -> LossOutput:
         """Same as training_loss (so wrappers such as DistributedDataParallel see a forward)."""
-        return self.training_loss(batch, label_smoothing=label_smoothing)
+        return self.training_loss(batch, label_smoothing=label_smoothing, mode=mode)
+
+
+def _mode_option(part: nn.Module, mode) -> dict:
+    """{"mode": mode} for a part that runs a ReversibleRNN (plain parts have one mode)."""
+    return {"mode": mode} if mode is not None and isinstance(getattr(part, "rnn", None),
+                                                              ReversibleRNN) else {}

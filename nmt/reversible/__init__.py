@@ -7,7 +7,7 @@ reverses the sequence), with bit-identical losses in both.
 """
 from nmt.reversible.accounting import MemoryAccount, count_memory
 from nmt.reversible.buffer import InformationBuffer
-from nmt.reversible.checks import ReversalCheck, check_reversal
+from nmt.reversible.checks import ReversalCheck, ReversalError, check_reversal
 from nmt.reversible.cells import CELLS, ReversibleCell, RevGRUCell, RevLSTMCell
 from nmt.reversible.fixed_point import (
     FORGET_RADIX, HIDDEN_RADIX, MAX_FORGET_CHOICES, WORD_BITS, check_max_forget_bits, forget_gate,
@@ -19,7 +19,7 @@ from nmt.reversible.storage import AttentionStorage, StorageKind
 __all__ = [
     "AttentionStorage", "CELLS", "FORGET_RADIX", "HIDDEN_RADIX", "InformationBuffer",
     "MAX_FORGET_CHOICES", "MemoryAccount", "MemoryMode", "ReversibleCell", "ReversibleRNN",
-    "ReversalCheck", "RevGRUCell", "RevLSTMCell", "SequenceOutput", "StorageKind", "WORD_BITS",
+    "ReversalCheck", "ReversalError", "RevGRUCell", "RevLSTMCell", "SequenceOutput", "StorageKind", "WORD_BITS",
     "check_max_forget_bits", "check_reversal", "count_memory", "forget_gate", "from_fixed", "straight_through",
     "to_fixed",
 ]

@@ -1,4 +1,4 @@
-"""Counted activation memory of one run (DESIGN.md section 8).
+"""Counted activation memory of one run (the paper's normal / used / optimal bits; docs/design.md).
 
 - normal_bits: what backprop through time stores for the hidden states, 32 x H per real
   (unpadded) step per layer, x2 for an LSTM's cell.

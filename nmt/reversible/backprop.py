@@ -20,76 +20,99 @@ returns the readout total as a placeholder (NaN) that backward fills in, so the 
 once the training step's backward is done; only when nothing will be differentiated (no input
 requires grad) does forward evaluate the readout itself. Plain autograd over the same steps
 (`MemoryMode.REFERENCE`) is the reference the tests compare this backward with.
+
+At the end of every backward, an O(1) check (in T) that the reversal was exact: the restored
+initial state equals the one forward started from, and the buffer is back where this run found
+it (same heads, no words of this run left). Otherwise `ReversalError` names the run, layer and step.
 """
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
-from nmt.reversible.readout import read_chunk
+from nmt.reversible.readout import PendingTotal, read_chunk
+
+CHECK_END_OF_BACKWARD = True  # the exactness check after every reversal (off only to time it)
 
 
-def run_reversible(plan, initial, extras: Sequence[Tensor]):
-    """Run `plan` in reversible mode; returns (final_state, final_values, stored, readout_total)."""
+@dataclass
+class ReversibleResult:
+    """What a reversible run returns: the exact final state, its float views per layer (with
+    gradients through the Function), the storage, the readout total (a placeholder until
+    backward when `pending` is set), and the bytes held once forward was done."""
+
+    final_state: list
+    final_values: list
+    stored: Optional[Tensor]
+    total: Optional[Tensor]
+    pending: Optional[PendingTotal]
+    kept_bytes: dict
+
+
+@dataclass
+class _Forward:
+    """What backward needs of its forward besides the saved tensors."""
+
+    initial_state: list
+    final_state: list
+    mark: object  # the buffer's mark before the run (InformationBuffer.mark)
+
+
+def run_reversible(rnn, plan, initial, extras: Sequence[Tensor]) -> ReversibleResult:
+    """Run `plan` in reversible mode from the float halves `initial` (per layer)."""
     flat_initial = [part for layer in initial for part in layer]
     raw_inputs = [plan.inputs.inputs] if plan.inputs.embedding is None else []
     tensors = flat_initial + raw_inputs + list(plan.parameters) + list(extras)
-    outputs = list(_ReversibleRun.apply(plan, *tensors))
+    record: dict = {}
+    outputs = list(_ReversibleRun.apply(rnn, plan, record, *tensors))
     total = outputs.pop(0) if plan.readout is not None else None
-    parts = plan.rnn.state_parts
+    parts = rnn.state_parts
     flat_values = outputs[: len(flat_initial)]
     values = [tuple(flat_values[i: i + parts]) for i in range(0, len(flat_values), parts)]
-    stored = outputs[len(flat_initial)] if plan.rnn.storage is not None else None
-    return plan.final_state, values, stored, total
+    stored = outputs[len(flat_initial)] if rnn.storage is not None else None
+    return ReversibleResult(final_state=record["final_state"], final_values=values, stored=stored,
+                            total=total, pending=record.get("pending"),
+                            kept_bytes=record["kept_bytes"])
 
 
-def _forward_pass(plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor], *, read: bool):
-    """The recurrence without a graph; returns (final exact state, storage or None, readout
-    total, or None when not `read`)."""
-    rnn, mask = plan.rnn, plan.mask
-    state = _unflatten([to_fixed(part) for part in flat_initial], rnn.state_parts)
-    plan.initial_state = state
+def _forward_pass(rnn, plan, flat_initial: Sequence[Tensor], extras: Sequence[Tensor], *,
+                  read: bool):
+    """The recurrence without a graph; returns (initial exact state, final exact state, storage
+    or None, readout total or None when not `read`)."""
+    initial = _unflatten([to_fixed(part) for part in flat_initial], rnn.state_parts)
     stored = None
     if rnn.storage is not None:
-        stored = torch.zeros(mask.shape[0], plan.steps, rnn.storage.units,
-                             dtype=rnn.storage.dtype, device=mask.device)
+        stored = torch.zeros(plan.mask.shape[0], plan.steps, rnn.storage.units,
+                             dtype=rnn.storage.dtype, device=plan.mask.device)
     losses = []
+    state = initial
     values = [tuple(from_fixed(part) for part in layer) for layer in state]  # then the steps'
     with torch.no_grad():
-        for start, stop in plan.chunks():
-            x, _ = plan.inputs.chunk(start, stop)
-            projected = rnn.cells[0].project_input(x).unbind(1)
-            tops = []
-            for i, t in enumerate(range(start, stop)):
-                state, values, stored_t = rnn.step(None, state, values, plan.buffer, plan.step_mask(t),
-                                                   tag=plan.tag, layer_dropout=plan.layer_dropout,
-                                                   projected=projected[i])
-                if stored is not None:
-                    stored[:, t] = stored_t.to(stored.dtype)
-                if read:
-                    tops.append(torch.cat(values[-1][:2], dim=-1))
-            if read:
-                losses.append(read_chunk(plan.readout, tops, start, extras))
-    plan.final_state = state
+        for step in rnn.run_steps(plan, state, values, extras=extras if read else None):
+            state, values = step.state, step.values
+            if stored is not None:
+                stored[:, step.t] = step.stored.to(stored.dtype)
+            if step.readout is not None:
+                losses.append(step.readout)
     plan.buffer.compact()
-    plan.kept_bytes = _kept_bytes(plan, state, stored)
-    return state, stored, torch.stack(losses).sum() if read else None
+    return initial, state, stored, torch.stack(losses).sum() if read else None
 
 
-def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tensor],
-                  grad_stored: Optional[Tensor], extras: Sequence[Tensor],
-                  grad_total: Optional[Tensor]):
+def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
+                  grad_values: List[Tensor], grad_stored: Optional[Tensor],
+                  extras: Sequence[Tensor], grad_total: Optional[Tensor]):
     """Reverse every chunk, backpropagating one chunk at a time.
 
     Returns (grads of the initial float halves, of the float inputs or None, of the parameters,
     of the extras, the readout total or None).
     """
-    rnn, mask = plan.rnn, plan.mask
+    mask = plan.mask
     params = list(plan.parameters)
     raw = plan.inputs.inputs if plan.inputs.embedding is None else None
     input_grad = torch.zeros_like(raw) if raw is not None and raw.requires_grad else None
@@ -105,16 +128,14 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
         grad_total = torch.zeros((), device=mask.device)
     storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
-    parts = rnn.state_parts
-    grads = [list(layer) for layer in _unflatten(list(grad_values), parts)]
-    for start, stop in reversed(plan.chunks()):
-        with torch.enable_grad():
-            x, x_leaf = plan.inputs.chunk(start, stop, leaf=True)
-            projected = rnn.cells[0].project_input(x)  # (batch, C, P), graph back to x
-        state, states, tapes = _reverse_chunk(plan, state, stored, start, stop, projected.detach())
+    grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
+    state = forward.final_state
+    for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.initial_state,
+                                    stored=stored, tapes=True, grad=True):
+        start, stop, state = chunk.start, chunk.stop, chunk.states[0]
         # the chunk's readout and storage, by autograd, on its top states as one leaf
-        tops = torch.stack([from_fixed(torch.cat(after[-1][:2], dim=-1)) for after in states[1:]],
-                           dim=1).requires_grad_()
+        tops = torch.stack([from_fixed(torch.cat(after[-1][:2], dim=-1))
+                            for after in chunk.states[1:]], dim=1).requires_grad_()
         outputs, out_grads = [], []
         with torch.enable_grad():
             if storing:
@@ -128,16 +149,18 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
         _accumulate(param_grads, read_grads[1: 1 + len(params)])
         _accumulate(extra_grads, read_grads[1 + len(params):])
         weight_grads, bias_grads = DeferredWeightGrads(), []
-        grads, d_projected = _backprop_steps(plan, tapes, grads, read_grads[0], start,
+        grads, d_projected = _backprop_steps(rnn, plan, chunk.tapes, grads, read_grads[0], start,
                                              weight_grads, bias_grads)
         # the first layer's input projection of the chunk, by autograd
-        input_slot = [x_leaf] if x_leaf is not None else []
+        input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
         with torch.enable_grad():
-            chunk_grads = _grad([projected], [d_projected], input_slot + params)
+            chunk_grads = _grad([chunk.projected], [d_projected], input_slot + params)
         if input_slot and chunk_grads[0] is not None:
             (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_grads[0]
         _accumulate(param_grads, chunk_grads[len(input_slot):])
         _add_weight_grads(param_grads, params, weight_grads, bias_grads)
+    if CHECK_END_OF_BACKWARD:
+        check_restored(state, forward.initial_state, plan.buffer, forward.mark, tag=plan.tag)
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
@@ -146,32 +169,13 @@ def _reverse_pass(plan, state, stored: Optional[Tensor], grad_values: List[Tenso
     return _flatten(grads), input_grad, param_grads, extra_grads, total
 
 
-def _reverse_chunk(plan, state, stored: Optional[Tensor], start: int, stop: int, projected: Tensor):
-    """Reverse steps stop - 1 .. start exactly, recording the gate values their gradient needs.
-
-    Returns (the state before `start`, the exact states before each step and after the last,
-    the tape of each step), in forward order."""
-    states, tapes = [state], []
-    with torch.no_grad():
-        projected = projected.unbind(1)
-        for t in reversed(range(start, stop)):
-            tape: list = []
-            state = plan.rnn.reverse_step(None, state, plan.buffer, plan.step_mask(t),
-                                          restored=_restored_slice(plan, stored, t),
-                                          layer_dropout=plan.layer_dropout,
-                                          projected=projected[t - start], tape=tape)
-            states.append(state)
-            tapes.append(tape)
-    return state, states[::-1], tapes[::-1]
-
-
-def _backprop_steps(plan, tapes: list, grads: List[List[Tensor]], top_grads: Optional[Tensor],
-                    start: int, weight_grads: DeferredWeightGrads, bias_grads: list):
+def _backprop_steps(rnn, plan, tapes: list, grads: List[List[Tensor]],
+                    top_grads: Optional[Tensor], start: int, weight_grads: DeferredWeightGrads,
+                    bias_grads: list):
     """Backpropagate a chunk's steps by hand, last step first. grads: per layer, d loss / d the
     float halves after the chunk; top_grads (batch, C, H): what the readout and storage send to
     the top layer's states. Returns (the grads before the chunk, d loss / d the first layer's
     projected inputs (batch, C, P))."""
-    rnn = plan.rnn
     first_half = rnn.cells[-1].half_sizes[0]
     first_projected = []
     for i in reversed(range(len(tapes))):
@@ -179,30 +183,68 @@ def _backprop_steps(plan, tapes: list, grads: List[List[Tensor]], top_grads: Opt
             top = grads[-1]
             top[0] = top[0] + top_grads[:, i, :first_half]
             top[1] = top[1] + top_grads[:, i, first_half:]
-        grads, d_projected = rnn.backward_step(tapes[i], grads, plan.step_mask(start + i),
-                                               layer_dropout=plan.layer_dropout,
-                                               weight_grads=weight_grads, bias_grads=bias_grads)
+        grads, d_projected = _backward_step(rnn, tapes[i], grads, plan.step_mask(start + i),
+                                            layer_dropout=plan.layer_dropout,
+                                            weight_grads=weight_grads, bias_grads=bias_grads)
         first_projected.append(d_projected)
     return grads, torch.stack(first_projected[::-1], dim=1)
 
 
+def _backward_step(rnn, tape: list, grads: List[List[Tensor]], mask: Optional[Tensor], *,
+                   layer_dropout: Optional[Tensor], weight_grads: DeferredWeightGrads,
+                   bias_grads: list):
+    """The gradient of one step of the stack, by hand, from its reversal's `tape`.
+
+    grads: per layer, d loss / d each float half after the step. Returns the same before the
+    step and d loss / d the first layer's projected input (batch, P). Weight gradients are
+    recorded in `weight_grads` (one product per chunk later); biases of layers above the first
+    (whose inputs are projected per step) append (bias, gradient) to `bias_grads`."""
+    grads = [list(layer_grads) for layer_grads in grads]
+    first_projected = None
+    with torch.no_grad():
+        for layer, layer_input, cell_tape in tape:  # top layer first
+            cell = rnn.cells[layer]
+            grads[layer], d_projected, inputs = cell.backward_step(cell_tape, grads[layer], mask)
+            pieces = cell.split_projection(d_projected)
+            for linear, piece, own_input in zip(cell.input_layers(), pieces, inputs):
+                if layer == 0:  # x columns: by autograd, through the chunk's projection
+                    weight_grads.record((linear, cell.input_size), own_input, piece)
+                else:
+                    weight_grads.record((linear, 0), torch.cat([layer_input, own_input], -1), piece)
+                    bias_grads.append((linear.bias, piece.sum(0)))
+            if layer == 0:
+                first_projected = d_projected
+                continue
+            d_input = d_projected.mm(cell.input_weight())
+            if layer_dropout is not None:
+                d_input = d_input * layer_dropout[layer - 1]
+            below, first_half = grads[layer - 1], rnn.cells[layer - 1].half_sizes[0]
+            below[0] = below[0] + d_input[:, :first_half]
+            below[1] = below[1] + d_input[:, first_half:]
+    return grads, first_projected
+
+
 class _ReversibleRun(torch.autograd.Function):
-    """Outputs: the readout total (if a readout is given; NaN until backward fills it in when
-    anything is to be differentiated), the final float halves (flat, per layer) and the
-    storage (batch, T, k) if any."""
+    """Outputs: the readout total (if a readout is given; a placeholder until backward fills it
+    in when anything is to be differentiated), the final float halves (flat, per layer) and the
+    storage (batch, T, k) if any. `record` receives what forward returns besides tensors."""
 
     @staticmethod
-    def forward(ctx, plan, *tensors):
-        num_initial = plan.rnn.num_layers * plan.rnn.state_parts
+    def forward(ctx, rnn, plan, record, *tensors):
+        num_initial = rnn.num_layers * rnn.state_parts
         extras = tensors[len(tensors) - plan.num_extras:]
         settle_in_backward = plan.readout is not None and any(ctx.needs_input_grad)
-        state, stored, total = _forward_pass(plan, tensors[:num_initial], extras,
-                                             read=plan.readout is not None and not settle_in_backward)
-        ctx.pending_total = None
+        mark = plan.buffer.mark()
+        initial, state, stored, total = _forward_pass(
+            rnn, plan, tensors[:num_initial], extras,
+            read=plan.readout is not None and not settle_in_backward)
+        record.update(final_state=state, kept_bytes=_kept_bytes(plan, state, stored))
+        ctx.pending = None
         if settle_in_backward:
             total = torch.full((), float("nan"), device=plan.mask.device)
-            ctx.pending_total = weakref.ref(total)  # weak: the output must not keep itself alive
-        ctx.plan, ctx.final_state, ctx.num_initial = plan, state, num_initial
+            ctx.pending = record["pending"] = PendingTotal(total, plan.tag)
+        ctx.rnn, ctx.plan, ctx.num_initial = rnn, plan, num_initial
+        ctx.forward = _Forward(initial_state=initial, final_state=state, mark=mark)
         ctx.has_stored = stored is not None
         ctx.save_for_backward(*([stored] if stored is not None else []), *extras)
         outputs = [from_fixed(part) for part in _flatten(state)]
@@ -218,26 +260,16 @@ class _ReversibleRun(torch.autograd.Function):
         extras = saved
         grad_outputs = list(grad_outputs)
         grad_total = grad_outputs.pop(0) if plan.readout is not None else None
+        final_state = ctx.forward.final_state
         grad_values = [g if g is not None else torch.zeros_like(from_fixed(part))
-                       for g, part in zip(grad_outputs[: ctx.num_initial], _flatten(ctx.final_state))]
+                       for g, part in zip(grad_outputs[: ctx.num_initial], _flatten(final_state))]
         grad_stored = grad_outputs[ctx.num_initial] if stored is not None else None
         init_grads, input_grad, param_grads, extra_grads, total = _reverse_pass(
-            plan, ctx.final_state, stored, grad_values, grad_stored, extras, grad_total)
-        pending = ctx.pending_total() if ctx.pending_total is not None else None
-        if pending is not None:
-            pending.copy_(total)
+            ctx.rnn, plan, ctx.forward, stored, grad_values, grad_stored, extras, grad_total)
+        if ctx.pending is not None:
+            ctx.pending.fill(total)
         raw = [input_grad] if plan.inputs.embedding is None else []
-        return (None, *init_grads, *raw, *param_grads, *extra_grads)
-
-
-def _restored_slice(plan, stored: Optional[Tensor], t: int) -> Optional[Tensor]:
-    """The exact stored units of the top h1 before step t (from storage, or the initial state)."""
-    units = plan.rnn.stored_slice
-    if not units:
-        return None
-    if t == 0:
-        return plan.initial_state[-1][0][:, :units]
-    return to_fixed(stored[:, t - 1].float())
+        return (None, None, None, *init_grads, *raw, *param_grads, *extra_grads)
 
 
 def _grad(outputs, out_grads, wrt):

@@ -17,7 +17,6 @@ sequence runner differentiates.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -25,107 +24,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from nmt.reversible.buffer import InformationBuffer
-from nmt.reversible.fixed_point import (
-    FORGET_RADIX, check_max_forget_bits, forget_gate, from_fixed, scaled_update, straight_through,
-    to_fixed,
+from nmt.reversible.fixed_point import check_max_forget_bits, forget_gate, from_fixed
+from nmt.reversible.gated import (  # noqa: F401 (round_to_storage, STORAGE_PRECISIONS: re-exported)
+    STORAGE_PRECISIONS, on_real, real_rows, float32_math, gated_step, round_to_storage, undo_step,
 )
 
 State = Tuple[Tensor, ...]  # int64 fixed-point halves, each (batch, half)
 Values = Tuple[Tensor, ...]  # float32 views of the same halves, possibly with gradients
-
-_IDENTITY_GATE = 2**FORGET_RADIX  # n / 2**R == 1: the buffer leaves the element alone
-STORAGE_PRECISIONS = (32, 16)
-
-
-def float32_math(device: torch.device):
-    """Autocast off: gates are float32 however the caller runs, so backward (which runs outside
-    the caller's autocast) recomputes them bit for bit. (Entering an autocast context costs more
-    than a small step's arithmetic: done only when autocast is on.)"""
-    if _autocast_enabled(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no device argument
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
-
-
-def round_to_storage(value: Tensor, precision: int) -> Tensor:
-    """The fixed-point state of a stored unit: value rounded to `precision` bits, then to the grid.
-
-    At 16 bits the value goes through float16 first, at 32 bits through float32: a float32 value
-    rounded to the grid (|h| < 2: fewer than 24 significant bits; |h| >= 2: already on the grid)
-    is exactly representable in float32, so storage (float16/float32) and state agree bit for
-    bit even where h exceeds 1 (RevLSTM).
-    """
-    dtype = torch.float16 if precision == 16 else torch.float32
-    return to_fixed(value.detach().to(dtype).to(torch.float32))
-
-
-def _real_rows(mask: Optional[Tensor]) -> Optional[Tensor]:
-    """mask (batch,) -> (batch, 1) broadcastable over units; None (every row real) stays None."""
-    return None if mask is None else mask.view(-1, 1)
-
-
-def _on_real(real: Optional[Tensor], value: Tensor, padded) -> Tensor:
-    """`value` on real rows, `padded` elsewhere (no copy when every row is real)."""
-    return value if real is None else torch.where(real, value, padded)
-
-
-def _effective(n: Tensor, update: Tensor, real: Optional[Tensor],
-               stored_units: int) -> Tuple[Tensor, Tensor]:
-    """Gates and scaled updates as applied: identity on padded rows and on stored units."""
-    n = _on_real(real, n, _IDENTITY_GATE)
-    if stored_units:
-        if real is None:
-            n = n.clone()  # the caller's gate stays as computed
-        n[:, :stored_units] = _IDENTITY_GATE
-    return n, _on_real(real, scaled_update(update), 0)
-
-
-def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor, *,
-               buffer: Optional[InformationBuffer], mask: Optional[Tensor],
-               next_exact: Optional[Tensor] = None, stored_units: int = 0, precision: int = 32,
-               tag: str = "") -> Tuple[Tensor, Tensor]:
-    """One half-state update h <- z * h + update, exact and differentiable.
-
-    h: int64 (batch, units); value: its float view; z_q, n: the quantised gate (float, int64);
-    update: (1 - z) * g in float32. Exact: forget(h, n) + round(update * 2**23) on real rows,
-    h on padded rows; the first `stored_units` units skip the buffer and take
-    round_to_storage(z * h + update) instead (the runner keeps them). With `next_exact` given the
-    buffer is not touched and that result is used (recomputing a step for its gradient).
-    Returns (exact, float view whose gradient flows to z * value + update).
-    """
-    real = _real_rows(mask)
-    surrogate = None
-    if value.requires_grad or z_q.requires_grad or update.requires_grad or stored_units:
-        surrogate = _on_real(real, z_q * value + update, value)
-    if next_exact is None:
-        n_applied, step = _effective(n, update, real, stored_units)
-        next_exact = buffer.forget(h, n_applied, tag=tag) + step
-        if stored_units:
-            kept = round_to_storage(surrogate[:, :stored_units], precision)
-            next_exact[:, :stored_units] = _on_real(real, kept, h[:, :stored_units])
-    exact_value = from_fixed(next_exact)
-    return next_exact, exact_value if surrogate is None else straight_through(surrogate, exact_value)
-
-
-def undo_step(h_next: Tensor, n: Tensor, update: Tensor, *, buffer: InformationBuffer,
-              mask: Optional[Tensor], restored: Optional[Tensor] = None) -> Tensor:
-    """The exact inverse of `gated_step`; `restored` (batch, k) int64 gives the stored units."""
-    real = _real_rows(mask)
-    stored_units = 0 if restored is None else restored.shape[1]
-    n_applied, step = _effective(n, update, real, stored_units)
-    h = buffer.unforget(h_next - step, n_applied)
-    if stored_units:
-        h[:, :stored_units] = _on_real(real, restored, h_next[:, :stored_units])
-    return h
-
 
 class ReversibleCell(nn.Module):
     """Shared shape bookkeeping of the reversible cells.
@@ -195,7 +100,19 @@ class ReversibleCell(nn.Module):
              next_state: Optional[State] = None, stored_units: int = 0, precision: int = 32,
              tag: str = "") -> Tuple[State, Values]:
         """One step on the exact state and its float views; returns (state, values).
-        projected: `project_input(x)` (batch, P)."""
+        projected: `project_input(x)` (batch, P). The first half, then the second (reading the
+        new first half)."""
+        exact, floats = list(state), list(values)
+        pieces = self.split_projection(projected)
+        for half in (0, 1):
+            self.update_half(half, pieces, exact, floats, buffer=buffer, mask=mask,
+                             next_state=next_state, stored_units=stored_units if half == 0 else 0,
+                             precision=precision, tag=tag)
+        return tuple(exact), tuple(floats)
+
+    def update_half(self, half: int, pieces: Tuple[Tensor, ...], exact: list, floats: list, *,
+                    buffer, mask, next_state, stored_units: int, precision: int, tag: str) -> None:
+        """Update one half of `exact` and `floats` in place (see `gated_step`)."""
         raise NotImplementedError
 
     def reverse(self, projected: Tensor, state: State, buffer: InformationBuffer,
@@ -204,6 +121,25 @@ class ReversibleCell(nn.Module):
         """Undo one `step` exactly, given the same `projected` input; `restored` (batch, k) int64
         are the stored units of h1. With a `tape` (list), also appends what `backward_step` needs
         (the gate values reversal computes anyway), in the order backward uses them."""
+        exact = list(state)
+        pieces = self.split_projection(projected)
+        restored_h2 = None  # with a tape: the float h2 it recorded, which h1's gates then read
+        with torch.no_grad():
+            for half in (1, 0):
+                other = restored_h2 if restored_h2 is not None else from_fixed(exact[1 - half])
+                entry = self.undo_half(half, pieces, other, exact, buffer, mask,
+                                       restored=restored if half == 0 else None,
+                                       recording=tape is not None)
+                if tape is not None:
+                    tape.append(entry)
+                    restored_h2 = entry[2]  # the restored float h_i
+        return tuple(exact)
+
+    def undo_half(self, half: int, pieces: Tuple[Tensor, ...], other: Tensor, exact: list,
+                  buffer: InformationBuffer, mask: Optional[Tensor], *,
+                  restored: Optional[Tensor], recording: bool) -> Optional[tuple]:
+        """Undo the update of one half in `exact` (in place), its gates read from `other`;
+        returns the tape entry (half, other, restored float h_i, ...) when recording."""
         raise NotImplementedError
 
     def backward_step(self, tape: list, grads: List[Tensor], mask: Optional[Tensor]
@@ -268,46 +204,32 @@ class RevGRUCell(ReversibleCell):
             return _GRUGates(gate[0], gate[1], (1.0 - gate[0]) * candidate, reset, candidate,
                              gate[2] if with_slope else None)
 
-    def step(self, projected, state, values, buffer, mask, *, next_state=None, stored_units=0,
-             precision=32, tag=""):
-        exact, floats = list(state), list(values)
-        pieces = self.split_projection(projected)
-        for half in (0, 1):
-            gates = self.half_update(half, pieces, floats[1 - half])
-            exact[half], floats[half] = gated_step(
-                exact[half], floats[half], gates.z_q, gates.n, gates.update, buffer=buffer,
-                mask=mask, next_exact=None if next_state is None else next_state[half],
-                stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
-        return tuple(exact), tuple(floats)
+    def update_half(self, half, pieces, exact, floats, *, buffer, mask, next_state, stored_units,
+                    precision, tag):
+        gates = self.half_update(half, pieces, floats[1 - half])
+        exact[half], floats[half] = gated_step(
+            exact[half], floats[half], gates.z_q, gates.n, gates.update, buffer=buffer,
+            mask=mask, next_exact=None if next_state is None else next_state[half],
+            stored_units=stored_units, precision=precision, tag=tag)
 
-    def reverse(self, projected, state, buffer, mask, *, restored=None, tape=None):
-        exact = list(state)
-        pieces = self.split_projection(projected)
-        restored_h2 = None  # with a tape: the float h2 it recorded, which h1's gates then read
-        with torch.no_grad():
-            for half in (1, 0):
-                other = restored_h2 if restored_h2 is not None else from_fixed(exact[1 - half])
-                gates = self.half_update(half, pieces, other, with_slope=tape is not None)
-                exact[half] = undo_step(exact[half], gates.n, gates.update, buffer=buffer,
-                                        mask=mask, restored=restored if half == 0 else None)
-                if tape is not None:
-                    previous = from_fixed(exact[half])
-                    tape.append((half, other, previous, gates))
-                    restored_h2 = previous
-        return tuple(exact)
+    def undo_half(self, half, pieces, other, exact, buffer, mask, *, restored, recording):
+        gates = self.half_update(half, pieces, other, with_slope=recording)
+        exact[half] = undo_step(exact[half], gates.n, gates.update, buffer=buffer, mask=mask,
+                                restored=restored)
+        return (half, other, from_fixed(exact[half]), gates) if recording else None
 
     def backward_step(self, tape, grads, mask):
         """h_i' = z_q h_i + (1 - z_q) g on real rows (h_i' = h_i on padding), so
         dh_i = z_q dh_i', dz_q = (h_i - g) dh_i', dg = (1 - z_q) dh_i'; the gates read h_j."""
         d = list(grads)
-        real = _real_rows(mask)
+        real = real_rows(mask)
         pieces: List[Optional[Tensor]] = [None] * 4
         inputs: List[Optional[Tensor]] = [None] * 4
         with torch.no_grad():
             for half, other, previous, gates in tape:  # half 2 first: it read the new h1
                 grad = d[half]
-                live = _on_real(real, grad, 0.0)
-                d[half] = _on_real(real, grad * gates.z_q, grad)
+                live = on_real(real, grad, 0.0)
+                d[half] = on_real(real, grad * gates.z_q, grad)
                 d_candidate = live * (1.0 - gates.z_q) * (1.0 - gates.candidate * gates.candidate)
                 d_reset_other = d_candidate.mm(self.hidden_weight(self.candidates[half]))
                 d_logits = torch.cat([live * (previous - gates.candidate) * gates.slope,
@@ -372,60 +294,47 @@ class RevLSTMCell(ReversibleCell):
         backward reuses); both directions call it."""
         return out_gate * tanh_cell
 
-    def step(self, projected, state, values, buffer, mask, *, next_state=None, stored_units=0,
-             precision=32, tag=""):
-        exact, floats = list(state), list(values)
-        pieces = self.split_projection(projected)
-        for half in (0, 1):
-            g = self.half_gates(half, pieces, floats[1 - half])
-            c = 2 + half
-            exact[c], floats[c] = gated_step(
-                exact[c], floats[c], g.f_q, g.n_f, g.cell_update, buffer=buffer, mask=mask,
-                next_exact=None if next_state is None else next_state[c], tag=tag)
-            exact[half], floats[half] = gated_step(
-                exact[half], floats[half], g.p_q, g.n_p,
-                self.hidden_update(g.out_gate, torch.tanh(floats[c])), buffer=buffer, mask=mask,
-                next_exact=None if next_state is None else next_state[half],
-                stored_units=stored_units if half == 0 else 0, precision=precision, tag=tag)
-        return tuple(exact), tuple(floats)
+    def update_half(self, half, pieces, exact, floats, *, buffer, mask, next_state, stored_units,
+                    precision, tag):
+        g = self.half_gates(half, pieces, floats[1 - half])
+        c = 2 + half
+        exact[c], floats[c] = gated_step(
+            exact[c], floats[c], g.f_q, g.n_f, g.cell_update, buffer=buffer, mask=mask,
+            next_exact=None if next_state is None else next_state[c], tag=tag)
+        exact[half], floats[half] = gated_step(
+            exact[half], floats[half], g.p_q, g.n_p,
+            self.hidden_update(g.out_gate, torch.tanh(floats[c])), buffer=buffer, mask=mask,
+            next_exact=None if next_state is None else next_state[half],
+            stored_units=stored_units, precision=precision, tag=tag)
 
-    def reverse(self, projected, state, buffer, mask, *, restored=None, tape=None):
-        exact = list(state)
-        pieces = self.split_projection(projected)
-        restored_h2 = None  # with a tape: the float h2 it recorded, which h1's gates then read
-        with torch.no_grad():
-            for half in (1, 0):
-                c = 2 + half
-                other = restored_h2 if restored_h2 is not None else from_fixed(exact[1 - half])
-                g = self.half_gates(half, pieces, other, with_slope=tape is not None)
-                tanh_cell = torch.tanh(from_fixed(exact[c]))
-                exact[half] = undo_step(
-                    exact[half], g.n_p, self.hidden_update(g.out_gate, tanh_cell),
-                    buffer=buffer, mask=mask, restored=restored if half == 0 else None)
-                exact[c] = undo_step(exact[c], g.n_f, g.cell_update, buffer=buffer, mask=mask)
-                if tape is not None:
-                    previous = from_fixed(exact[half])
-                    tape.append((half, other, previous, from_fixed(exact[c]), tanh_cell, g))
-                    restored_h2 = previous
-        return tuple(exact)
+    def undo_half(self, half, pieces, other, exact, buffer, mask, *, restored, recording):
+        c = 2 + half
+        g = self.half_gates(half, pieces, other, with_slope=recording)
+        tanh_cell = torch.tanh(from_fixed(exact[c]))
+        exact[half] = undo_step(exact[half], g.n_p, self.hidden_update(g.out_gate, tanh_cell),
+                                buffer=buffer, mask=mask, restored=restored)
+        exact[c] = undo_step(exact[c], g.n_f, g.cell_update, buffer=buffer, mask=mask)
+        if not recording:
+            return None
+        return half, other, from_fixed(exact[half]), from_fixed(exact[c]), tanh_cell, g
 
     def backward_step(self, tape, grads, mask):
         """On real rows h' = p_q h + o tanh(c'), c' = f_q c + i g (padding: unchanged), so
         dc' += o (1 - tanh(c')^2) dh', dh = p_q dh', dp_q = h dh', do = tanh(c') dh',
         dc = f_q dc', df_q = c dc', di = g dc', dg = i dc'; the gates read h_j."""
         d = list(grads)
-        real = _real_rows(mask)
+        real = real_rows(mask)
         pieces: List[Optional[Tensor]] = [None] * 2
         inputs: List[Optional[Tensor]] = [None] * 2
         with torch.no_grad():
             for half, other, previous, previous_cell, tanh_cell, g in tape:  # half 2 first
                 c = 2 + half
                 grad_h = d[half]
-                live_h = _on_real(real, grad_h, 0.0)
-                d[half] = _on_real(real, grad_h * g.p_q, grad_h)
+                live_h = on_real(real, grad_h, 0.0)
+                d[half] = on_real(real, grad_h * g.p_q, grad_h)
                 grad_c = d[c] + live_h * g.out_gate * (1.0 - tanh_cell * tanh_cell)
-                live_c = _on_real(real, grad_c, 0.0)
-                d[c] = _on_real(real, grad_c * g.f_q, grad_c)
+                live_c = on_real(real, grad_c, 0.0)
+                d[c] = on_real(real, grad_c * g.f_q, grad_c)
                 d_gates = live_c.new_empty(live_c.shape[0], 5 * live_c.shape[1])
                 d_f, d_i, d_o, d_p, d_g = d_gates.split(live_c.shape[1], dim=-1)  # no cat
                 torch.mul(live_c * previous_cell, g.f_slope, out=d_f)

@@ -1,140 +1,44 @@
-"""A multi-layer reversible RNN over whole sequences, in two named memory modes.
+"""A multi-layer reversible RNN over whole sequences, in two named memory modes (plan.py).
 
 - `MemoryMode.REFERENCE`: plain autograd over the fixed-point steps; stores every activation.
   The correctness reference.
 - `MemoryMode.REVERSIBLE`: an autograd Function that keeps only the final state, the information
   buffer and the attention storage; backward reverses the sequence step by step (top layer first
-  inside each step), re-runs each step with grad and backpropagates it (see `backprop.py`).
+  inside each step), re-runs each step's gradient and backpropagates it (see `backprop.py`).
 
-Both modes run the same steps, so losses are bit-identical and gradients agree to float rounding.
+The time loop is written once in each direction: `run_steps` (forward, chunk by chunk) and
+`reverse_chunks` (reverse, last chunk first). Reference mode, reversible forward and backward,
+the reversal checks (checks.py) and the encoder's stored states all run these two, so every
+mode and every check sees the same chunking, masks and arithmetic: losses are bit-identical and
+gradients agree to float rounding.
+
 Inputs are floats (batch, T, input) or token ids (batch, T) with an embedding module, looked up
-again step by step in reverse. Masks are (batch, T) bool, True on real steps (a prefix of each row).
-Steps run in chunks of `chunk_steps`: the first layer's input projections of a chunk are one
+again chunk by chunk in reverse. Masks are (batch, T) bool, True on real steps (a prefix of each
+row). Steps run in chunks of `chunk_steps`: the first layer's input projections of a chunk are one
 matrix product. A readout hook (a loss on the top states, see `read_chunk`) is summed over chunks
 in forward time order; in reversible mode forward evaluates it without a graph for its value and
 backward again, with gradients, while the chunk is reversed (so it must be deterministic).
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from nmt.reversible.accounting import MemoryAccount, count_memory
+from nmt.reversible.accounting import count_memory
 from nmt.reversible.backprop import run_reversible
 from nmt.reversible.buffer import InformationBuffer
-from nmt.reversible.readout import read_chunk
 from nmt.reversible.cells import CELLS, State, Values, float32_math
-from nmt.reversible.deferred import DeferredWeightGrads
+from nmt.reversible.checks import ReversalError
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
+from nmt.reversible.plan import (DEFAULT_CHUNK_STEPS, InitialState, MemoryMode, Plan,
+                                 ReversedChunk, SequenceOutput, StepInputs, StepResult)
+from nmt.reversible.readout import read_chunk
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
 from nmt.reversible.validation import check_run
 
-DEFAULT_CHUNK_STEPS = 16
-InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
-
-
-class MemoryMode(enum.Enum):
-    REFERENCE = "reference"
-    REVERSIBLE = "reversible"
-
-
-@dataclass
-class SequenceOutput:
-    """What a run returns.
-
-    final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable.
-    final_state: the exact int64 state per layer (tuples of halves).
-    stored: (batch, T, units) float32 attention storage (zero on padded steps), or None;
-        differentiable like `final`.
-    readout: the summed readout (scalar), or None. In reversible mode, when anything is to be
-        differentiated, the readout is evaluated during backward and this scalar is NaN until
-        backward has filled it in: read it after `backward()`.
-    memory: counted bits of this run (accounting.py; heads charged to this run: recount with
-        count_memory(..., charge_head=False) for all but one run sharing a buffer).
-    kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
-        ({"buffer", "stored", "state"}; the buffer's figure includes other runs sharing it);
-        empty in reference mode.
-    """
-
-    final: InitialState
-    final_state: List[State]
-    stored: Optional[Tensor]
-    readout: Optional[Tensor]
-    buffer: InformationBuffer
-    memory: MemoryAccount
-    kept_bytes: dict = field(default_factory=dict)
-
-
-class StepInputs:
-    """The first layer's input over a range of steps: inputs[:, start:stop], or
-    embedding(ids[:, start:stop]), times a fixed per-sequence dropout mask (batch, input) if given.
-    Nothing (batch, T, input) is built: runs take one chunk of steps at a time."""
-
-    def __init__(self, inputs: Tensor, embedding: Optional[nn.Module], dropout: Optional[Tensor]):
-        self.inputs, self.embedding, self.dropout = inputs, embedding, dropout
-        self.embedding_trainable = embedding is not None and any(
-            p.requires_grad for p in embedding.parameters())
-
-    def chunk(self, start: int, stop: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
-        """(x (batch, stop - start, input), leaf): with leaf=True the float inputs, or the
-        looked-up embeddings, are cut from their graph as a grad leaf (backward then runs the
-        embedding once for all steps, instead of a dense embedding-table gradient per chunk)."""
-        source = None
-        if self.embedding is not None:
-            if leaf:
-                with torch.no_grad():
-                    x = self.embedding(self.inputs[:, start:stop])
-                x = source = x.requires_grad_(self.embedding_trainable)
-            else:
-                x = self.embedding(self.inputs[:, start:stop])
-        else:
-            x = self.inputs[:, start:stop]
-            if leaf:
-                x = source = x.detach().requires_grad_(self.inputs.requires_grad)
-        if self.dropout is not None:
-            x = x * self.dropout.unsqueeze(1)
-        return x, source
-
-
-@dataclass
-class Plan:
-    """Everything one run needs besides its tensors; shared with the reversible Function."""
-
-    rnn: "ReversibleRNN"
-    inputs: StepInputs
-    mask: Tensor  # (batch, T) bool
-    buffer: InformationBuffer
-    tag: str
-    readout: Optional[Callable] = None
-    num_extras: int = 0
-    layer_dropout: Optional[Tensor] = None  # (layers - 1, batch, H) fixed masks between layers
-    chunk_steps: int = DEFAULT_CHUNK_STEPS
-    parameters: List[Tensor] = field(default_factory=list)
-    initial_state: Optional[List[State]] = None  # set by the reversible forward
-    final_state: Optional[List[State]] = None
-    kept_bytes: dict = field(default_factory=dict)
-    _full_steps: Optional[int] = None
-
-    @property
-    def steps(self) -> int:
-        return self.mask.shape[1]
-
-    def step_mask(self, t: int) -> Optional[Tensor]:
-        """The mask of step t for the cells, or None where every row is real (then the cells
-        skip their padding selects, which on a CPU cost as much as the arithmetic they guard)."""
-        if self._full_steps is None:
-            self._full_steps = _leading_full_steps(self.mask)
-        return None if t < self._full_steps else self.mask[:, t]
-
-    def chunks(self) -> List[Tuple[int, int]]:
-        """[start, stop) ranges of at most `chunk_steps` steps, in forward order. Every mode uses
-        the same ranges, so the batched input projections agree bit for bit."""
-        return [(start, min(start + self.chunk_steps, self.steps))
-                for start in range(0, self.steps, self.chunk_steps)]
+__all__ = ["MemoryMode", "ReversibleRNN", "SequenceOutput", "DEFAULT_CHUNK_STEPS"]
 
 
 class ReversibleRNN(nn.Module):
@@ -275,40 +179,90 @@ class ReversibleRNN(nn.Module):
                     tape.append((layer, below[layer - 1] if layer > 0 else None, cell_tape))
         return previous
 
-    def backward_step(self, tape: list, grads: List[List[Tensor]], mask: Optional[Tensor], *,
-                      layer_dropout: Optional[Tensor], weight_grads: DeferredWeightGrads,
-                      bias_grads: list) -> Tuple[List[List[Tensor]], Tensor]:
-        """The gradient of one `step` of the stack, by hand, from its reversal's `tape`.
 
-        grads: per layer, d loss / d each float half after the step. Returns the same before the
-        step and d loss / d the first layer's projected input (batch, P). Weight gradients are
-        recorded in `weight_grads` (one product per chunk later); biases of layers above the first
-        (whose inputs are projected per step) append (bias, gradient) to `bias_grads`."""
-        grads = [list(layer_grads) for layer_grads in grads]
-        first_projected = None
-        with torch.no_grad():
-            for layer, layer_input, cell_tape in tape:  # top layer first
-                cell = self.cells[layer]
-                grads[layer], d_projected, inputs = cell.backward_step(cell_tape, grads[layer], mask)
-                pieces = cell.split_projection(d_projected)
-                for linear, piece, own_input in zip(cell.input_layers(), pieces, inputs):
-                    if layer == 0:  # x columns: by autograd, through the chunk's projection
-                        weight_grads.record((linear, cell.input_size), own_input, piece)
-                    else:
-                        weight_grads.record((linear, 0), torch.cat([layer_input, own_input], -1), piece)
-                        bias_grads.append((linear.bias, piece.sum(0)))
-                if layer == 0:
-                    first_projected = d_projected
-                    continue
-                d_input = d_projected.mm(cell.input_weight())
-                if layer_dropout is not None:
-                    d_input = d_input * layer_dropout[layer - 1]
-                below, first_half = grads[layer - 1], self.cells[layer - 1].half_sizes[0]
-                below[0] = below[0] + d_input[:, :first_half]
-                below[1] = below[1] + d_input[:, first_half:]
-        return grads, first_projected
+    # -- the time loop: one forward iterator, one reverse iterator --------------------------------
+
+    def run_steps(self, plan: Plan, state: List[State], values: List[Values], *,
+                  extras: Optional[Sequence[Tensor]] = None) -> Iterator[StepResult]:
+        """Run every step of `plan`, chunk by chunk, yielding after each (see StepResult).
+
+        The first layer's input projections of a chunk are one product. With `extras` (a
+        sequence, possibly empty) and a readout in the plan, the last step of each chunk also
+        carries the chunk's readout. Differentiable when grad is on (reference mode)."""
+        reading = extras is not None and plan.readout is not None
+        for start, stop in plan.chunks():
+            x, _ = plan.inputs.chunk(start, stop)
+            projected = self.cells[0].project_input(x).unbind(1)
+            tops = []
+            for i, t in enumerate(range(start, stop)):
+                state, values, stored = self.step(None, state, values, plan.buffer,
+                                                  plan.step_mask(t), tag=plan.tag,
+                                                  layer_dropout=plan.layer_dropout,
+                                                  projected=projected[i])
+                total = None
+                if reading:
+                    tops.append(torch.cat(values[-1][:2], dim=-1))
+                    if t == stop - 1:
+                        total = read_chunk(plan.readout, tops, start, extras)
+                yield StepResult(t, state, values, stored, total)
+
+    def reverse_chunks(self, plan: Plan, state: List[State], *, initial_state: List[State],
+                       stored: Optional[Tensor] = None, tapes: bool = False,
+                       grad: bool = False) -> Iterator[ReversedChunk]:
+        """Undo every step of a `run_steps` run of `plan` from its final exact `state`, last
+        chunk first, yielding each chunk once reversed (see ReversedChunk).
+
+        initial_state: the run's exact initial state and stored: its (batch, T, k) storage (the
+        stored slice units are restored from them). tapes: record what each step's gradient
+        needs; grad: compute the chunk's input projection with a graph back to its inputs (the
+        same values). A failing step raises ReversalError naming the run and step."""
+        for start, stop in reversed(plan.chunks()):
+            with torch.set_grad_enabled(grad):
+                x, x_leaf = plan.inputs.chunk(start, stop, leaf=grad)
+                projected = self.cells[0].project_input(x)  # (batch, C, P)
+            states, chunk_tapes = [state], []
+            with torch.no_grad():
+                steps = projected.detach().unbind(1)
+                for t in reversed(range(start, stop)):
+                    tape = [] if tapes else None
+                    try:
+                        state = self.reverse_step(
+                            None, state, plan.buffer, plan.step_mask(t),
+                            restored=self._restored_slice(t, stored, initial_state),
+                            layer_dropout=plan.layer_dropout, projected=steps[t - start], tape=tape)
+                    except RuntimeError as error:  # e.g. more words popped than pushed
+                        failure = ReversalError(f"reversing {plan.tag or 'the run'} failed at "
+                                                f"step {t}: {error}")
+                        failure.restored = list(zip(range(stop - 1, t, -1), states[1:]))
+                        raise failure from error
+                    states.append(state)
+                    chunk_tapes.append(tape)
+            yield ReversedChunk(start, stop, states[::-1], chunk_tapes[::-1] if tapes else None,
+                                projected, x_leaf)
+
+    def _restored_slice(self, t: int, stored: Optional[Tensor],
+                        initial_state: List[State]) -> Optional[Tensor]:
+        """The exact stored units of the top h1 before step t (from storage, or the initial state)."""
+        units = self.stored_slice
+        if not units:
+            return None
+        if t == 0:
+            return initial_state[-1][0][:, :units]
+        return to_fixed(stored[:, t - 1].float())
 
     # -- whole sequences ------------------------------------------------------------------------
+
+    def plan(self, inputs: Tensor, mask: Tensor, *, buffer: InformationBuffer,
+             embedding: Optional[nn.Module] = None, input_dropout: Optional[Tensor] = None,
+             layer_dropout: Optional[Tensor] = None, readout: Optional[Callable] = None,
+             num_extras: int = 0, tag: str = "") -> Plan:
+        """The Plan of a run over (batch, T, input) floats or (batch, T) ids with `embedding`."""
+        readout_params = list(readout.parameters()) if isinstance(readout, nn.Module) else []
+        return Plan(inputs=StepInputs(inputs, embedding, input_dropout), mask=mask, buffer=buffer,
+                    tag=tag, readout=readout, num_extras=num_extras, layer_dropout=layer_dropout,
+                    chunk_steps=self.chunk_steps,
+                    parameters=_unique(list(self.parameters()) + readout_params
+                                       + (list(embedding.parameters()) if embedding else [])))
 
     def forward(self, inputs: Tensor, mask: Optional[Tensor] = None, *,
                 mode: MemoryMode = MemoryMode.REVERSIBLE,
@@ -317,7 +271,7 @@ class ReversibleRNN(nn.Module):
                 embedding: Optional[nn.Module] = None, input_dropout: Optional[Tensor] = None,
                 layer_dropout: Optional[Tensor] = None,
                 readout: Optional[Callable] = None, readout_extras: Sequence[Tensor] = (),
-                tag: str = "") -> SequenceOutput:
+                tag: str = "", outputs: bool = False) -> SequenceOutput:
         """Run the stack over (batch, T, input) floats or (batch, T) ids (with `embedding`).
 
         readout: a loss on the top layer's states (see `read_chunk`): fn(h_t (batch, H) float, t,
@@ -329,6 +283,7 @@ class ReversibleRNN(nn.Module):
         input_dropout: (batch, input) mask for the first layer's input, fixed for the sequence;
         layer_dropout: (layers - 1, batch, H) masks for the inputs of the layers above.
         buffer: shared with other runs of the same batch, or None for a fresh one.
+        outputs: also return every top-layer state (reference mode only: it stores them).
 
         Under torch.no_grad() nothing will be reversed, so the reversible mode just runs the
         steps (same values; a fresh buffer then drops its words).
@@ -338,46 +293,44 @@ class ReversibleRNN(nn.Module):
                          layer_dropout=layer_dropout, readout=readout, readout_extras=readout_extras)
         batch = inputs.shape[0]
         reversing = mode is MemoryMode.REVERSIBLE and torch.is_grad_enabled()
+        if outputs and reversing:
+            raise ValueError("outputs=True stores every state: only in MemoryMode.REFERENCE")
         if buffer is None:
             buffer = self.new_buffer(batch, device=inputs.device, keep_words=reversing)
-        readout_params = list(readout.parameters()) if isinstance(readout, nn.Module) else []
-        plan = Plan(rnn=self, inputs=StepInputs(inputs, embedding, input_dropout), mask=mask,
-                    buffer=buffer, tag=tag, readout=readout, num_extras=len(readout_extras),
-                    layer_dropout=layer_dropout, chunk_steps=self.chunk_steps,
-                    parameters=_unique(list(self.parameters()) + readout_params
-                                       + (list(embedding.parameters()) if embedding else [])))
+        plan = self.plan(inputs, mask, buffer=buffer, embedding=embedding,
+                         input_dropout=input_dropout, layer_dropout=layer_dropout,
+                         readout=readout, num_extras=len(readout_extras), tag=tag)
         initial = self.initial_halves(initial_state, batch, inputs.device)
         if reversing:
-            final_state, final_values, stored, total = run_reversible(plan, initial, readout_extras)
-        else:
-            final_state, final_values, stored, total = self._run_reference(plan, initial, readout_extras)
-        memory = count_memory(self, mask, buffer, tag=tag)
+            run = run_reversible(self, plan, initial, readout_extras)
+            return SequenceOutput(final=self.join(run.final_values), final_state=run.final_state,
+                                  stored=run.stored, readout=run.total, buffer=buffer,
+                                  memory=count_memory(self, mask, buffer, tag=tag),
+                                  kept_bytes=run.kept_bytes, pending=run.pending)
+        final_state, final_values, stored, total, tops = self._run_reference(
+            plan, initial, readout_extras, outputs=outputs)
         return SequenceOutput(final=self.join(final_values), final_state=final_state,
-                              stored=stored, readout=total, buffer=buffer, memory=memory,
-                              kept_bytes=plan.kept_bytes)
+                              stored=stored, readout=total, buffer=buffer,
+                              memory=count_memory(self, mask, buffer, tag=tag), outputs=tops)
 
-    def _run_reference(self, plan: Plan, initial: List[Values], extras: Sequence[Tensor]):
+    def _run_reference(self, plan: Plan, initial: List[Values], extras: Sequence[Tensor], *,
+                       outputs: bool = False):
         state = [tuple(to_fixed(part) for part in layer) for layer in initial]
         values = [tuple(straight_through(part, from_fixed(exact)) for part, exact in zip(layer, ex))
                   for layer, ex in zip(initial, state)]
-        stored, losses = [], []
-        for start, stop in plan.chunks():
-            x, _ = plan.inputs.chunk(start, stop)
-            projected = self.cells[0].project_input(x).unbind(1)
-            tops = []
-            for i, t in enumerate(range(start, stop)):
-                state, values, stored_t = self.step(None, state, values, plan.buffer,
-                                                    plan.step_mask(t), tag=plan.tag,
-                                                    layer_dropout=plan.layer_dropout,
-                                                    projected=projected[i])
-                stored.append(stored_t)
-                if plan.readout is not None:
-                    tops.append(torch.cat(values[-1][:2], dim=-1))
-            if plan.readout is not None:
-                losses.append(read_chunk(plan.readout, tops, start, extras))
+        stored, losses, tops = [], [], []
+        for step in self.run_steps(plan, state, values, extras=extras):
+            state, values = step.state, step.values
+            stored.append(step.stored)
+            if step.readout is not None:
+                losses.append(step.readout)
+            if outputs:
+                top = torch.cat(values[-1][:2], dim=-1)
+                real = plan.mask[:, step.t].view(-1, 1)
+                tops.append(torch.where(real, top, torch.zeros((), device=top.device)))
         stored = torch.stack(stored, dim=1) if self.storage is not None else None
         total = torch.stack(losses).sum() if plan.readout is not None else None
-        return state, values, stored, total
+        return state, values, stored, total, torch.stack(tops, dim=1) if outputs else None
 
     # -- step by step (decoding) ----------------------------------------------------------------
 
@@ -428,13 +381,6 @@ class ReversibleRNN(nn.Module):
             return h
         return h, torch.stack([torch.cat(layer[2:], dim=-1) for layer in values])
 
-
-def _leading_full_steps(mask: Tensor) -> int:
-    """How many first steps have every row real. Read on the host only on a CPU; elsewhere 0
-    (the time loop must not wait for the device, and there a select is cheap)."""
-    if mask.device.type != "cpu":
-        return 0
-    return int(mask.all(0).int().cumprod(0).sum())
 
 
 def _unique(tensors: List[Tensor]) -> List[Tensor]:

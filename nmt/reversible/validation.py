@@ -6,13 +6,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from nmt.reversible.plan import MemoryMode
+
 
 def check_run(rnn, inputs: Tensor, mask: Optional[Tensor], *, mode, initial_state, buffer,
               embedding, input_dropout: Optional[Tensor], layer_dropout: Optional[Tensor] = None,
               readout, readout_extras: Sequence) -> Tensor:
     """Validate a ReversibleRNN.forward call; returns the (batch, T) bool mask (all True if None)."""
-    from nmt.reversible.sequence import MemoryMode
-
     if not isinstance(mode, MemoryMode):
         raise ValueError(f"mode {mode!r} is not one of "
                          + ", ".join(f"MemoryMode.{m.name}" for m in MemoryMode))

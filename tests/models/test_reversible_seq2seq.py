@@ -57,9 +57,8 @@ def _model(tokenizer, cell, context, layers, *, dropout=0.25, seed=0, readout_dr
 
 
 def _reference_twin(model):
-    twin = copy.deepcopy(model)
-    twin.encoder.mode = twin.decoder.mode = MemoryMode.REFERENCE
-    return twin
+    """A copy to run with mode=MemoryMode.REFERENCE (plain autograd over the same steps)."""
+    return copy.deepcopy(model)
 
 
 def _step_both_and_compare(model, reference, batch, *, seed):
@@ -68,7 +67,8 @@ def _step_both_and_compare(model, reference, batch, *, seed):
     outputs = {}
     for name, net in (("reversible", model), ("reference", reference)):
         torch.manual_seed(seed)
-        outputs[name] = net.training_loss(batch, label_smoothing=0.1)
+        mode = MemoryMode.REFERENCE if name == "reference" else None
+        outputs[name] = net.training_loss(batch, label_smoothing=0.1, mode=mode)
         outputs[name].loss.backward()
     assert torch.equal(outputs["reversible"].loss, outputs["reference"].loss)
     for (name, mine), (_, theirs) in zip(model.named_parameters(), reference.named_parameters()):
@@ -150,8 +150,8 @@ def test_backward_restores_initial_states_and_empties_the_buffer(multi30k, monke
     torch.manual_seed(3)
     encoder_output = model.encode(batch.src, batch.src_lengths)
     buffer = encoder_output.buffer
-    loss, _ = model.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output,
-                                          label_smoothing=0.1)
+    loss = model.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output,
+                                       label_smoothing=0.1).loss
     # both sides' words are kept until backward reverses the decoder, then the encoder
     steps = batch.src.shape[1] + batch.tgt_in.shape[1]
     assert buffer.pushed_steps == steps * layers * model.encoder.rnn.state_parts
@@ -160,7 +160,7 @@ def test_backward_restores_initial_states_and_empties_the_buffer(multi30k, monke
     batch_size = batch.src.shape[0]
     zero = model.encoder.rnn.exact_state(None, batch_size)
     true_decoder_start = model.decoder.rnn.exact_state(
-        model.decoder._initial_state(encoder_output), batch_size)
+        model.decoder.initial_state(encoder_output), batch_size)
     for restored, true in ((encoder_steps[-1], zero), (decoder_steps[-1], true_decoder_start)):
         for restored_layer, true_layer in zip(restored, true):
             assert all(torch.equal(a, b) for a, b in zip(restored_layer, true_layer))
@@ -215,7 +215,7 @@ def test_inference_from_checkpoint_matches_the_buffer_code_path(multi30k, tmp_pa
     with torch.enable_grad():
         encoder_output = model.encode(src, lengths)
         assert encoder_output.buffer.keep_words
-        loss, _ = model.decoder.training_loss(tgt_in, tgt_out, encoder_output)
+        loss = model.decoder.training_loss(tgt_in, tgt_out, encoder_output).loss
         assert not training_queries  # nothing is read before backward
         loss.backward()
     training_queries = list(torch.cat(training_queries[::-1], dim=1).unbind(1))  # chunks -> steps
@@ -357,14 +357,12 @@ def test_reversible_encoder_before_a_plain_decoder(multi30k):
                             attention={"context": "emb+proj", "size": 4})
     model = build_model(cfg, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     reference = copy.deepcopy(model)
-    reference.encoder.mode = MemoryMode.REFERENCE
     outputs = _step_both_and_compare(model, reference, batch, seed=5)
     memory = outputs["reversible"].memory
     assert memory["encoder_ratio"] > 1 and "decoder_ratio" not in memory
     model.encoder.charges_head = False
     torch.manual_seed(5)  # the same dropout masks, so the same words
-    model.encoder(batch.src, batch.src_lengths)
-    without_head = model.encoder.memory_report()["encoder_ratio"]
+    without_head = model.encoder(batch.src, batch.src_lengths).memory.ratio_used
     normal = 32 * 16 * int(batch.src_lengths.sum())
     head = 32 * batch.src.shape[0] * 8  # int32 heads, one per sentence and half-state unit
     assert 1 / memory["encoder_ratio"] - 1 / without_head == pytest.approx(head / normal)
@@ -375,13 +373,14 @@ def test_reversible_encoder_under_a_reference_decoder(multi30k):
     so the encoder's reversal is still exact."""
     tokenizer, batch = multi30k
     model = _model(tokenizer, "revlstm", "emb+proj", 2)
-    model.decoder.mode = MemoryMode.REFERENCE
     reference = _reference_twin(model)
     losses, buffers = [], []
-    for net in (model, reference):
+    for net, encoder_mode in ((model, None), (reference, MemoryMode.REFERENCE)):
         torch.manual_seed(2)
-        encoder_output = net.encode(batch.src, batch.src_lengths)
-        loss, _ = net.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output)
+        encoder_output = net.decoder.attach(net.encoder(batch.src, batch.src_lengths,
+                                                        mode=encoder_mode))
+        loss = net.decoder.training_loss(batch.tgt_in, batch.tgt_out, encoder_output,
+                                         mode=MemoryMode.REFERENCE).loss
         loss.backward()
         losses.append(loss)
         buffers.append(encoder_output.buffer)

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.models.seq2seq import LossOutput
-from nmt.reversal_drift import reverse_and_compare, run_forward
-from nmt.reversible import MemoryMode, ReversibleRNN
+from nmt.reversible import MemoryMode, ReversibleRNN, check_reversal
 
 VOCAB = 24
 
@@ -42,7 +41,7 @@ class ReversibleToyModel(nn.Module):
         self.tgt_embedding = nn.Embedding(VOCAB, dim)
         self.rnn = ReversibleRNN("revgru", dim, hidden, num_layers=layers)
         self.output = nn.Linear(hidden, VOCAB)
-        self.tamper: Optional[Callable] = None  # tests: corrupts the check's buffer
+        self.tamper: Optional[Callable] = None  # tests: tamper(buffer) corrupts the check's buffer
 
     def initial_state(self, batch):
         """(layers, batch, hidden) from the mean source embedding."""
@@ -54,19 +53,18 @@ class ReversibleToyModel(nn.Module):
         result = self.rnn(batch.tgt_in, batch.tgt_in != 0, mode=MemoryMode.REVERSIBLE,
                           initial_state=self.initial_state(batch), embedding=self.tgt_embedding,
                           readout=TokenLoss(self.output, batch.tgt_out))
-        loss = result.readout
-        return LossOutput(loss=loss, nll=float(loss.detach()), num_tokens=batch.num_tgt_tokens)
+        loss = result.readout  # filled in by backward (result.pending)
+        return LossOutput(loss=loss, nll=loss.detach(), num_tokens=batch.num_tgt_tokens,
+                          pending=result.pending)
 
     forward = training_loss
 
     def verify_reversal(self, batch) -> Optional[str]:
         """The Trainer's drift-check hook (see nmt.reversal_drift)."""
-        record = run_forward(self.rnn, batch.tgt_in, batch.tgt_in != 0,
-                             initial_state=self.initial_state(batch), embedding=self.tgt_embedding)
-        if self.tamper is not None:
-            self.tamper(record)
-        drift = reverse_and_compare(record)
-        return None if drift is None else drift.describe("decoder")
+        drift = check_reversal(self.rnn, batch.tgt_in, batch.tgt_in != 0, exact=True,
+                               initial_state=self.initial_state(batch),
+                               embedding=self.tgt_embedding, corrupt=self.tamper)
+        return None if drift.exact else drift.describe("decoder")
 
 
 def toy_corpus(pairs: int = 48, seed: int = 0) -> SimpleNamespace:

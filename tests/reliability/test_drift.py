@@ -4,8 +4,8 @@ import torch
 
 from nmt.data.batching import collate
 from nmt.optim import LearningRateSchedule
-from nmt.reversal_drift import reverse_and_compare, run_forward, verify_reversal
-from nmt.reversible import ReversibleRNN
+from nmt.reversible import ReversibleRNN, check_reversal
+from nmt.reversible.checks import compare_reversal, record_run
 from nmt.stats import TrainingStats
 from nmt.training import Trainer, TrainingStopped
 from revtoy import ReversibleToyModel, toy_corpus, train_cfg
@@ -17,24 +17,25 @@ def recorded_run(seed: int = 0, *, layers: int = 2):
     torch.manual_seed(seed)
     rnn = ReversibleRNN("revgru", 8, 16, num_layers=layers, max_forget_bits=3)
     inputs = torch.randn(4, STEPS, 8) * 2
-    return run_forward(rnn, inputs)
+    return rnn, record_run(rnn, inputs, exact=True)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_exact_runs_pass(seed):
-    record = recorded_run(seed)
-    assert record.buffer.pushed_steps == STEPS * 2 * 2  # one push per half, layer and step
-    assert record.buffer.words().numel() > 0  # words to pop: a real check
-    assert reverse_and_compare(record) is None
+    rnn, record = recorded_run(seed)
+    buffer = record.plan.buffer
+    assert buffer.pushed_steps == STEPS * 2 * 2  # one push per half, layer and step
+    assert buffer.words().numel() > 0  # words to pop: a real check
+    assert compare_reversal(rnn, record).exact
 
 
 @pytest.mark.parametrize("element", [(0, 0), (2, 5), (3, 7)])
 def test_one_bit_in_a_head_is_caught_with_step_layer_and_difference(element):
-    record = recorded_run()
-    record.buffer.head[element] ^= 1
-    drift = reverse_and_compare(record)
-    assert drift is not None
-    assert drift.time_step == STEPS - 1  # the first step reversed already goes wrong
+    rnn, record = recorded_run()
+    record.plan.buffer.head[element] ^= 1
+    drift = compare_reversal(rnn, record)
+    assert not drift.exact
+    assert drift.first_mismatch == STEPS - 1  # the first step reversed already goes wrong
     assert drift.layer in (0, 1) and drift.largest_difference > 0
     message = drift.describe("encoder")
     assert f"encoder layer {drift.layer} at time step {STEPS - 1}" in message
@@ -42,11 +43,11 @@ def test_one_bit_in_a_head_is_caught_with_step_layer_and_difference(element):
 
 
 def test_one_bit_in_a_pushed_word_is_caught_where_it_is_popped():
-    record = recorded_run()
-    words = record.buffer.words()  # fault injection into the stored words (a view of the stack)
+    rnn, record = recorded_run()
+    words = record.plan.buffer.words()  # fault injection into the stored words (a view of the stack)
     words[-1] ^= 1 << 3  # the last word pushed: popped by the first reverse steps that refill
-    drift = reverse_and_compare(record)
-    assert drift is not None and drift.time_step is not None
+    drift = compare_reversal(rnn, record)
+    assert not drift.exact and drift.first_mismatch is not None
     assert drift.largest_difference > 0
 
 
@@ -55,7 +56,8 @@ def test_verify_reversal_accepts_ids_with_an_embedding():
     rnn = ReversibleRNN("revlstm", 6, 10, num_layers=1)
     ids = torch.randint(1, 20, (3, 9))
     mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [5], [2]])
-    assert verify_reversal(rnn, ids, mask, embedding=torch.nn.Embedding(20, 6)) is None
+    assert check_reversal(rnn, ids, mask, embedding=torch.nn.Embedding(20, 6), exact=True).exact
+    assert check_reversal(rnn, ids, mask, embedding=torch.nn.Embedding(20, 6)).exact
 
 
 def make_trainer(tmp_path, model, **cfg):
@@ -76,10 +78,10 @@ def test_training_stops_at_the_step_whose_check_fails(tmp_path):
     model = ReversibleToyModel()
     checks = []
 
-    def corrupt_at_step_2(record):
+    def corrupt_at_step_2(buffer):
         checks.append(len(checks) + 1)
         if len(checks) == 2:
-            record.buffer.head[0, 0] ^= 1
+            buffer.head[0, 0] ^= 1
 
     model.tamper = corrupt_at_step_2
     trainer = make_trainer(tmp_path, model, verify_reversal_every=1, max_steps=3)
@@ -92,7 +94,7 @@ def test_training_stops_at_the_step_whose_check_fails(tmp_path):
 def test_check_runs_every_n_steps_and_needs_a_reversible_model(tmp_path):
     model = ReversibleToyModel()
     seen = []
-    model.tamper = lambda record: seen.append(True)
+    model.tamper = lambda buffer: seen.append(True)
     make_trainer(tmp_path / "a", model, verify_reversal_every=2, max_steps=5).train()
     assert len(seen) == 2  # steps 2 and 4
 
@@ -146,3 +148,58 @@ def test_seq2seq_check_passes_and_catches_a_bit_in_either_part(tmp_path, monkeyp
         found = verify_seq2seq(model, batch, corrupt=flip_first_word)
         assert found is not None and found.startswith("encoder layer ")
         assert "largest difference" in found
+
+
+# --- one corrupted word in a real chunked training step: both checks report it ---------------------
+
+def _corrupt_after_forward(monkeypatch, *, tag: str, word: int, when=lambda plan: True):
+    """Flip one bit of pushed word `word` once the run tagged `tag` has done its steps. Training
+    (backprop.py) and the drift check (checks.record_run) both run ReversibleRNN.run_steps."""
+    original = ReversibleRNN.run_steps
+
+    def run_steps(self, plan, state, values, **options):
+        yield from original(self, plan, state, values, **options)
+        if plan.tag == tag and when(plan):
+            plan.buffer.words()[word] ^= 1 << 5
+
+    monkeypatch.setattr(ReversibleRNN, "run_steps", run_steps)
+
+
+def chunked_seq2seq():
+    model = reversible_seq2seq()
+    model.encoder.rnn.chunk_steps = model.decoder.rnn.chunk_steps = 3  # several chunks a side
+    return model
+
+
+@pytest.mark.parametrize("word,part", [(0, "encoder"), (-1, "decoder")])
+def test_a_corrupted_word_stops_the_training_steps_backward(monkeypatch, word, part):
+    from nmt.reversible import ReversalError
+    from nmt.reversible.readout import PendingValueError
+
+    model, batch = chunked_seq2seq(), seq2seq_batch()
+    assert batch.src.shape[1] > 3 and batch.tgt_in.shape[1] > 3
+    output = model.training_loss(batch, label_smoothing=0.1)
+    output.loss.backward()  # clean: the end-of-backward check passes
+    assert output.nll.isfinite() and output.loss_value() > 0
+    _corrupt_after_forward(monkeypatch, tag="decoder", word=word)  # word 0: the encoder's first
+    output = model.training_loss(batch, label_smoothing=0.1)
+    with pytest.raises(PendingValueError, match="call backward"):
+        output.loss_value()
+    with pytest.raises(ReversalError, match=rf"reversing {part} .*(step \d+|layer \d)"):
+        output.loss.backward()
+
+
+@pytest.mark.parametrize("word,part", [(0, "encoder"), (-1, "decoder")])
+def test_verify_reversal_every_reports_a_corrupted_word(tmp_path, monkeypatch, word, part):
+    from nmt.reversal_drift import reversal_check_for
+
+    model, batch = chunked_seq2seq(), seq2seq_batch()
+    _corrupt_after_forward(monkeypatch, tag="decoder", word=word,
+                           when=lambda plan: plan.readout is None)  # the check's run only
+    with torch.no_grad():
+        found = reversal_check_for(model)(batch)
+    assert found is not None and found.startswith(f"{part} layer ") and "time step" in found
+    trainer = make_trainer(tmp_path, model, verify_reversal_every=1, max_steps=2)
+    with pytest.raises(TrainingStopped, match=rf"reversal drift at training step 1 \(rank 0\): "
+                                              rf"{part} layer \d at time step \d+"):
+        trainer.train()

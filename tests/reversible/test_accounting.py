@@ -1,4 +1,4 @@
-"""Counted memory: normal, used and optimal bits of a run (DESIGN.md section 8)."""
+"""Counted memory: normal, used and optimal bits of a run (docs/design.md, "Memory accounting")."""
 import pytest
 import torch
 

@@ -62,3 +62,24 @@ def test_check_reversal_notices_a_broken_reverse():
     rnn.cells[1].reverse = off_by_one_at_step_5
     result = check_reversal(rnn, inputs)
     assert not result.exact and result.first_mismatch == 5
+
+
+def test_exit_status_is_1_when_the_gradients_disagree(capsys, monkeypatch):
+    import nmt.reversible.backprop as backprop
+
+    original = backprop._add_weight_grads
+
+    def off_by_a_little(param_grads, *args):  # a wrong reversible weight gradient
+        original(param_grads, *args)
+        for grad in param_grads:
+            if grad is not None:
+                grad.add_(1e-2)
+
+    flags = ("--hidden", "6", "--batch", "2", "--steps", "3", "--repeats", "1", "--json")
+    code, captured = _bench(capsys, *flags)
+    assert code == 0 and json.loads(captured.out)["grads_agree"]
+    monkeypatch.setattr(backprop, "_add_weight_grads", off_by_a_little)
+    code, captured = _bench(capsys, *flags)
+    report = json.loads(captured.out)
+    assert code == 1 and not report["grads_agree"]
+    assert report["reversal_exact"] and report["loss_identical"]  # only the gradients are wrong

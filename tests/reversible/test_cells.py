@@ -26,7 +26,7 @@ def _quantised(logits, k):
 
 
 def _paper_gru(cell, x, h1, h2, k, new_h1):
-    """DESIGN.md section 2, written out from the weights in plain float math; the second half
+    """The cells of docs/design.md (MacKay et al. 2018), written out from the weights in plain float math; the second half
     reads the cell's new h1 (so errors of the first half do not compound)."""
     def half(i, own, other):
         size = own.shape[1]

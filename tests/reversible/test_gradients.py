@@ -82,7 +82,7 @@ def test_loss_is_bit_identical_and_gradients_agree(cell, storage, chunk_steps):
 def test_steps_where_every_row_is_real_skip_the_masks_without_changing_anything(cell, monkeypatch):
     """The cells take mask=None on the leading steps where no row is padded (a CPU shortcut);
     runs that pass the mask on every step must give the same loss, storage and gradients."""
-    import nmt.reversible.sequence as sequence
+    import nmt.reversible.plan as sequence
 
     lengths = torch.tensor([9, 9, 7, 5])  # five leading steps without padding
     mask = torch.arange(STEPS)[None] < lengths[:, None]
@@ -324,3 +324,39 @@ def test_a_chunk_readout_sees_every_step_once_in_both_modes(chunk_steps):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert torch.equal(results["chunked", MemoryMode.REFERENCE][0],
                        results["chunked", MemoryMode.REVERSIBLE][0])
+
+
+@pytest.mark.parametrize("where", ["head", "word"])
+def test_every_reversible_backward_ends_with_an_exactness_check(where):
+    from nmt.reversible import ReversalError
+
+    torch.manual_seed(5)
+    rnn = ReversibleRNN("revlstm", INPUT, HIDDEN, num_layers=2, chunk_steps=3)
+    inputs = (torch.randn(BATCH, STEPS, INPUT) * 2).requires_grad_()
+    out = rnn(inputs, mode=MemoryMode.REVERSIBLE, tag="encoder")
+    out.final[0].sum().backward()  # exact: passes
+    assert out.buffer.is_initial()
+    out = rnn(inputs, mode=MemoryMode.REVERSIBLE, tag="encoder")
+    if where == "head":
+        out.buffer.head[1, 2] ^= 1 << 4
+    else:
+        out.buffer.words()[0] ^= 1 << 4  # the first word pushed: popped by the last step undone
+    with pytest.raises(ReversalError, match=r"reversing encoder (was not exact|failed at step \d+)"):
+        out.final[0].sum().backward()
+
+
+def test_check_restored_names_the_run_the_layer_and_the_buffer():
+    from nmt.reversible import InformationBuffer, ReversalError
+    from nmt.reversible.checks import check_restored
+
+    buffer = InformationBuffer((2, 3))
+    mark = buffer.mark()
+    initial = [tuple(torch.zeros(2, 3, dtype=torch.int64) for _ in range(2)) for _ in range(2)]
+    check_restored(initial, initial, buffer, mark, tag="decoder")
+    wrong = [initial[0], (initial[1][0], initial[1][1] + 1)]
+    with pytest.raises(ReversalError, match=r"reversing decoder was not exact: layer 1's state "
+                                            r"restored before step 0 differs"):
+        check_restored(wrong, initial, buffer, mark, tag="decoder")
+    buffer.head[1, 2] += 1
+    with pytest.raises(ReversalError, match=r"information buffer has heads that differ"):
+        check_restored(initial, initial, buffer, mark, tag="decoder")

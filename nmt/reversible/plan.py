@@ -1,0 +1,153 @@
+"""What one run of a ReversibleRNN over a sequence needs besides its tensors (the memory mode,
+the first layer's inputs chunk by chunk, the masks and the chunking every mode shares), and what
+it returns: a SequenceOutput, and per step (forward) or chunk (reverse) of the time loop."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from nmt.reversible.accounting import MemoryAccount
+from nmt.reversible.buffer import InformationBuffer
+from nmt.reversible.cells import State, Values
+from nmt.reversible.readout import PendingTotal
+
+DEFAULT_CHUNK_STEPS = 16
+InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
+
+
+class MemoryMode(enum.Enum):
+    """REFERENCE: plain autograd over the fixed-point steps (stores everything; the correctness
+    reference). REVERSIBLE: keeps the final state, the buffer and the attention storage;
+    backward reverses the run (see backprop.py)."""
+
+    REFERENCE = "reference"
+    REVERSIBLE = "reversible"
+
+
+class StepInputs:
+    """The first layer's input over a range of steps: inputs[:, start:stop], or
+    embedding(ids[:, start:stop]), times a fixed per-sequence dropout mask (batch, input) if given.
+    Nothing (batch, T, input) is built: runs take one chunk of steps at a time."""
+
+    def __init__(self, inputs: Tensor, embedding: Optional[nn.Module], dropout: Optional[Tensor]):
+        self.inputs, self.embedding, self.dropout = inputs, embedding, dropout
+        self.embedding_trainable = embedding is not None and any(
+            p.requires_grad for p in embedding.parameters())
+
+    def chunk(self, start: int, stop: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """(x (batch, stop - start, input), leaf): with leaf=True the float inputs, or the
+        looked-up embeddings, are cut from their graph as a grad leaf (backward then runs the
+        embedding once for all steps, instead of a dense embedding-table gradient per chunk).
+        Both give the same values."""
+        source = None
+        if self.embedding is not None:
+            if leaf:
+                with torch.no_grad():
+                    x = self.embedding(self.inputs[:, start:stop])
+                x = source = x.requires_grad_(self.embedding_trainable)
+            else:
+                x = self.embedding(self.inputs[:, start:stop])
+        else:
+            x = self.inputs[:, start:stop]
+            if leaf:
+                x = source = x.detach().requires_grad_(self.inputs.requires_grad)
+        if self.dropout is not None:
+            x = x * self.dropout.unsqueeze(1)
+        return x, source
+
+
+@dataclass
+class Plan:
+    """Everything one run needs besides its tensors (inputs only: results are returned)."""
+
+    inputs: StepInputs
+    mask: Tensor  # (batch, T) bool
+    buffer: InformationBuffer
+    tag: str = ""
+    readout: Optional[Callable] = None
+    num_extras: int = 0
+    layer_dropout: Optional[Tensor] = None  # (layers - 1, batch, H) fixed masks between layers
+    chunk_steps: int = DEFAULT_CHUNK_STEPS
+    parameters: List[Tensor] = field(default_factory=list)
+    full_steps: int = field(init=False)
+
+    def __post_init__(self):
+        self.full_steps = _leading_full_steps(self.mask)
+
+    @property
+    def steps(self) -> int:
+        return self.mask.shape[1]
+
+    def step_mask(self, t: int) -> Optional[Tensor]:
+        """The mask of step t for the cells, or None where every row is real (then the cells
+        skip their padding selects, which on a CPU cost as much as the arithmetic they guard)."""
+        return None if t < self.full_steps else self.mask[:, t]
+
+    def chunks(self) -> List[Tuple[int, int]]:
+        """[start, stop) ranges of at most `chunk_steps` steps, in forward order. Every mode and
+        every check uses the same ranges, so the batched input projections agree bit for bit."""
+        return [(start, min(start + self.chunk_steps, self.steps))
+                for start in range(0, self.steps, self.chunk_steps)]
+
+
+@dataclass
+class SequenceOutput:
+    """What a run returns.
+
+    final: float (layers, batch, H), or (h, c) for RevLSTM; differentiable.
+    final_state: the exact int64 state per layer (tuples of halves).
+    stored: (batch, T, units) float32 attention storage (zero on padded steps), or None;
+        differentiable like `final`.
+    outputs: (batch, T, H) top-layer states (zero on padded steps), reference mode with
+        `outputs=True` only, else None.
+    readout: the summed readout (scalar), or None. In reversible mode, when anything is to be
+        differentiated, the readout is evaluated during backward: `pending` then says whether
+        backward has filled it in (read it after `backward()`; before, it holds NaN).
+    memory: counted bits of this run (accounting.py; heads charged to this run: recount with
+        count_memory(..., charge_head=False) for all but one run sharing a buffer).
+    kept_bytes: measured bytes the reversible mode held once its forward recurrence was done
+        ({"buffer", "stored", "state"}; the buffer's figure includes other runs sharing it);
+        empty in reference mode.
+    """
+
+    final: InitialState
+    final_state: List[State]
+    stored: Optional[Tensor]
+    readout: Optional[Tensor]
+    buffer: InformationBuffer
+    memory: MemoryAccount
+    kept_bytes: dict = field(default_factory=dict)
+    outputs: Optional[Tensor] = None
+    pending: Optional[PendingTotal] = None
+
+
+class StepResult(NamedTuple):
+    """One forward step of the stack (`run_steps`)."""
+
+    t: int
+    state: List[State]  # exact, after step t
+    values: List[Values]  # float views of it (with gradients in reference mode)
+    stored: Optional[Tensor]  # (batch, units): what the storage keeps of step t
+    readout: Optional[Tensor]  # the readout of the chunk that step t ends, else None
+
+
+class ReversedChunk(NamedTuple):
+    """One chunk of steps undone (`reverse_chunks`), in forward order."""
+
+    start: int
+    stop: int
+    states: List[List[State]]  # exact state before each step start .. stop - 1, then after stop - 1
+    tapes: Optional[list]  # per step, what its gradient needs (with tapes=True)
+    projected: Tensor  # (batch, C, P) first-layer input projections (a graph back to x_leaf)
+    x_leaf: Optional[Tensor]  # the chunk's inputs as a grad leaf (with grad=True)
+
+def _leading_full_steps(mask: Tensor) -> int:
+    """How many first steps have every row real. Read on the host only on a CPU; elsewhere 0
+    (the time loop must not wait for the device, and there a select is cheap)."""
+    if mask.device.type != "cpu":
+        return 0
+    return int(mask.all(0).int().cumprod(0).sum())
