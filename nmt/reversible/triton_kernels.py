@@ -1,0 +1,436 @@
+"""Fused Triton kernels for one gated half-step of an exact reversible recurrence.
+
+A half-step of RevGRU or RevLSTM is h <- forget(h, n) + round(update * 2**23) on an int64
+fixed-point state, where n / 2**R is a quantised gate and `forget` codes the lost bits into a
+per-element head N with rANS-like arithmetic, spilling 16-bit words to a stack (see buffer.py for
+the algorithm). Here each direction is one kernel launch:
+
+- `gated_forward`: from the gate's sigmoid `s` and the update's factors, the quantised numerator
+  n = clamp(rint(((1 - 2**-k) s + 2**-k) 2**R), n_min, 2**R), the update
+  ((1 - n / 2**R) * b, or a * b), the buffer push (heads and spilled words), the exact state and
+  its float32 view; padded rows (mask False) and the first `stored` units use n = 2**R (identity,
+  never spills), stored units take round_to_storage(z h + update) at 16 or 32 bits.
+- `gated_reverse`: the exact inverse: the same gates, the inverse bijection, the words popped.
+- `gru_backward_gates`, `gru_backward_reset`, `lstm_backward`: the element-wise parts of the
+  hand-written backward step (the matrix products around them stay in cuBLAS).
+
+Only IEEE basic arithmetic (+, -, *, conversions) and integer arithmetic run inside the kernels:
+the transcendental activations (sigmoid, tanh) come in as tensors computed by torch, so the
+kernels give the tensor path's integers bit for bit on every backend (the interpreter, a GPU with
+fp fusion off; torch's own CPU sigmoid depends on an element's position in a vectorised loop, so
+no in-kernel formula could match it). Rounding is round-half-even written out with integer
+arithmetic, and Triton's integer // and % (which truncate toward zero) are corrected to floor.
+
+The word stack: `words` (int16, preallocated capacity) and `top` (a 1-element int64 tensor on the
+device). One program walks the elements in row-major order in blocks, ranks each block's spills
+with tl.cumsum and writes them at top + rank: the words land in exactly the tensor path's order
+(masked_select per step, element order) without the host ever reading a count. The reverse walks
+the blocks last to first and pops each block's words from the top. Nothing here synchronises.
+
+This module knows nothing of cells or models; `nmt/reversible/fused.py` drives it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the tensor path and the C loops serve; callers check `available()`
+    triton = None
+    tl = None
+
+MODE_GRU = 0  # update = (1 - n / 2**R) * b
+MODE_PRODUCT = 1  # update = a * b
+
+_MAX_BLOCK = 4096
+LAUNCHES = [0]  # kernel launches so far (a counter for launch-count measurements)
+
+
+def available() -> bool:
+    """True when Triton is importable."""
+    return triton is not None
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _options() -> dict:
+    """No fused multiply-add on a GPU: every a * b + c rounds twice, as in torch's eager ops."""
+    return {} if interpreting() else {"enable_fp_fusion": False}
+
+
+def _block(count: int) -> int:
+    return max(16, min(_MAX_BLOCK, triton.next_power_of_2(max(count, 1))))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _floor_div(a, n):
+        """floor(a / n) for n > 0 (Triton's // truncates toward zero)."""
+        q = a // n
+        return q - (((a - q * n) != 0) & (a < 0)).to(tl.int64)
+
+    @triton.jit
+    def _rint(y):
+        """y (float32) rounded half to even, as int64 (torch.round), with integer arithmetic."""
+        t = y.to(tl.int64)  # truncated toward zero; exact where y is already whole
+        rest = y - t.to(tl.float32)  # exact: the fraction of y
+        odd = (t & 1) != 0
+        up = (rest > 0.5) | ((rest == 0.5) & odd)
+        down = (rest < -0.5) | ((rest == -0.5) & odd)
+        return t + up.to(tl.int64) - down.to(tl.int64)
+
+    @triton.jit
+    def _gate(s, n_min, R: tl.constexpr):
+        """The quantised numerator n (int64) and z_q = n / 2**R of sigmoid value s."""
+        floor = n_min.to(tl.float32) * (1.0 / (1 << R))
+        z = (1.0 - floor) * s + floor
+        n = _rint(z * (1 << R))
+        n = tl.minimum(tl.maximum(n, n_min), 1 << R)
+        return n, n.to(tl.float32) * (1.0 / (1 << R))
+
+    @triton.jit
+    def _update(s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, row, col, live, n_min,
+                MODE: tl.constexpr, R: tl.constexpr):
+        """n, z_q and the float32 update of the elements at (row, col)."""
+        s = tl.load(s_ptr + row * s_stride + col, mask=live, other=1.0)
+        b = tl.load(b_ptr + row * b_stride + col, mask=live, other=0.0)
+        n, z_q = _gate(s, n_min, R)
+        if MODE == 0:
+            update = (1.0 - z_q) * b
+        else:
+            update = tl.load(a_ptr + row * a_stride + col, mask=live, other=0.0) * b
+        return n, z_q, update
+
+    @triton.jit(do_not_specialize=["capacity", "rows", "cols", "stored", "n_min"])
+    def _gated_forward_kernel(
+            h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, mask_ptr,
+            head_ptr, head_stride, words_ptr, capacity, top_ptr, hist_ptr, pushed_ptr,
+            out_ptr, value_ptr, rows, cols, stored, n_min,
+            MODE: tl.constexpr, HAS_MASK: tl.constexpr, HALF_STORAGE: tl.constexpr,
+            COUNT: tl.constexpr, R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
+        top = tl.load(top_ptr)
+        start_top = top
+        total = rows * cols
+        for start in range(0, total, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            live = offs < total
+            row = offs // cols  # offs >= 0: truncation is floor
+            col = offs - row * cols
+            h = tl.load(h_ptr + row * h_stride + col, mask=live, other=0)
+            n, z_q, update = _update(s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, row, col,
+                                     live, n_min, MODE, R)
+            real = live
+            if HAS_MASK:
+                real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
+            n_applied = tl.where(real & (col >= stored), n, 1 << R)
+            step = tl.where(real, _rint(update * (1 << 23)), 0)
+            # spill the heads that would overflow: words in element order from top
+            state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
+            spill = (state >= (n_applied << W)) & live
+            rank = tl.cumsum(spill.to(tl.int32), 0) - 1
+            slot = top + rank
+            word = ((state & ((1 << W) - 1)) - (1 << (W - 1))).to(tl.int16)
+            tl.store(words_ptr + slot, word, mask=spill & (slot < capacity))
+            top += tl.sum(spill.to(tl.int64), 0)
+            state = tl.where(spill, state >> W, state)
+            # the bijection: state < 2**36 is non-negative, so // is floor here
+            state = (state << R) | (h & ((1 << R) - 1))
+            quotient = state // n_applied
+            out = (h >> R) * n_applied + (state - quotient * n_applied) + step
+            tl.store(head_ptr + row * head_stride + col, quotient.to(tl.int32), mask=live)
+            if COUNT:
+                tl.atomic_add(hist_ptr + n_applied, 1, mask=live)
+            # stored units: the rounded float update, not the buffer
+            value = h.to(tl.float32) * (1.0 / (1 << 23))
+            kept = z_q * value + update
+            if HALF_STORAGE:
+                kept = kept.to(tl.float16).to(tl.float32)
+            kept = tl.where(real, _rint(kept * (1 << 23)), h)
+            out = tl.where(col < stored, kept, out)
+            tl.store(out_ptr + row * cols + col, out, mask=live)
+            tl.store(value_ptr + row * cols + col, out.to(tl.float32) * (1.0 / (1 << 23)),
+                     mask=live)
+        tl.store(top_ptr, top)
+        if COUNT:
+            tl.store(pushed_ptr, tl.load(pushed_ptr) + (top - start_top))
+
+    @triton.jit(do_not_specialize=["rows", "cols", "stored", "n_min"])
+    def _gated_reverse_kernel(
+            h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, mask_ptr,
+            head_ptr, head_stride, words_ptr, top_ptr, restored_ptr, restored_stride,
+            out_ptr, value_ptr, rows, cols, stored, n_min,
+            MODE: tl.constexpr, HAS_MASK: tl.constexpr,
+            R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
+        top = tl.load(top_ptr)
+        total = rows * cols
+        blocks = tl.cdiv(total, BLOCK)
+        for back in range(0, blocks):  # last block first: its words are on top
+            offs = (blocks - 1 - back) * BLOCK + tl.arange(0, BLOCK)
+            live = offs < total
+            row = offs // cols
+            col = offs - row * cols
+            h_next = tl.load(h_ptr + row * h_stride + col, mask=live, other=0)
+            n, z_q, update = _update(s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, row, col,
+                                     live, n_min, MODE, R)
+            real = live
+            if HAS_MASK:
+                real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
+            n_applied = tl.where(real & (col >= stored), n, 1 << R)
+            h = h_next - tl.where(real, _rint(update * (1 << 23)), 0)
+            quotient = _floor_div(h, n_applied)  # h may be negative
+            state = tl.load(head_ptr + row * head_stride + col, mask=live,
+                            other=1 << R).to(tl.int64) * n_applied + (h - quotient * n_applied)
+            out = (quotient << R) | (state & ((1 << R) - 1))
+            state = state >> R
+            refill = (state < (1 << R)) & live
+            count = tl.sum(refill.to(tl.int64), 0)
+            slot = top - count + tl.cumsum(refill.to(tl.int32), 0) - 1
+            word = tl.load(words_ptr + slot, mask=refill, other=0).to(tl.int64) + (1 << (W - 1))
+            top -= count
+            state = tl.where(refill, (state << W) | word, state)
+            tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
+            restored = tl.load(restored_ptr + row * restored_stride + col,
+                               mask=live & (col < stored), other=0)
+            out = tl.where(col < stored, tl.where(real, restored, h_next), out)
+            tl.store(out_ptr + row * cols + col, out, mask=live)
+            tl.store(value_ptr + row * cols + col, out.to(tl.float32) * (1.0 / (1 << 23)),
+                     mask=live)
+        tl.store(top_ptr, top)
+
+    @triton.jit(do_not_specialize=["n_min"])
+    def _gru_backward_gates_kernel(
+            grad_ptr, s_ptr, s_stride, cand_ptr, cand_stride, prev_ptr, mask_ptr,
+            d_half_ptr, d_cand_ptr, d_logits_ptr, d_logits_stride, rows, cols, n_min,
+            HAS_MASK: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < rows * cols
+        row = offs // cols
+        col = offs - row * cols
+        grad = tl.load(grad_ptr + offs, mask=live, other=0.0)
+        s = tl.load(s_ptr + row * s_stride + col, mask=live, other=0.0)
+        cand = tl.load(cand_ptr + row * cand_stride + col, mask=live, other=0.0)
+        prev = tl.load(prev_ptr + offs, mask=live, other=0.0)
+        real = live
+        if HAS_MASK:
+            real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
+        n, z_q = _gate(s, n_min, R)
+        slope = (1.0 - n_min.to(tl.float32) * (1.0 / (1 << R))) * s * (1.0 - s)
+        grad_live = tl.where(real, grad, 0.0)
+        tl.store(d_half_ptr + offs, tl.where(real, grad * z_q, grad), mask=live)
+        tl.store(d_cand_ptr + offs, grad_live * (1.0 - z_q) * (1.0 - cand * cand), mask=live)
+        tl.store(d_logits_ptr + row * d_logits_stride + col, grad_live * (prev - cand) * slope,
+                 mask=live)
+
+    @triton.jit
+    def _gru_backward_reset_kernel(
+            d_ro_ptr, other_ptr, reset_ptr, reset_stride, d_other_ptr, d_logits_ptr,
+            d_logits_stride, d_other_out_ptr, reset_other_ptr, rows, cols, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < rows * cols
+        row = offs // cols
+        col = offs - row * cols
+        d_ro = tl.load(d_ro_ptr + offs, mask=live, other=0.0)
+        other = tl.load(other_ptr + offs, mask=live, other=0.0)
+        reset = tl.load(reset_ptr + row * reset_stride + col, mask=live, other=0.0)
+        d_other = tl.load(d_other_ptr + offs, mask=live, other=0.0)
+        tl.store(d_logits_ptr + row * d_logits_stride + col,
+                 d_ro * other * reset * (1.0 - reset), mask=live)
+        tl.store(d_other_out_ptr + offs, d_other + d_ro * reset, mask=live)
+        tl.store(reset_other_ptr + offs, reset * other, mask=live)
+
+    @triton.jit(do_not_specialize=["n_min"])
+    def _lstm_backward_kernel(
+            grad_h_ptr, grad_c_ptr, sf_ptr, si_ptr, so_ptr, sp_ptr, cand_ptr, gate_stride,
+            tanh_ptr, prev_ptr, prev_cell_ptr, mask_ptr, d_h_ptr, d_c_ptr, d_gates_ptr,
+            rows, cols, n_min, HAS_MASK: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < rows * cols
+        row = offs // cols
+        col = offs - row * cols
+        g_off = row * gate_stride + col
+        grad_h = tl.load(grad_h_ptr + offs, mask=live, other=0.0)
+        grad_c = tl.load(grad_c_ptr + offs, mask=live, other=0.0)
+        sf = tl.load(sf_ptr + g_off, mask=live, other=0.0)
+        inp = tl.load(si_ptr + g_off, mask=live, other=0.0)
+        out_gate = tl.load(so_ptr + g_off, mask=live, other=0.0)
+        sp = tl.load(sp_ptr + g_off, mask=live, other=0.0)
+        cand = tl.load(cand_ptr + g_off, mask=live, other=0.0)
+        tanh_cell = tl.load(tanh_ptr + offs, mask=live, other=0.0)
+        prev = tl.load(prev_ptr + offs, mask=live, other=0.0)
+        prev_cell = tl.load(prev_cell_ptr + offs, mask=live, other=0.0)
+        real = live
+        if HAS_MASK:
+            real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
+        scale = 1.0 - n_min.to(tl.float32) * (1.0 / (1 << R))
+        nf, f_q = _gate(sf, n_min, R)
+        np_, p_q = _gate(sp, n_min, R)
+        live_h = tl.where(real, grad_h, 0.0)
+        tl.store(d_h_ptr + offs, tl.where(real, grad_h * p_q, grad_h), mask=live)
+        grad_c = grad_c + live_h * out_gate * (1.0 - tanh_cell * tanh_cell)
+        live_c = tl.where(real, grad_c, 0.0)
+        tl.store(d_c_ptr + offs, tl.where(real, grad_c * f_q, grad_c), mask=live)
+        base = d_gates_ptr + row * (5 * cols) + col
+        tl.store(base, live_c * prev_cell * (scale * sf * (1.0 - sf)), mask=live)
+        tl.store(base + cols, live_c * cand * inp * (1.0 - inp), mask=live)
+        tl.store(base + 2 * cols, live_h * tanh_cell * out_gate * (1.0 - out_gate), mask=live)
+        tl.store(base + 3 * cols, live_h * prev * (scale * sp * (1.0 - sp)), mask=live)
+        tl.store(base + 4 * cols, live_c * inp * (1.0 - cand * cand), mask=live)
+
+
+# -- launch wrappers ------------------------------------------------------------------------------
+
+class WordStack:
+    """The buffer's state on the device: int32 heads (rows, cols), an int16 word stack of fixed
+    capacity and its height `top` (a 1-element int64 tensor), optionally a histogram of gate
+    numerators and a pushed-word counter. `reserve` keeps a host-side upper bound of the height
+    and grows the stack (one synchronisation) only when the bound could outgrow it."""
+
+    def __init__(self, shape: Tuple[int, int], *, device=None, capacity: int = 0,
+                 forget_radix: int = 10, word_bits: int = 16, count: bool = True):
+        self.forget_radix, self.word_bits = forget_radix, word_bits
+        self.head = torch.full(shape, 2**forget_radix, dtype=torch.int32, device=device)
+        self.words = torch.zeros(max(capacity, 1), dtype=torch.int16, device=device)
+        self.top = torch.zeros(1, dtype=torch.int64, device=device)
+        self.count = count
+        self.hist = torch.zeros(2**forget_radix + 1, dtype=torch.int64, device=device)
+        self.pushed = torch.zeros(1, dtype=torch.int64, device=device)
+        self.bound = 0  # host-side upper bound of top
+
+    def reserve(self, count: int) -> None:
+        """Room for `count` more words; grows (after reading the height) only when needed."""
+        self.bound += count
+        if self.bound <= self.words.numel():
+            return
+        height = int(self.top)  # the only synchronisation, once per growth
+        self.bound = height + count
+        if self.bound > self.words.numel():
+            grown = torch.zeros(max(2 * self.words.numel(), self.bound), dtype=torch.int16,
+                                device=self.words.device)
+            grown[:height] = self.words[:height]
+            self.words = grown
+
+    def stacked(self) -> Tensor:
+        """The words on the stack, oldest first (synchronises)."""
+        return self.words[: int(self.top)]
+
+    def is_initial(self) -> bool:
+        return int(self.top) == 0 and bool((self.head == 2**self.forget_radix).all())
+
+
+def _mask_arg(mask: Optional[Tensor], like: Tensor) -> Tuple[Tensor, bool]:
+    if mask is None:
+        return like, False
+    return (mask.view(torch.uint8) if mask.dtype == torch.bool else mask), True
+
+
+def _row_stride(x: Tensor) -> int:
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError("kernel inputs must be 2-D with unit column stride")
+    return x.stride(0)
+
+
+def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: int,
+                  a: Optional[Tensor] = None, mask: Optional[Tensor] = None, n_min: int,
+                  stored: int = 0, precision: int = 32) -> Tuple[Tensor, Tensor]:
+    """One forward half-step in one launch. h: int64 (rows, cols) (row stride free, unit column
+    stride); s: the gate's sigmoid; b (and a, MODE_PRODUCT): the update's factors, float32 of h's
+    shape; mask: (rows,) bool. Returns (new exact state, its float32 view), both contiguous."""
+    rows, cols = h.shape
+    stack.reserve(rows * cols)
+    out = torch.empty((rows, cols), dtype=torch.int64, device=h.device)
+    value = torch.empty((rows, cols), dtype=torch.float32, device=h.device)
+    a = b if a is None else a
+    mask_t, has_mask = _mask_arg(mask, stack.top)
+    LAUNCHES[0] += 1
+    _gated_forward_kernel[(1,)](
+        h, _row_stride(h), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b), mask_t,
+        stack.head, stack.head.stride(0), stack.words, stack.words.numel(), stack.top,
+        stack.hist, stack.pushed, out, value, rows, cols, stored, n_min,
+        MODE=mode, HAS_MASK=has_mask, HALF_STORAGE=precision == 16, COUNT=stack.count,
+        R=stack.forget_radix, W=stack.word_bits, BLOCK=_block(rows * cols), **_options())
+    return out, value
+
+
+def gated_reverse(h_next: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: int,
+                  a: Optional[Tensor] = None, mask: Optional[Tensor] = None, n_min: int,
+                  restored: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The exact inverse of `gated_forward` with the same s, a, b and mask; `restored` (rows, k)
+    int64: the stored units' previous values. Returns (previous exact state, its float view)."""
+    rows, cols = h_next.shape
+    out = torch.empty((rows, cols), dtype=torch.int64, device=h_next.device)
+    value = torch.empty((rows, cols), dtype=torch.float32, device=h_next.device)
+    a = b if a is None else a
+    mask_t, has_mask = _mask_arg(mask, stack.top)
+    stored = 0 if restored is None else restored.shape[1]
+    restored_t = h_next if restored is None else restored
+    LAUNCHES[0] += 1
+    _gated_reverse_kernel[(1,)](
+        h_next, _row_stride(h_next), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b),
+        mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, restored_t,
+        _row_stride(restored_t), out, value, rows, cols, stored, n_min,
+        MODE=mode, HAS_MASK=has_mask, R=stack.forget_radix, W=stack.word_bits,
+        BLOCK=_block(rows * cols), **_options())
+    return out, value
+
+
+def _grid(count: int, block: int = 1024):
+    return (triton.cdiv(count, block),)
+
+
+def gru_backward_gates(grad: Tensor, s: Tensor, cand: Tensor, previous: Tensor, d_logits: Tensor,
+                       *, mask: Optional[Tensor], n_min: int, forget_radix: int = 10
+                       ) -> Tuple[Tensor, Tensor]:
+    """RevGRU backward, before the candidate product: writes d_logits[:, :cols] (the forget
+    gate's logit gradient) and returns (gradient of h_i before the step, d_candidate)."""
+    rows, cols = grad.shape
+    d_half = torch.empty_like(grad)
+    d_cand = torch.empty_like(grad)
+    mask_t, has_mask = _mask_arg(mask, grad)
+    LAUNCHES[0] += 1
+    _gru_backward_gates_kernel[_grid(rows * cols)](
+        grad, s, _row_stride(s), cand, _row_stride(cand), previous, mask_t, d_half, d_cand,
+        d_logits, _row_stride(d_logits), rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix,
+        BLOCK=1024, **_options())
+    return d_half, d_cand
+
+
+def gru_backward_reset(d_reset_other: Tensor, other: Tensor, reset: Tensor, d_other: Tensor,
+                       d_logits: Tensor) -> Tuple[Tensor, Tensor]:
+    """RevGRU backward, after the candidate product: writes d_logits (the reset gate's columns;
+    pass the view) and returns (d_other + d_reset_other * reset, reset * other)."""
+    rows, cols = other.shape
+    d_other_out = torch.empty_like(other)
+    reset_other = torch.empty_like(other)
+    LAUNCHES[0] += 1
+    _gru_backward_reset_kernel[_grid(rows * cols)](
+        d_reset_other, other, reset, _row_stride(reset), d_other, d_logits,
+        _row_stride(d_logits), d_other_out, reset_other, rows, cols, BLOCK=1024, **_options())
+    return d_other_out, reset_other
+
+
+def lstm_backward(grad_h: Tensor, grad_c: Tensor, gates: Tuple[Tensor, ...], tanh_cell: Tensor,
+                  previous: Tensor, previous_cell: Tensor, *, mask: Optional[Tensor], n_min: int,
+                  forget_radix: int = 10) -> Tuple[Tensor, Tensor, Tensor]:
+    """RevLSTM backward of one half: `gates` = (sigmoid f, sigmoid i, sigmoid o, sigmoid p,
+    tanh g), contiguous (rows, cols) each; grads, tanh(c'), h and c before the step likewise.
+    Returns (d h, d c before the step, d gate logits (rows, 5 cols) in the order f, i, o, p, g)."""
+    rows, cols = grad_h.shape
+    d_h, d_c = torch.empty_like(grad_h), torch.empty_like(grad_h)
+    d_gates = torch.empty((rows, 5 * cols), dtype=grad_h.dtype, device=grad_h.device)
+    mask_t, has_mask = _mask_arg(mask, grad_h)
+    if any(gate.stride() != (cols, 1) for gate in gates):
+        raise ValueError("lstm_backward: gates must be contiguous (rows, cols)")
+    LAUNCHES[0] += 1
+    _lstm_backward_kernel[_grid(rows * cols)](
+        grad_h, grad_c, *gates, cols, tanh_cell, previous, previous_cell, mask_t, d_h,
+        d_c, d_gates, rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix, BLOCK=1024,
+        **_options())
+    return d_h, d_c, d_gates
