@@ -65,6 +65,20 @@ def _options() -> dict:
     return {} if interpreting() else {"enable_fp_fusion": False}
 
 
+def _launch(kernel, grid, *args, **kwargs) -> None:
+    """Launch `kernel` and count it. Under the interpreter, the launch's own host-side tensor
+    copies (how it emulates device memory) are hidden from dispatch modes: a GPU launch issues no
+    aten op, so op counters see only what the caller does."""
+    LAUNCHES[0] += 1
+    kwargs.update(_options())
+    if interpreting():
+        from torch.utils._python_dispatch import _disable_current_modes
+        with _disable_current_modes():
+            kernel[grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
 def _block(count: int) -> int:
     return max(16, min(_MAX_BLOCK, triton.next_power_of_2(max(count, 1))))
 
@@ -349,13 +363,12 @@ def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: in
     value = torch.empty((rows, cols), dtype=torch.float32, device=h.device)
     a = b if a is None else a
     mask_t, has_mask = _mask_arg(mask, stack.top)
-    LAUNCHES[0] += 1
-    _gated_forward_kernel[(1,)](
-        h, _row_stride(h), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b), mask_t,
-        stack.head, stack.head.stride(0), stack.words, stack.words.numel(), stack.top,
-        stack.hist, stack.pushed, out, value, rows, cols, stored, n_min,
-        MODE=mode, HAS_MASK=has_mask, HALF_STORAGE=precision == 16, COUNT=stack.count,
-        R=stack.forget_radix, W=stack.word_bits, BLOCK=_block(rows * cols), **_options())
+    _launch(_gated_forward_kernel, (1,),
+            h, _row_stride(h), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b), mask_t,
+            stack.head, stack.head.stride(0), stack.words, stack.words.numel(), stack.top,
+            stack.hist, stack.pushed, out, value, rows, cols, stored, n_min,
+            MODE=mode, HAS_MASK=has_mask, HALF_STORAGE=precision == 16, COUNT=stack.count,
+            R=stack.forget_radix, W=stack.word_bits, BLOCK=_block(rows * cols))
     return out, value
 
 
@@ -371,13 +384,12 @@ def gated_reverse(h_next: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mod
     mask_t, has_mask = _mask_arg(mask, stack.top)
     stored = 0 if restored is None else restored.shape[1]
     restored_t = h_next if restored is None else restored
-    LAUNCHES[0] += 1
-    _gated_reverse_kernel[(1,)](
-        h_next, _row_stride(h_next), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b),
-        mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, restored_t,
-        _row_stride(restored_t), out, value, rows, cols, stored, n_min,
-        MODE=mode, HAS_MASK=has_mask, R=stack.forget_radix, W=stack.word_bits,
-        BLOCK=_block(rows * cols), **_options())
+    _launch(_gated_reverse_kernel, (1,),
+            h_next, _row_stride(h_next), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b),
+            mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, restored_t,
+            _row_stride(restored_t), out, value, rows, cols, stored, n_min,
+            MODE=mode, HAS_MASK=has_mask, R=stack.forget_radix, W=stack.word_bits,
+            BLOCK=_block(rows * cols))
     return out, value
 
 
@@ -391,14 +403,14 @@ def gru_backward_gates(grad: Tensor, s: Tensor, cand: Tensor, previous: Tensor, 
     """RevGRU backward, before the candidate product: writes d_logits[:, :cols] (the forget
     gate's logit gradient) and returns (gradient of h_i before the step, d_candidate)."""
     rows, cols = grad.shape
+    grad, previous = grad.contiguous(), previous.contiguous()
     d_half = torch.empty_like(grad)
     d_cand = torch.empty_like(grad)
     mask_t, has_mask = _mask_arg(mask, grad)
-    LAUNCHES[0] += 1
-    _gru_backward_gates_kernel[_grid(rows * cols)](
-        grad, s, _row_stride(s), cand, _row_stride(cand), previous, mask_t, d_half, d_cand,
-        d_logits, _row_stride(d_logits), rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix,
-        BLOCK=1024, **_options())
+    _launch(_gru_backward_gates_kernel, _grid(rows * cols),
+            grad, s, _row_stride(s), cand, _row_stride(cand), previous, mask_t, d_half, d_cand,
+            d_logits, _row_stride(d_logits), rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix,
+            BLOCK=1024)
     return d_half, d_cand
 
 
@@ -407,12 +419,12 @@ def gru_backward_reset(d_reset_other: Tensor, other: Tensor, reset: Tensor, d_ot
     """RevGRU backward, after the candidate product: writes d_logits (the reset gate's columns;
     pass the view) and returns (d_other + d_reset_other * reset, reset * other)."""
     rows, cols = other.shape
+    d_reset_other, other, d_other = (x.contiguous() for x in (d_reset_other, other, d_other))
     d_other_out = torch.empty_like(other)
     reset_other = torch.empty_like(other)
-    LAUNCHES[0] += 1
-    _gru_backward_reset_kernel[_grid(rows * cols)](
-        d_reset_other, other, reset, _row_stride(reset), d_other, d_logits,
-        _row_stride(d_logits), d_other_out, reset_other, rows, cols, BLOCK=1024, **_options())
+    _launch(_gru_backward_reset_kernel, _grid(rows * cols),
+            d_reset_other, other, reset, _row_stride(reset), d_other, d_logits,
+            _row_stride(d_logits), d_other_out, reset_other, rows, cols, BLOCK=1024)
     return d_other_out, reset_other
 
 
@@ -423,14 +435,14 @@ def lstm_backward(grad_h: Tensor, grad_c: Tensor, gates: Tuple[Tensor, ...], tan
     tanh g), contiguous (rows, cols) each; grads, tanh(c'), h and c before the step likewise.
     Returns (d h, d c before the step, d gate logits (rows, 5 cols) in the order f, i, o, p, g)."""
     rows, cols = grad_h.shape
+    grad_h, grad_c, tanh_cell, previous, previous_cell = (
+        x.contiguous() for x in (grad_h, grad_c, tanh_cell, previous, previous_cell))
     d_h, d_c = torch.empty_like(grad_h), torch.empty_like(grad_h)
     d_gates = torch.empty((rows, 5 * cols), dtype=grad_h.dtype, device=grad_h.device)
     mask_t, has_mask = _mask_arg(mask, grad_h)
     if any(gate.stride() != (cols, 1) for gate in gates):
         raise ValueError("lstm_backward: gates must be contiguous (rows, cols)")
-    LAUNCHES[0] += 1
-    _lstm_backward_kernel[_grid(rows * cols)](
-        grad_h, grad_c, *gates, cols, tanh_cell, previous, previous_cell, mask_t, d_h,
-        d_c, d_gates, rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix, BLOCK=1024,
-        **_options())
+    _launch(_lstm_backward_kernel, _grid(rows * cols),
+            grad_h, grad_c, *gates, cols, tanh_cell, previous, previous_cell, mask_t, d_h,
+            d_c, d_gates, rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix, BLOCK=1024)
     return d_h, d_c, d_gates

@@ -223,3 +223,30 @@ def test_word_stack_grows_and_keeps_its_words():
             state, _ = fused.step(cell, projected[t], state, stack, masks[t])
             assert all(torch.equal(a, b) for a, b in zip(state, ref))
     assert torch.equal(stack.stacked(), buffer.words()) and buffer.pushed_words() > 1
+
+
+@pytest.mark.parametrize("name", ["revgru", "revlstm"])
+def test_fused_time_step_never_synchronises_and_counts_its_launches(name):
+    """Forward, reverse and backward on the fused path: no op reads a device value on the host;
+    at most 41 launches per time step (aten compute ops plus Triton kernels; the element-wise
+    work is one kernel per half-step and direction)."""
+    from nmt.reversible.launch_count import count_fused_time_step
+
+    cell = CELLS[name](32, 64)
+    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2)
+    assert counts["sync_per_time_step"] == 0
+    assert counts["buffer_initial"]
+    kernels = sum(counts[phase]["kernels"] for phase in ("forward", "reverse", "backward"))
+    assert kernels == (8 if name == "revgru" else 10)
+    assert counts["launches_per_time_step"] <= 41
+
+
+def test_op_counter_sees_a_host_synchronisation():
+    from nmt.reversible.launch_count import OpCounter
+
+    counter = OpCounter()
+    with counter:
+        x = torch.arange(6)
+        int(x.sum())
+        torch.masked_select(x, x > 2)
+    assert len(counter.sync) == 2
