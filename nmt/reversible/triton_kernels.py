@@ -40,6 +40,7 @@ from torch import Tensor
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except ImportError:  # the tensor path and the C loops serve; callers check `available()`
     triton = None
     tl = None
@@ -61,8 +62,11 @@ def interpreting() -> bool:
 
 
 def _options() -> dict:
-    """No fused multiply-add on a GPU: every a * b + c rounds twice, as in torch's eager ops."""
-    return {} if interpreting() else {"enable_fp_fusion": False}
+    """No fused multiply-add on a GPU: every a * b + c rounds twice, as in torch's eager ops.
+    Activations (ACTIVATE kernels) call libdevice on a GPU (the interpreter has no libdevice)."""
+    if interpreting():
+        return {"LIBDEVICE": False}
+    return {"enable_fp_fusion": False, "LIBDEVICE": True}
 
 
 def _launch(kernel, grid, *args, **kwargs) -> None:
@@ -102,6 +106,44 @@ if triton is not None:
         return t + up.to(tl.int64) - down.to(tl.int64)
 
     @triton.jit
+    def _sigmoid(x, LIBDEVICE: tl.constexpr):
+        """1 / (1 + exp(-x)) in float32 with an IEEE division: torch's CUDA formula (libdevice
+        expf on a GPU; numpy's exp under the interpreter)."""
+        if LIBDEVICE:
+            e = libdevice.exp(-x)
+        else:
+            e = tl.exp(-x)
+        return tl.math.div_rn(1.0, 1.0 + e)
+
+    @triton.jit
+    def _tanh(x, LIBDEVICE: tl.constexpr):
+        """tanh in float32 (libdevice tanhf on a GPU; from exp under the interpreter)."""
+        if LIBDEVICE:
+            y = libdevice.tanh(x)
+        else:
+            e = tl.exp(-2.0 * tl.abs(x))
+            y = tl.math.div_rn(1.0 - e, 1.0 + e)
+            y = tl.where(x < 0, -y, y)
+        return y
+
+    @triton.jit
+    def _activation_kernel(x_ptr, x_stride, y_ptr, other_ptr, rows, cols, TANH: tl.constexpr,
+                           PRODUCT: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
+        """y = sigmoid(x) or tanh(x) (times `other` with PRODUCT), y contiguous."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < rows * cols
+        row = offs // cols
+        col = offs - row * cols
+        x = tl.load(x_ptr + row * x_stride + col, mask=live, other=0.0)
+        if TANH:
+            y = _tanh(x, LIBDEVICE)
+        else:
+            y = _sigmoid(x, LIBDEVICE)
+        if PRODUCT:
+            y = y * tl.load(other_ptr + offs, mask=live, other=0.0)
+        tl.store(y_ptr + offs, y, mask=live)
+
+    @triton.jit
     def _gate(s, n_min, R: tl.constexpr):
         """The quantised numerator n (int64) and z_q = n / 2**R of sigmoid value s."""
         floor = n_min.to(tl.float32) * (1.0 / (1 << R))
@@ -112,15 +154,23 @@ if triton is not None:
 
     @triton.jit
     def _update(s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, row, col, live, n_min,
-                MODE: tl.constexpr, R: tl.constexpr):
-        """n, z_q and the float32 update of the elements at (row, col)."""
+                MODE: tl.constexpr, R: tl.constexpr, ACTIVATE: tl.constexpr,
+                LIBDEVICE: tl.constexpr):
+        """n, z_q and the float32 update of the elements at (row, col). ACTIVATE: s and a are
+        logits (sigmoid applied here), b the argument of tanh."""
         s = tl.load(s_ptr + row * s_stride + col, mask=live, other=1.0)
         b = tl.load(b_ptr + row * b_stride + col, mask=live, other=0.0)
+        if ACTIVATE:
+            s = _sigmoid(s, LIBDEVICE)
+            b = _tanh(b, LIBDEVICE)
         n, z_q = _gate(s, n_min, R)
         if MODE == 0:
             update = (1.0 - z_q) * b
         else:
-            update = tl.load(a_ptr + row * a_stride + col, mask=live, other=0.0) * b
+            a = tl.load(a_ptr + row * a_stride + col, mask=live, other=0.0)
+            if ACTIVATE:
+                a = _sigmoid(a, LIBDEVICE)
+            update = a * b
         return n, z_q, update
 
     @triton.jit(do_not_specialize=["capacity", "rows", "cols", "stored", "n_min"])
@@ -129,7 +179,8 @@ if triton is not None:
             head_ptr, head_stride, words_ptr, capacity, top_ptr, hist_ptr, pushed_ptr,
             out_ptr, value_ptr, rows, cols, stored, n_min,
             MODE: tl.constexpr, HAS_MASK: tl.constexpr, HALF_STORAGE: tl.constexpr,
-            COUNT: tl.constexpr, R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
+            COUNT: tl.constexpr, ACTIVATE: tl.constexpr, LIBDEVICE: tl.constexpr,
+            R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
         top = tl.load(top_ptr)
         start_top = top
         total = rows * cols
@@ -140,7 +191,7 @@ if triton is not None:
             col = offs - row * cols
             h = tl.load(h_ptr + row * h_stride + col, mask=live, other=0)
             n, z_q, update = _update(s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, row, col,
-                                     live, n_min, MODE, R)
+                                     live, n_min, MODE, R, ACTIVATE, LIBDEVICE)
             real = live
             if HAS_MASK:
                 real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
@@ -181,8 +232,8 @@ if triton is not None:
             h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, mask_ptr,
             head_ptr, head_stride, words_ptr, top_ptr, restored_ptr, restored_stride,
             out_ptr, value_ptr, rows, cols, stored, n_min,
-            MODE: tl.constexpr, HAS_MASK: tl.constexpr,
-            R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
+            MODE: tl.constexpr, HAS_MASK: tl.constexpr, ACTIVATE: tl.constexpr,
+            LIBDEVICE: tl.constexpr, R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
         top = tl.load(top_ptr)
         total = rows * cols
         blocks = tl.cdiv(total, BLOCK)
@@ -193,7 +244,7 @@ if triton is not None:
             col = offs - row * cols
             h_next = tl.load(h_ptr + row * h_stride + col, mask=live, other=0)
             n, z_q, update = _update(s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, row, col,
-                                     live, n_min, MODE, R)
+                                     live, n_min, MODE, R, ACTIVATE, LIBDEVICE)
             real = live
             if HAS_MASK:
                 real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
@@ -222,8 +273,9 @@ if triton is not None:
     @triton.jit(do_not_specialize=["n_min"])
     def _gru_backward_gates_kernel(
             grad_ptr, s_ptr, s_stride, cand_ptr, cand_stride, prev_ptr, mask_ptr,
-            d_half_ptr, d_cand_ptr, d_logits_ptr, d_logits_stride, rows, cols, n_min,
-            HAS_MASK: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+            d_half_ptr, d_cand_ptr, d_cand_stride, d_logits_ptr, d_logits_stride, rows, cols,
+            n_min, HAS_MASK: tl.constexpr, ACTIVATE: tl.constexpr, LIBDEVICE: tl.constexpr,
+            R: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < rows * cols
         row = offs // cols
@@ -232,6 +284,9 @@ if triton is not None:
         s = tl.load(s_ptr + row * s_stride + col, mask=live, other=0.0)
         cand = tl.load(cand_ptr + row * cand_stride + col, mask=live, other=0.0)
         prev = tl.load(prev_ptr + offs, mask=live, other=0.0)
+        if ACTIVATE:
+            s = _sigmoid(s, LIBDEVICE)
+            cand = _tanh(cand, LIBDEVICE)
         real = live
         if HAS_MASK:
             real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
@@ -239,14 +294,15 @@ if triton is not None:
         slope = (1.0 - n_min.to(tl.float32) * (1.0 / (1 << R))) * s * (1.0 - s)
         grad_live = tl.where(real, grad, 0.0)
         tl.store(d_half_ptr + offs, tl.where(real, grad * z_q, grad), mask=live)
-        tl.store(d_cand_ptr + offs, grad_live * (1.0 - z_q) * (1.0 - cand * cand), mask=live)
+        tl.store(d_cand_ptr + row * d_cand_stride + col, grad_live * (1.0 - z_q) * (1.0 - cand * cand), mask=live)
         tl.store(d_logits_ptr + row * d_logits_stride + col, grad_live * (prev - cand) * slope,
                  mask=live)
 
     @triton.jit
     def _gru_backward_reset_kernel(
             d_ro_ptr, other_ptr, reset_ptr, reset_stride, d_other_ptr, d_logits_ptr,
-            d_logits_stride, d_other_out_ptr, reset_other_ptr, rows, cols, BLOCK: tl.constexpr):
+            d_logits_stride, d_other_out_ptr, reset_other_ptr, rows, cols,
+            ACTIVATE: tl.constexpr, LIBDEVICE: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < rows * cols
         row = offs // cols
@@ -254,6 +310,8 @@ if triton is not None:
         d_ro = tl.load(d_ro_ptr + offs, mask=live, other=0.0)
         other = tl.load(other_ptr + offs, mask=live, other=0.0)
         reset = tl.load(reset_ptr + row * reset_stride + col, mask=live, other=0.0)
+        if ACTIVATE:
+            reset = _sigmoid(reset, LIBDEVICE)
         d_other = tl.load(d_other_ptr + offs, mask=live, other=0.0)
         tl.store(d_logits_ptr + row * d_logits_stride + col,
                  d_ro * other * reset * (1.0 - reset), mask=live)
@@ -264,7 +322,8 @@ if triton is not None:
     def _lstm_backward_kernel(
             grad_h_ptr, grad_c_ptr, sf_ptr, si_ptr, so_ptr, sp_ptr, cand_ptr, gate_stride,
             tanh_ptr, prev_ptr, prev_cell_ptr, mask_ptr, d_h_ptr, d_c_ptr, d_gates_ptr,
-            rows, cols, n_min, HAS_MASK: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+            d_gates_stride, rows, cols, n_min, HAS_MASK: tl.constexpr, ACTIVATE: tl.constexpr,
+            LIBDEVICE: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         live = offs < rows * cols
         row = offs // cols
@@ -280,6 +339,13 @@ if triton is not None:
         tanh_cell = tl.load(tanh_ptr + offs, mask=live, other=0.0)
         prev = tl.load(prev_ptr + offs, mask=live, other=0.0)
         prev_cell = tl.load(prev_cell_ptr + offs, mask=live, other=0.0)
+        if ACTIVATE:  # logits, tanh's argument g and c' in place of their activations
+            sf = _sigmoid(sf, LIBDEVICE)
+            inp = _sigmoid(inp, LIBDEVICE)
+            out_gate = _sigmoid(out_gate, LIBDEVICE)
+            sp = _sigmoid(sp, LIBDEVICE)
+            cand = _tanh(cand, LIBDEVICE)
+            tanh_cell = _tanh(tanh_cell, LIBDEVICE)
         real = live
         if HAS_MASK:
             real = live & (tl.load(mask_ptr + row, mask=live, other=0) != 0)
@@ -291,7 +357,7 @@ if triton is not None:
         grad_c = grad_c + live_h * out_gate * (1.0 - tanh_cell * tanh_cell)
         live_c = tl.where(real, grad_c, 0.0)
         tl.store(d_c_ptr + offs, tl.where(real, grad_c * f_q, grad_c), mask=live)
-        base = d_gates_ptr + row * (5 * cols) + col
+        base = d_gates_ptr + row * d_gates_stride + col
         tl.store(base, live_c * prev_cell * (scale * sf * (1.0 - sf)), mask=live)
         tl.store(base + cols, live_c * cand * inp * (1.0 - inp), mask=live)
         tl.store(base + 2 * cols, live_h * tanh_cell * out_gate * (1.0 - out_gate), mask=live)
@@ -353,10 +419,12 @@ def _row_stride(x: Tensor) -> int:
 
 def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: int,
                   a: Optional[Tensor] = None, mask: Optional[Tensor] = None, n_min: int,
-                  stored: int = 0, precision: int = 32) -> Tuple[Tensor, Tensor]:
+                  stored: int = 0, precision: int = 32, activate: bool = False
+                  ) -> Tuple[Tensor, Tensor]:
     """One forward half-step in one launch. h: int64 (rows, cols) (row stride free, unit column
     stride); s: the gate's sigmoid; b (and a, MODE_PRODUCT): the update's factors, float32 of h's
-    shape; mask: (rows,) bool. Returns (new exact state, its float32 view), both contiguous."""
+    shape; with `activate`, s and a are logits and b tanh's argument (the kernel applies them);
+    mask: (rows,) bool or uint8. Returns (new exact state, its float32 view), both contiguous."""
     rows, cols = h.shape
     stack.reserve(rows * cols)
     out = torch.empty((rows, cols), dtype=torch.int64, device=h.device)
@@ -368,15 +436,17 @@ def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: in
             stack.head, stack.head.stride(0), stack.words, stack.words.numel(), stack.top,
             stack.hist, stack.pushed, out, value, rows, cols, stored, n_min,
             MODE=mode, HAS_MASK=has_mask, HALF_STORAGE=precision == 16, COUNT=stack.count,
-            R=stack.forget_radix, W=stack.word_bits, BLOCK=_block(rows * cols))
+            ACTIVATE=activate, R=stack.forget_radix, W=stack.word_bits, BLOCK=_block(rows * cols))
     return out, value
 
 
 def gated_reverse(h_next: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: int,
                   a: Optional[Tensor] = None, mask: Optional[Tensor] = None, n_min: int,
-                  restored: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The exact inverse of `gated_forward` with the same s, a, b and mask; `restored` (rows, k)
-    int64: the stored units' previous values. Returns (previous exact state, its float view)."""
+                  restored: Optional[Tensor] = None, activate: bool = False
+                  ) -> Tuple[Tensor, Tensor]:
+    """The exact inverse of `gated_forward` with the same s, a, b, mask and `activate`;
+    `restored` (rows, k) int64: the stored units' previous values. Returns (previous exact
+    state, its float view)."""
     rows, cols = h_next.shape
     out = torch.empty((rows, cols), dtype=torch.int64, device=h_next.device)
     value = torch.empty((rows, cols), dtype=torch.float32, device=h_next.device)
@@ -388,8 +458,8 @@ def gated_reverse(h_next: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mod
             h_next, _row_stride(h_next), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b),
             mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, restored_t,
             _row_stride(restored_t), out, value, rows, cols, stored, n_min,
-            MODE=mode, HAS_MASK=has_mask, R=stack.forget_radix, W=stack.word_bits,
-            BLOCK=_block(rows * cols))
+            MODE=mode, HAS_MASK=has_mask, ACTIVATE=activate, R=stack.forget_radix,
+            W=stack.word_bits, BLOCK=_block(rows * cols))
     return out, value
 
 
@@ -397,52 +467,75 @@ def _grid(count: int, block: int = 1024):
     return (triton.cdiv(count, block),)
 
 
+def activation(x: Tensor, *, tanh: bool = False, times: Optional[Tensor] = None) -> Tensor:
+    """sigmoid(x) (or tanh(x)) as the ACTIVATE kernels compute it, times `times` if given; x
+    (rows, cols) with unit column stride. Returns a contiguous float32 tensor."""
+    rows, cols = x.shape
+    y = torch.empty((rows, cols), dtype=torch.float32, device=x.device)
+    other = y if times is None else times.contiguous()
+    _launch(_activation_kernel, _grid(rows * cols), x, _row_stride(x), y, other, rows, cols,
+            TANH=tanh, PRODUCT=times is not None, BLOCK=1024)
+    return y
+
+
 def gru_backward_gates(grad: Tensor, s: Tensor, cand: Tensor, previous: Tensor, d_logits: Tensor,
-                       *, mask: Optional[Tensor], n_min: int, forget_radix: int = 10
+                       *, mask: Optional[Tensor], n_min: int, forget_radix: int = 10,
+                       d_cand: Optional[Tensor] = None, activate: bool = False
                        ) -> Tuple[Tensor, Tensor]:
     """RevGRU backward, before the candidate product: writes d_logits[:, :cols] (the forget
-    gate's logit gradient) and returns (gradient of h_i before the step, d_candidate)."""
+    gate's logit gradient; pass the view) and d_candidate (into `d_cand` if given, a (rows,
+    cols) view with unit column stride) and returns (gradient of h_i before the step,
+    d_candidate). With `activate`, s and cand are the logit and the tanh argument."""
     rows, cols = grad.shape
     grad, previous = grad.contiguous(), previous.contiguous()
     d_half = torch.empty_like(grad)
-    d_cand = torch.empty_like(grad)
+    if d_cand is None:
+        d_cand = torch.empty_like(grad)
     mask_t, has_mask = _mask_arg(mask, grad)
     _launch(_gru_backward_gates_kernel, _grid(rows * cols),
             grad, s, _row_stride(s), cand, _row_stride(cand), previous, mask_t, d_half, d_cand,
-            d_logits, _row_stride(d_logits), rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix,
-            BLOCK=1024)
+            _row_stride(d_cand), d_logits, _row_stride(d_logits), rows, cols, n_min,
+            HAS_MASK=has_mask, ACTIVATE=activate, R=forget_radix, BLOCK=1024)
     return d_half, d_cand
 
 
 def gru_backward_reset(d_reset_other: Tensor, other: Tensor, reset: Tensor, d_other: Tensor,
-                       d_logits: Tensor) -> Tuple[Tensor, Tensor]:
+                       d_logits: Tensor, *, activate: bool = False) -> Tuple[Tensor, Tensor]:
     """RevGRU backward, after the candidate product: writes d_logits (the reset gate's columns;
-    pass the view) and returns (d_other + d_reset_other * reset, reset * other)."""
+    pass the view) and returns (d_other + d_reset_other * reset, reset * other). With
+    `activate`, reset holds the reset gate's logits."""
     rows, cols = other.shape
     d_reset_other, other, d_other = (x.contiguous() for x in (d_reset_other, other, d_other))
     d_other_out = torch.empty_like(other)
     reset_other = torch.empty_like(other)
     _launch(_gru_backward_reset_kernel, _grid(rows * cols),
             d_reset_other, other, reset, _row_stride(reset), d_other, d_logits,
-            _row_stride(d_logits), d_other_out, reset_other, rows, cols, BLOCK=1024)
+            _row_stride(d_logits), d_other_out, reset_other, rows, cols, ACTIVATE=activate,
+            BLOCK=1024)
     return d_other_out, reset_other
 
 
 def lstm_backward(grad_h: Tensor, grad_c: Tensor, gates: Tuple[Tensor, ...], tanh_cell: Tensor,
                   previous: Tensor, previous_cell: Tensor, *, mask: Optional[Tensor], n_min: int,
-                  forget_radix: int = 10) -> Tuple[Tensor, Tensor, Tensor]:
+                  forget_radix: int = 10, d_gates: Optional[Tensor] = None,
+                  activate: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """RevLSTM backward of one half: `gates` = (sigmoid f, sigmoid i, sigmoid o, sigmoid p,
-    tanh g), contiguous (rows, cols) each; grads, tanh(c'), h and c before the step likewise.
-    Returns (d h, d c before the step, d gate logits (rows, 5 cols) in the order f, i, o, p, g)."""
+    tanh g), (rows, cols) each with one common row stride; grads, tanh(c'), h and c before the
+    step (rows, cols). With `activate`, gates are the five logit blocks and tanh_cell is c'.
+    Returns (d h, d c before the step, d gate logits (rows, 5 cols) in the order f, i, o, p, g;
+    written into `d_gates` if given, a view with unit column stride)."""
     rows, cols = grad_h.shape
     grad_h, grad_c, tanh_cell, previous, previous_cell = (
         x.contiguous() for x in (grad_h, grad_c, tanh_cell, previous, previous_cell))
     d_h, d_c = torch.empty_like(grad_h), torch.empty_like(grad_h)
-    d_gates = torch.empty((rows, 5 * cols), dtype=grad_h.dtype, device=grad_h.device)
+    if d_gates is None:
+        d_gates = torch.empty((rows, 5 * cols), dtype=grad_h.dtype, device=grad_h.device)
     mask_t, has_mask = _mask_arg(mask, grad_h)
-    if any(gate.stride() != (cols, 1) for gate in gates):
-        raise ValueError("lstm_backward: gates must be contiguous (rows, cols)")
+    stride = _row_stride(gates[0])
+    if any(_row_stride(gate) != stride for gate in gates):
+        raise ValueError("lstm_backward: the gates must share one row stride")
     _launch(_lstm_backward_kernel, _grid(rows * cols),
-            grad_h, grad_c, *gates, cols, tanh_cell, previous, previous_cell, mask_t, d_h,
-            d_c, d_gates, rows, cols, n_min, HAS_MASK=has_mask, R=forget_radix, BLOCK=1024)
+            grad_h, grad_c, *gates, stride, tanh_cell, previous, previous_cell, mask_t, d_h,
+            d_c, d_gates, _row_stride(d_gates), rows, cols, n_min, HAS_MASK=has_mask,
+            ACTIVATE=activate, R=forget_radix, BLOCK=1024)
     return d_h, d_c, d_gates
