@@ -67,7 +67,7 @@ def _device_to_host(name: str, args, kwargs) -> bool:
 
 
 def count_fused_time_step(cell, batch: int, *, stored_units: int = 0, steps: int = 2,
-                          device=None) -> Dict[str, object]:
+                          device=None, activate: bool = False) -> Dict[str, object]:
     """Per time step of a training step on the fused path (averaged over `steps`): aten compute
     ops, metadata ops and Triton launches of the forward, reverse and backward steps, and any host
     synchronisation seen. The loop keeps float views and masks between steps, as a run loop
@@ -100,14 +100,15 @@ def count_fused_time_step(cell, batch: int, *, stored_units: int = 0, steps: int
         kept.append(state[0][:, :stored_units] if stored_units else None)
         state, values = measure("forward", lambda: fused.step(
             cell, projected[t], state, stack, masks[t], values=values,
-            stored_units=stored_units))
+            stored_units=stored_units, activate=activate))
     grads = tuple(torch.ones_like(v) for v in values)
     for t in reversed(range(steps)):
         tape: list = []
         state, values = measure("reverse", lambda: fused.reverse(
             cell, projected[t], state, stack, masks[t], values=values, restored=kept[t],
-            tape=tape))
-        grads, _, _ = measure("backward", lambda: fused.backward_step(cell, tape, grads, masks[t]))
+            tape=tape, activate=activate))
+        grads, _, _ = measure("backward", lambda: fused.backward_step(cell, tape, grads, masks[t],
+                                                                      activate=activate))
     result: Dict[str, object] = {
         phase: {key: value / steps for key, value in totals.items()}
         for phase, totals in phases.items()}
@@ -119,7 +120,8 @@ def count_fused_time_step(cell, batch: int, *, stored_units: int = 0, steps: int
 
 
 def main(argv: Optional[list] = None) -> None:
-    """python -m nmt.reversible.launch_count [revgru|revlstm] [hidden] [batch] [stored]"""
+    """python -m nmt.reversible.launch_count [revgru|revlstm] [hidden] [batch] [stored]
+    [activate]: one JSON line (run under TRITON_INTERPRET=1 on a CPU)."""
     import json
     import sys
 
@@ -128,9 +130,12 @@ def main(argv: Optional[list] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     name = args[0] if args else "revgru"
     hidden, batch, stored = (int(a) for a in (args[1:4] + ["300", "64", "20"][len(args[1:4]):]))
+    activate = len(args) > 4 and args[4] in ("1", "activate", "true")
     cell = CELLS[name](hidden, hidden)
     print(json.dumps({"cell": name, "hidden": hidden, "batch": batch, "stored_units": stored,
-                      **count_fused_time_step(cell, batch, stored_units=stored)}))
+                      "activate": activate,
+                      **count_fused_time_step(cell, batch, stored_units=stored,
+                                              activate=activate)}))
 
 
 if __name__ == "__main__":

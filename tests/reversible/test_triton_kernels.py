@@ -239,6 +239,80 @@ def test_fused_time_step_never_synchronises_and_counts_its_launches(name):
     kernels = sum(counts[phase]["kernels"] for phase in ("forward", "reverse", "backward"))
     assert kernels == (8 if name == "revgru" else 10)
     assert counts["launches_per_time_step"] <= 41
+    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2, activate=True)
+    assert counts["sync_per_time_step"] == 0 and counts["buffer_initial"]
+    assert counts["launches_per_time_step"] <= 24
+
+
+@pytest.mark.parametrize("precision", [32, 16])
+@pytest.mark.parametrize("name", ["revgru", "revlstm"])
+def test_activations_in_the_kernels_equal_the_kernels_fed_their_activations(name, precision,
+                                                                             monkeypatch):
+    """activate=True (sigmoid and tanh inside the kernels) gives, bit for bit, what the plain
+    kernels give when torch's sigmoid and tanh are replaced by the kernels' formula: states,
+    views, heads, words, the reversal and the backward step."""
+    cell, _, stack, state, projected, masks = _setup(name, 3, steps=3)
+    plain = triton_kernels.WordStack(tuple(stack.head.shape))
+    plain.head.copy_(stack.head)
+    activated_state, plain_state = state, state
+    activated_values = plain_values = None
+    sigmoid, tanh = torch.sigmoid, torch.tanh
+    kernel_sigmoid = triton_kernels.activation
+    kernel_tanh = lambda x: triton_kernels.activation(x, tanh=True)  # noqa: E731
+    kept = []
+    with torch.no_grad():
+        for t in range(projected.shape[0]):
+            kept.append(activated_state[0][:, :STORED])
+            activated_state, activated_values = fused.step(
+                cell, projected[t], activated_state, stack, masks[t], values=activated_values,
+                stored_units=STORED, precision=precision, activate=True)
+            monkeypatch.setattr(torch, "sigmoid", kernel_sigmoid)
+            monkeypatch.setattr(torch, "tanh", kernel_tanh)
+            plain_state, plain_values = fused.step(
+                cell, projected[t], plain_state, plain, masks[t], values=plain_values,
+                stored_units=STORED, precision=precision)
+            monkeypatch.setattr(torch, "sigmoid", sigmoid)
+            monkeypatch.setattr(torch, "tanh", tanh)
+            for ours, theirs in zip(activated_state + activated_values, plain_state + plain_values):
+                assert torch.equal(ours, theirs)
+            assert torch.equal(stack.head, plain.head)
+            assert torch.equal(stack.stacked(), plain.stacked())
+    assert int(stack.top) > 0
+    generator = torch.Generator().manual_seed(5)
+    grads = activated_grads = [torch.randn(v.shape, generator=generator) for v in plain_values]
+    for t in reversed(range(projected.shape[0])):
+        tape, plain_tape = [], []
+        activated_state, activated_values = fused.reverse(
+            cell, projected[t], activated_state, stack, masks[t], values=activated_values,
+            restored=kept[t], tape=tape, activate=True)
+        activated_grads, d_activated, _ = fused.backward_step(cell, tape, activated_grads,
+                                                              masks[t], activate=True)
+        monkeypatch.setattr(torch, "sigmoid", kernel_sigmoid)
+        monkeypatch.setattr(torch, "tanh", kernel_tanh)
+        plain_state, plain_values = fused.reverse(
+            cell, projected[t], plain_state, plain, masks[t], values=plain_values,
+            restored=kept[t], tape=plain_tape)
+        monkeypatch.setattr(torch, "sigmoid", sigmoid)
+        monkeypatch.setattr(torch, "tanh", tanh)
+        grads, d_plain, _ = fused.backward_step(cell, plain_tape, grads, masks[t])
+        for ours, theirs in zip(activated_state + activated_values, plain_state + plain_values):
+            assert torch.equal(ours, theirs)
+        assert all(torch.equal(a, b) for a, b in zip(activated_grads, grads))
+        assert torch.equal(d_activated, d_plain)
+    assert all(torch.equal(a, b) for a, b in zip(activated_state, state))
+    assert torch.equal(stack.head, plain.head) and int(stack.top) == 0
+
+
+@pytest.mark.parametrize("name", ["revgru", "revlstm"])
+def test_activated_steps_reverse_to_the_initial_buffer(name):
+    cell, _, stack, state, projected, masks = _setup(name, None, steps=5, random_heads=False)
+    final, values, kept = fused.run_fused_steps(cell, projected, state, stack, masks,
+                                                stored_units=STORED, precision=16, activate=True)
+    assert int(stack.top) > 0
+    back, _ = fused.reverse_fused_steps(cell, projected, final, stack, masks, kept=kept,
+                                        values=values, activate=True)
+    assert all(torch.equal(a, b) for a, b in zip(back, state))
+    assert stack.is_initial()
 
 
 def test_op_counter_sees_a_host_synchronisation():
