@@ -539,3 +539,61 @@ def lstm_backward(grad_h: Tensor, grad_c: Tensor, gates: Tuple[Tensor, ...], tan
             d_c, d_gates, _row_stride(d_gates), rows, cols, n_min, HAS_MASK=has_mask,
             ACTIVATE=activate, R=forget_radix, BLOCK=1024)
     return d_h, d_c, d_gates
+
+
+# -- ahead-of-time compilation (no GPU needed) ----------------------------------------------------
+
+_POINTER_TYPES = {"h_ptr": "*i64", "out_ptr": "*i64", "restored_ptr": "*i64", "head_ptr": "*i32",
+                  "words_ptr": "*i16", "top_ptr": "*i64", "hist_ptr": "*i64",
+                  "pushed_ptr": "*i64", "mask_ptr": "*u8"}
+
+
+def compile_for_gpu(arch: int = 90) -> list:
+    """Compile every kernel (each constexpr choice that changes code) for CUDA sm_`arch` as the
+    launch wrappers would on that GPU (libdevice, no fp fusion), without a GPU: Triton's bundled
+    LLVM and ptxas. Returns one line per variant (name, constexprs, PTX and cubin sizes). Must
+    run where TRITON_INTERPRET is unset (the kernels are then real JIT functions)."""
+    from triton.backends.compiler import GPUTarget
+
+    if interpreting():
+        raise RuntimeError("compile_for_gpu needs TRITON_INTERPRET unset")
+    target = GPUTarget("cuda", arch, 32)
+    variants = []
+    for activate in (False, True):
+        for mode in (MODE_GRU, MODE_PRODUCT):
+            variants.append((_gated_forward_kernel, dict(
+                MODE=mode, HAS_MASK=True, HALF_STORAGE=mode == MODE_GRU, COUNT=True,
+                ACTIVATE=activate, LIBDEVICE=True, R=10, W=16, BLOCK=_MAX_BLOCK)))
+            variants.append((_gated_reverse_kernel, dict(
+                MODE=mode, HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True, R=10, W=16,
+                BLOCK=_MAX_BLOCK)))
+        variants += [
+            (_gru_backward_gates_kernel, dict(HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True,
+                                              R=10, BLOCK=1024)),
+            (_gru_backward_reset_kernel, dict(ACTIVATE=activate, LIBDEVICE=True, BLOCK=1024)),
+            (_lstm_backward_kernel, dict(HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True, R=10,
+                                         BLOCK=1024)),
+            (_activation_kernel, dict(TANH=activate, PRODUCT=True, LIBDEVICE=True, BLOCK=1024))]
+    lines = []
+    for kernel, constants in variants:
+        signature = {}
+        for name in kernel.arg_names:
+            if name in constants:
+                signature[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                signature[name] = _POINTER_TYPES.get(name, "*fp32")
+            else:
+                signature[name] = "i64" if name == "capacity" else "i32"
+        compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constants),
+                                  target=target, options={"enable_fp_fusion": False})
+        ptx = compiled.asm["ptx"]
+        lines.append(f"{kernel.__name__} {constants} ptx={len(ptx)} "
+                     f"cubin={len(compiled.asm['cubin'])}")
+    return lines
+
+
+if __name__ == "__main__":  # python -m nmt.reversible.triton_kernels [arch]: compile for a GPU
+    import sys
+
+    for line in compile_for_gpu(int(sys.argv[1]) if len(sys.argv) > 1 else 90):
+        print(line)
