@@ -1,9 +1,15 @@
 """The fused Triton half-steps (run by Triton's interpreter on the CPU) give the tensor path's
 integers bit for bit -- states, float views, heads, words and their order, gate counts -- reverse
-exactly, and their backward step gives autograd's gradients."""
+exactly, and their backward step gives autograd's gradients.
+
+On a GPU: REVNMT_TRITON_TEST_DEVICE=cuda TRITON_INTERPRET=0 runs the same tests compiled, on CUDA
+tensors, plus the one claim only a GPU can show (activations inside the kernels equal torch's).
+"""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: CPU tensors work
+DEVICE_NAME = os.environ.get("REVNMT_TRITON_TEST_DEVICE", "cpu")
+if DEVICE_NAME == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: CPU tensors work
 
 import pytest
 import torch
@@ -17,8 +23,10 @@ from nmt.reversible.fixed_point import FORGET_RADIX, forget_gate, from_fixed  # 
 
 import triton.language as tl  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not triton_kernels.interpreting() and not torch.cuda.is_available(),
-                                reason="Triton needs TRITON_INTERPRET=1 or a GPU")
+DEVICE = torch.device(DEVICE_NAME)
+pytestmark = pytest.mark.skipif(
+    not (triton_kernels.interpreting() if DEVICE.type == "cpu" else torch.cuda.is_available()),
+    reason="Triton needs TRITON_INTERPRET=1 for CPU tensors, or a GPU")
 
 R = FORGET_RADIX
 BATCH, INPUT, HIDDEN, STORED = 8, 7, 301, 4  # odd hidden: halves of 151 and 150 units
@@ -44,6 +52,7 @@ def test_floor_division_and_rounding_handle_negative_values():
                    torch.randint(1, 2**R + 1, (56,), generator=generator)])
     y = torch.cat([torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, -0.49999997, 8388607.5]),
                    torch.randn(56, generator=generator) * 2**23])
+    a, n, y = a.to(DEVICE), n.to(DEVICE), y.to(DEVICE)
     q, r = torch.empty_like(a), torch.empty_like(a)
     _helpers_kernel[(1,)](a, n, y, q, r, BLOCK=64)
     assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
@@ -56,13 +65,14 @@ def test_raw_half_steps_match_the_buffer(width, magnitude):
     """forget / unforget with no update: the same outputs, heads and words as InformationBuffer,
     for negative and large states, with a padding mask."""
     generator = torch.Generator().manual_seed(width)
-    reference = InformationBuffer((6, 9), native=False)
-    stack = triton_kernels.WordStack((6, 9))
-    mask = torch.tensor([True, True, False, True, True, False])
-    zero = torch.zeros(6, width)
-    states, gates = [torch.randint(-magnitude, magnitude, (6, width), generator=generator)], []
+    reference = InformationBuffer((6, 9), native=False, device=DEVICE)
+    stack = triton_kernels.WordStack((6, 9), device=DEVICE)
+    mask = torch.tensor([True, True, False, True, True, False], device=DEVICE)
+    zero = torch.zeros(6, width, device=DEVICE)
+    states = [torch.randint(-magnitude, magnitude, (6, width), generator=generator).to(DEVICE)]
+    gates = []
     for step in range(12):
-        logits = torch.randn(6, width, generator=generator) * 3 - 2
+        logits = (torch.randn(6, width, generator=generator) * 3 - 2).to(DEVICE)
         _, n = forget_gate(logits, None)
         n = torch.where(mask.view(-1, 1), n, 2**R)
         out, value = triton_kernels.gated_forward(states[-1], torch.sigmoid(logits), zero, stack,
@@ -88,24 +98,26 @@ def _setup(name, max_forget_bits, *, seed=0, steps=3, random_heads=True):
     """A cell with forgetful gates, a tensor-path buffer and a word stack with the same heads,
     a state, inputs and padding masks (time, batch)."""
     torch.manual_seed(seed)
-    cell = CELLS[name](INPUT, HIDDEN, max_forget_bits=max_forget_bits)
+    cell = CELLS[name](INPUT, HIDDEN, max_forget_bits=max_forget_bits).to(DEVICE)
     with torch.no_grad():  # forget gates mostly small: many bits per step, words spill early
         for layer in cell.gates:
             layer.bias[: cell.half_sizes[0]] -= 1.5
     generator = torch.Generator().manual_seed(seed)
     shape = (BATCH, cell.half_sizes[0])
-    buffer = InformationBuffer(shape, native=False)
-    stack = fused.word_stack_for(cell, BATCH)
+    buffer = InformationBuffer(shape, native=False, device=DEVICE)
+    stack = fused.word_stack_for(cell, BATCH, device=DEVICE)
     if random_heads:
         heads = torch.randint(2**R, 2**(R + 16), shape, generator=generator).to(torch.int32)
+        heads = heads.to(DEVICE)
         buffer.head.copy_(heads)
         stack.head.copy_(heads)
-    state = tuple(torch.randint(-2**23, 2**23, (BATCH, size), generator=generator)
+    state = tuple(torch.randint(-2**23, 2**23, (BATCH, size), generator=generator).to(DEVICE)
                   for size in cell.half_sizes * (cell.state_parts // 2))
     lengths = torch.tensor([steps, steps - 1, steps, 1, steps - 2, steps, 2, steps])
-    masks = torch.arange(steps).view(-1, 1) < lengths.view(1, -1)
+    masks = (torch.arange(steps).view(-1, 1) < lengths.view(1, -1)).to(DEVICE)
     with torch.no_grad():
-        projected = cell.project_input(torch.randn(steps, BATCH, INPUT, generator=generator))
+        projected = cell.project_input(
+            torch.randn(steps, BATCH, INPUT, generator=generator).to(DEVICE))
     return cell, buffer, stack, state, projected, masks
 
 
@@ -131,7 +143,18 @@ def test_blocks_keep_the_word_order(name, monkeypatch):
     _check_steps_and_reversal(name, None, 32)
 
 
-def _check_steps_and_reversal(name, max_forget_bits, precision):
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="only a GPU can show it: torch's CPU sigmoid "
+                    "depends on an element's position in a vectorised loop, no kernel can match it")
+@pytest.mark.parametrize("precision", [32, 16])
+@pytest.mark.parametrize("max_forget_bits", [1, 3, None])
+@pytest.mark.parametrize("name", ["revgru", "revlstm"])
+def test_activated_kernels_match_the_tensor_path_on_cuda(name, max_forget_bits, precision):
+    """activate=True: libdevice's sigmoid and tanh in the kernels equal torch's CUDA ones, so the
+    integers equal the tensor path's bit for bit here too."""
+    _check_steps_and_reversal(name, max_forget_bits, precision, activate=True)
+
+
+def _check_steps_and_reversal(name, max_forget_bits, precision, activate=False):
     cell, buffer, stack, state, projected, masks = _setup(name, max_forget_bits)
     states, fused_state, values = [state], state, None
     with torch.no_grad():
@@ -142,7 +165,7 @@ def _check_steps_and_reversal(name, max_forget_bits, precision):
                                               masks[t], stored_units=STORED, precision=precision)
             fused_state, values = fused.step(cell, projected[t], fused_state, stack, masks[t],
                                              values=values, stored_units=STORED,
-                                             precision=precision)
+                                             precision=precision, activate=activate)
             for ours, theirs in zip(fused_state + values, ref_state + ref_values):
                 assert torch.equal(ours, theirs)
             _same_buffer(stack, buffer)
@@ -153,7 +176,8 @@ def _check_steps_and_reversal(name, max_forget_bits, precision):
             ref_state = cell.reverse(projected[t], states[t + 1], buffer, masks[t],
                                      restored=restored)
             fused_state, values = fused.reverse(cell, projected[t], fused_state, stack, masks[t],
-                                                values=values, restored=restored)
+                                                values=values, restored=restored,
+                                                activate=activate)
             for ours, theirs, before in zip(fused_state, ref_state, states[t]):
                 assert torch.equal(ours, theirs) and torch.equal(ours, before)
             assert torch.equal(stack.head, buffer.head)
@@ -177,7 +201,7 @@ def _autograd_reference(cell, projected, state, mask, weights, precision):
     """Gradients of sum(w * float state after one step) by autograd through `cell.step`."""
     values = tuple(from_fixed(part).requires_grad_() for part in state)
     projected = projected.detach().requires_grad_()
-    buffer = InformationBuffer((BATCH, cell.half_sizes[0]), native=False)
+    buffer = InformationBuffer((BATCH, cell.half_sizes[0]), native=False, device=DEVICE)
     layers = cell.input_layers()
     _, floats = cell.step(projected, state, values, buffer, mask, stored_units=STORED,
                           precision=precision)
@@ -194,7 +218,7 @@ def test_fused_backward_matches_autograd(name, max_forget_bits):
     mask = masks[1]  # some rows padded
     assert not mask.all()
     generator = torch.Generator().manual_seed(3)
-    weights = [torch.randn(part.shape, generator=generator) for part in state]
+    weights = [torch.randn(part.shape, generator=generator).to(DEVICE) for part in state]
     d_ref, d_projected_ref, hidden_ref = _autograd_reference(cell, projected[0], state, mask,
                                                              weights, 32)
     after, values = fused.step(cell, projected[0], state, stack, mask, stored_units=STORED)
@@ -214,7 +238,7 @@ def test_fused_backward_matches_autograd(name, max_forget_bits):
 def test_word_stack_grows_and_keeps_its_words():
     """A stack of capacity 1 grows (reading its height once per growth) and keeps the words."""
     cell, buffer, _, state, projected, masks = _setup("revgru", None)
-    stack = fused.word_stack_for(cell, BATCH, capacity=1)
+    stack = fused.word_stack_for(cell, BATCH, capacity=1, device=DEVICE)
     stack.head.copy_(buffer.head)
     with torch.no_grad():
         for t in range(2):
@@ -232,14 +256,15 @@ def test_fused_time_step_never_synchronises_and_counts_its_launches(name):
     work is one kernel per half-step and direction)."""
     from nmt.reversible.launch_count import count_fused_time_step
 
-    cell = CELLS[name](32, 64)
-    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2)
+    cell = CELLS[name](32, 64).to(DEVICE)
+    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2, device=DEVICE)
     assert counts["sync_per_time_step"] == 0
     assert counts["buffer_initial"]
     kernels = sum(counts[phase]["kernels"] for phase in ("forward", "reverse", "backward"))
     assert kernels == (8 if name == "revgru" else 10)
     assert counts["launches_per_time_step"] <= 41
-    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2, activate=True)
+    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2, activate=True,
+                                   device=DEVICE)
     assert counts["sync_per_time_step"] == 0 and counts["buffer_initial"]
     assert counts["launches_per_time_step"] <= 24
 
@@ -252,7 +277,7 @@ def test_activations_in_the_kernels_equal_the_kernels_fed_their_activations(name
     kernels give when torch's sigmoid and tanh are replaced by the kernels' formula: states,
     views, heads, words, the reversal and the backward step."""
     cell, _, stack, state, projected, masks = _setup(name, 3, steps=3)
-    plain = triton_kernels.WordStack(tuple(stack.head.shape))
+    plain = triton_kernels.WordStack(tuple(stack.head.shape), device=DEVICE)
     plain.head.copy_(stack.head)
     activated_state, plain_state = state, state
     activated_values = plain_values = None
@@ -279,7 +304,8 @@ def test_activations_in_the_kernels_equal_the_kernels_fed_their_activations(name
             assert torch.equal(stack.stacked(), plain.stacked())
     assert int(stack.top) > 0
     generator = torch.Generator().manual_seed(5)
-    grads = activated_grads = [torch.randn(v.shape, generator=generator) for v in plain_values]
+    grads = activated_grads = [torch.randn(v.shape, generator=generator).to(DEVICE)
+                               for v in plain_values]
     for t in reversed(range(projected.shape[0])):
         tape, plain_tape = [], []
         activated_state, activated_values = fused.reverse(
