@@ -48,7 +48,8 @@ except ImportError:  # the tensor path and the C loops serve; callers check `ava
 MODE_GRU = 0  # update = (1 - n / 2**R) * b
 MODE_PRODUCT = 1  # update = a * b
 
-_MAX_BLOCK = 4096
+_MAX_BLOCK = 4096  # elements per block (and per program, when several run)
+_SINGLE_PROGRAM_LIMIT = 16384  # up to this many elements one program walks all blocks
 LAUNCHES = [0]  # kernel launches so far (a counter for launch-count measurements)
 
 
@@ -177,14 +178,25 @@ if triton is not None:
     def _gated_forward_kernel(
             h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, mask_ptr,
             head_ptr, head_stride, words_ptr, capacity, top_ptr, hist_ptr, pushed_ptr,
-            out_ptr, value_ptr, rows, cols, stored, n_min,
+            out_ptr, value_ptr, stage_ptr, flag_ptr, counts_ptr, rows, cols, stored, n_min,
             MODE: tl.constexpr, HAS_MASK: tl.constexpr, HALF_STORAGE: tl.constexpr,
             COUNT: tl.constexpr, ACTIVATE: tl.constexpr, LIBDEVICE: tl.constexpr,
-            R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
+            STAGED: tl.constexpr, R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
+        """STAGED=False: one program walks every block in order and pushes the words itself.
+        STAGED=True: one program per block; each stages its words and spill flags at the
+        elements' own offsets and its count in counts[pid] (program 0 also copies top to
+        counts[nprog]); `_place_words_kernel` then writes them onto the stack."""
+        pid = tl.program_id(0)
+        total = rows * cols
         top = tl.load(top_ptr)
         start_top = top
-        total = rows * cols
-        for start in range(0, total, BLOCK):
+        if STAGED:
+            first, step_size = pid * BLOCK, total  # one block per program
+            if pid == 0:
+                tl.store(counts_ptr + tl.num_programs(0), top)
+        else:
+            first, step_size = 0, BLOCK
+        for start in range(first, total, step_size):
             offs = start + tl.arange(0, BLOCK)
             live = offs < total
             row = offs // cols  # offs >= 0: truncation is floor
@@ -200,11 +212,15 @@ if triton is not None:
             # spill the heads that would overflow: words in element order from top
             state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
             spill = (state >= (n_applied << W)) & live
-            rank = tl.cumsum(spill.to(tl.int32), 0) - 1
-            slot = top + rank
             word = ((state & ((1 << W) - 1)) - (1 << (W - 1))).to(tl.int16)
-            tl.store(words_ptr + slot, word, mask=spill & (slot < capacity))
-            top += tl.sum(spill.to(tl.int64), 0)
+            if STAGED:
+                tl.store(stage_ptr + offs, word, mask=live)
+                tl.store(flag_ptr + offs, spill.to(tl.int8), mask=live)
+                tl.store(counts_ptr + pid, tl.sum(spill.to(tl.int64), 0))
+            else:
+                slot = top + tl.cumsum(spill.to(tl.int32), 0) - 1
+                tl.store(words_ptr + slot, word, mask=spill & (slot < capacity))
+                top += tl.sum(spill.to(tl.int64), 0)
             state = tl.where(spill, state >> W, state)
             # the bijection: state < 2**36 is non-negative, so // is floor here
             state = (state << R) | (h & ((1 << R) - 1))
@@ -223,22 +239,84 @@ if triton is not None:
             tl.store(out_ptr + row * cols + col, out, mask=live)
             tl.store(value_ptr + row * cols + col, out.to(tl.float32) * (1.0 / (1 << 23)),
                      mask=live)
-        tl.store(top_ptr, top)
-        if COUNT:
-            tl.store(pushed_ptr, tl.load(pushed_ptr) + (top - start_top))
+        if not STAGED:
+            tl.store(top_ptr, top)
+            if COUNT:
+                tl.store(pushed_ptr, tl.load(pushed_ptr) + (top - start_top))
+
+    @triton.jit(do_not_specialize=["capacity", "total", "blocks"])
+    def _place_words_kernel(stage_ptr, flag_ptr, counts_ptr, blocks, words_ptr, capacity, top_ptr,
+                            pushed_ptr, total, COUNT: tl.constexpr, BLOCKS: tl.constexpr,
+                            BLOCK: tl.constexpr):
+        """Second launch of a STAGED forward: block pid's words go to top + the words of blocks
+        before it, in element order (so the stack is laid out as by one program in order)."""
+        pid = tl.program_id(0)
+        index = tl.arange(0, BLOCKS)
+        counts = tl.load(counts_ptr + index, mask=index < blocks, other=0)
+        top = tl.load(counts_ptr + blocks)
+        base = top + tl.sum(tl.where(index < pid, counts, 0), 0)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        live = offs < total
+        spill = (tl.load(flag_ptr + offs, mask=live, other=0) != 0) & live
+        slot = base + tl.cumsum(spill.to(tl.int32), 0) - 1
+        word = tl.load(stage_ptr + offs, mask=spill, other=0)
+        tl.store(words_ptr + slot, word, mask=spill & (slot < capacity))
+        if pid == blocks - 1:
+            pushed = tl.sum(counts, 0)
+            tl.store(top_ptr, top + pushed)
+            if COUNT:
+                tl.store(pushed_ptr, tl.load(pushed_ptr) + pushed)
+
+    @triton.jit(do_not_specialize=["rows", "cols", "blocks"])
+    def _refill_heads_kernel(head_ptr, head_stride, rows, cols, counts_ptr, blocks, words_ptr,
+                             top_ptr, R: tl.constexpr, W: tl.constexpr, BLOCKS: tl.constexpr,
+                             BLOCK: tl.constexpr):
+        """Second launch of a STAGED reverse: the heads below L (those that spilled) take their
+        words back; block pid's words lie below those of the blocks after it."""
+        pid = tl.program_id(0)
+        index = tl.arange(0, BLOCKS)
+        counts = tl.load(counts_ptr + index, mask=index < blocks, other=0)
+        top = tl.load(counts_ptr + blocks)
+        base = top - tl.sum(tl.where(index >= pid, counts, 0), 0)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        live = offs < rows * cols
+        row = offs // cols
+        col = offs - row * cols
+        state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
+        refill = (state < (1 << R)) & live
+        slot = base + tl.cumsum(refill.to(tl.int32), 0) - 1
+        word = tl.load(words_ptr + slot, mask=refill, other=0).to(tl.int64) + (1 << (W - 1))
+        state = tl.where(refill, (state << W) | word, state)
+        tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
+        if pid == 0:
+            tl.store(top_ptr, top - tl.sum(counts, 0))
 
     @triton.jit(do_not_specialize=["rows", "cols", "stored", "n_min"])
     def _gated_reverse_kernel(
             h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, mask_ptr,
             head_ptr, head_stride, words_ptr, top_ptr, restored_ptr, restored_stride,
-            out_ptr, value_ptr, rows, cols, stored, n_min,
+            out_ptr, value_ptr, counts_ptr, rows, cols, stored, n_min,
             MODE: tl.constexpr, HAS_MASK: tl.constexpr, ACTIVATE: tl.constexpr,
-            LIBDEVICE: tl.constexpr, R: tl.constexpr, W: tl.constexpr, BLOCK: tl.constexpr):
+            LIBDEVICE: tl.constexpr, STAGED: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
+            BLOCK: tl.constexpr):
+        """STAGED=False: one program walks the blocks last to first, popping each block's words
+        from the top. STAGED=True: one program per block leaves its heads before the refill
+        and its refill count in counts[pid] (program 0 copies top to counts[nprog]);
+        `_refill_heads_kernel` then pops the words."""
+        pid = tl.program_id(0)
         top = tl.load(top_ptr)
         total = rows * cols
-        blocks = tl.cdiv(total, BLOCK)
-        for back in range(0, blocks):  # last block first: its words are on top
-            offs = (blocks - 1 - back) * BLOCK + tl.arange(0, BLOCK)
+        if STAGED:
+            first, last = pid, pid + 1
+            if pid == 0:
+                tl.store(counts_ptr + tl.num_programs(0), top)
+        else:
+            first, last = 0, tl.cdiv(total, BLOCK)
+        for back in range(first, last):  # last block first: its words are on top
+            if STAGED:
+                offs = pid * BLOCK + tl.arange(0, BLOCK)
+            else:
+                offs = (last - 1 - back) * BLOCK + tl.arange(0, BLOCK)
             live = offs < total
             row = offs // cols
             col = offs - row * cols
@@ -257,10 +335,13 @@ if triton is not None:
             state = state >> R
             refill = (state < (1 << R)) & live
             count = tl.sum(refill.to(tl.int64), 0)
-            slot = top - count + tl.cumsum(refill.to(tl.int32), 0) - 1
-            word = tl.load(words_ptr + slot, mask=refill, other=0).to(tl.int64) + (1 << (W - 1))
-            top -= count
-            state = tl.where(refill, (state << W) | word, state)
+            if STAGED:
+                tl.store(counts_ptr + pid, count)
+            else:
+                slot = top - count + tl.cumsum(refill.to(tl.int32), 0) - 1
+                word = tl.load(words_ptr + slot, mask=refill, other=0).to(tl.int64)
+                state = tl.where(refill, (state << W) | (word + (1 << (W - 1))), state)
+                top -= count
             tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
             restored = tl.load(restored_ptr + row * restored_stride + col,
                                mask=live & (col < stored), other=0)
@@ -268,7 +349,8 @@ if triton is not None:
             tl.store(out_ptr + row * cols + col, out, mask=live)
             tl.store(value_ptr + row * cols + col, out.to(tl.float32) * (1.0 / (1 << 23)),
                      mask=live)
-        tl.store(top_ptr, top)
+        if not STAGED:
+            tl.store(top_ptr, top)
 
     @triton.jit(do_not_specialize=["n_min"])
     def _gru_backward_gates_kernel(
@@ -383,6 +465,17 @@ class WordStack:
         self.hist = torch.zeros(2**forget_radix + 1, dtype=torch.int64, device=device)
         self.pushed = torch.zeros(1, dtype=torch.int64, device=device)
         self.bound = 0  # host-side upper bound of top
+        self._stage = self._flags = self._counts = None  # multi-block scratch (`staging`)
+
+    def staging(self, elements: int, blocks: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Scratch of a multi-block step: staged words (int16) and spill flags (int8) per
+        element, and block counts (int64, blocks + 1). Grown on the host's knowledge alone."""
+        if self._stage is None or self._stage.numel() < elements:
+            self._stage = torch.empty(elements, dtype=torch.int16, device=self.head.device)
+            self._flags = torch.empty(elements, dtype=torch.int8, device=self.head.device)
+        if self._counts is None or self._counts.numel() < blocks + 1:
+            self._counts = torch.empty(blocks + 1, dtype=torch.int64, device=self.head.device)
+        return self._stage, self._flags, self._counts
 
     def reserve(self, count: int) -> None:
         """Room for `count` more words; grows (after reading the height) only when needed."""
@@ -431,12 +524,21 @@ def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: in
     value = torch.empty((rows, cols), dtype=torch.float32, device=h.device)
     a = b if a is None else a
     mask_t, has_mask = _mask_arg(mask, stack.top)
-    _launch(_gated_forward_kernel, (1,),
+    total, block = rows * cols, _block(rows * cols)
+    blocks = triton.cdiv(total, block)
+    staged = total > _SINGLE_PROGRAM_LIMIT and blocks > 1
+    stage, flags, counts = stack.staging(total, blocks) if staged else (out, out, out)
+    _launch(_gated_forward_kernel, (blocks if staged else 1,),
             h, _row_stride(h), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b), mask_t,
             stack.head, stack.head.stride(0), stack.words, stack.words.numel(), stack.top,
-            stack.hist, stack.pushed, out, value, rows, cols, stored, n_min,
+            stack.hist, stack.pushed, out, value, stage, flags, counts, rows, cols, stored, n_min,
             MODE=mode, HAS_MASK=has_mask, HALF_STORAGE=precision == 16, COUNT=stack.count,
-            ACTIVATE=activate, R=stack.forget_radix, W=stack.word_bits, BLOCK=_block(rows * cols))
+            ACTIVATE=activate, STAGED=staged, R=stack.forget_radix, W=stack.word_bits,
+            BLOCK=block)
+    if staged:
+        _launch(_place_words_kernel, (blocks,), stage, flags, counts, blocks, stack.words,
+                stack.words.numel(), stack.top, stack.pushed, total, COUNT=stack.count,
+                BLOCKS=triton.next_power_of_2(blocks), BLOCK=block)
     return out, value
 
 
@@ -454,12 +556,20 @@ def gated_reverse(h_next: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mod
     mask_t, has_mask = _mask_arg(mask, stack.top)
     stored = 0 if restored is None else restored.shape[1]
     restored_t = h_next if restored is None else restored
-    _launch(_gated_reverse_kernel, (1,),
+    total, block = rows * cols, _block(rows * cols)
+    blocks = triton.cdiv(total, block)
+    staged = total > _SINGLE_PROGRAM_LIMIT and blocks > 1
+    counts = stack.staging(0, blocks)[2] if staged else out
+    _launch(_gated_reverse_kernel, (blocks if staged else 1,),
             h_next, _row_stride(h_next), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b),
             mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, restored_t,
-            _row_stride(restored_t), out, value, rows, cols, stored, n_min,
-            MODE=mode, HAS_MASK=has_mask, ACTIVATE=activate, R=stack.forget_radix,
-            W=stack.word_bits, BLOCK=_block(rows * cols))
+            _row_stride(restored_t), out, value, counts, rows, cols, stored, n_min,
+            MODE=mode, HAS_MASK=has_mask, ACTIVATE=activate, STAGED=staged,
+            R=stack.forget_radix, W=stack.word_bits, BLOCK=block)
+    if staged:
+        _launch(_refill_heads_kernel, (blocks,), stack.head, stack.head.stride(0), rows, cols,
+                counts, blocks, stack.words, stack.top, R=stack.forget_radix, W=stack.word_bits,
+                BLOCKS=triton.next_power_of_2(blocks), BLOCK=block)
     return out, value
 
 
@@ -545,7 +655,8 @@ def lstm_backward(grad_h: Tensor, grad_c: Tensor, gates: Tuple[Tensor, ...], tan
 
 _POINTER_TYPES = {"h_ptr": "*i64", "out_ptr": "*i64", "restored_ptr": "*i64", "head_ptr": "*i32",
                   "words_ptr": "*i16", "top_ptr": "*i64", "hist_ptr": "*i64",
-                  "pushed_ptr": "*i64", "mask_ptr": "*u8"}
+                  "pushed_ptr": "*i64", "mask_ptr": "*u8", "stage_ptr": "*i16",
+                  "flag_ptr": "*i8", "counts_ptr": "*i64"}
 
 
 def compile_for_gpu(arch: int = 90) -> list:
@@ -560,13 +671,14 @@ def compile_for_gpu(arch: int = 90) -> list:
     target = GPUTarget("cuda", arch, 32)
     variants = []
     for activate in (False, True):
-        for mode in (MODE_GRU, MODE_PRODUCT):
+        for mode, staged in ((MODE_GRU, False), (MODE_PRODUCT, True)):
             variants.append((_gated_forward_kernel, dict(
                 MODE=mode, HAS_MASK=True, HALF_STORAGE=mode == MODE_GRU, COUNT=True,
-                ACTIVATE=activate, LIBDEVICE=True, R=10, W=16, BLOCK=_MAX_BLOCK)))
-            variants.append((_gated_reverse_kernel, dict(
-                MODE=mode, HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True, R=10, W=16,
+                ACTIVATE=activate, LIBDEVICE=True, STAGED=staged, R=10, W=16,
                 BLOCK=_MAX_BLOCK)))
+            variants.append((_gated_reverse_kernel, dict(
+                MODE=mode, HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True, STAGED=staged,
+                R=10, W=16, BLOCK=_MAX_BLOCK)))
         variants += [
             (_gru_backward_gates_kernel, dict(HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True,
                                               R=10, BLOCK=1024)),
@@ -574,6 +686,8 @@ def compile_for_gpu(arch: int = 90) -> list:
             (_lstm_backward_kernel, dict(HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True, R=10,
                                          BLOCK=1024)),
             (_activation_kernel, dict(TANH=activate, PRODUCT=True, LIBDEVICE=True, BLOCK=1024))]
+    variants += [(_place_words_kernel, dict(COUNT=True, BLOCKS=64, BLOCK=_MAX_BLOCK)),
+                 (_refill_heads_kernel, dict(R=10, W=16, BLOCKS=64, BLOCK=_MAX_BLOCK))]
     lines = []
     for kernel, constants in variants:
         signature = {}
@@ -583,7 +697,7 @@ def compile_for_gpu(arch: int = 90) -> list:
             elif name.endswith("_ptr"):
                 signature[name] = _POINTER_TYPES.get(name, "*fp32")
             else:
-                signature[name] = "i64" if name == "capacity" else "i32"
+                signature[name] = "i64" if name in ("capacity", "total") else "i32"
         compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constants),
                                   target=target, options={"enable_fp_fusion": False})
         ptx = compiled.asm["ptx"]

@@ -21,4 +21,4 @@ def test_kernels_compile_for_sm90():
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 16 and all("cubin=" in line for line in lines)
+    assert len(lines) == 18 and all("cubin=" in line for line in lines)

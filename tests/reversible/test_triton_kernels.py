@@ -135,12 +135,19 @@ def test_fused_steps_match_the_tensor_path_bit_for_bit(name, max_forget_bits, pr
     _check_steps_and_reversal(name, max_forget_bits, precision)
 
 
+@pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("name", ["revgru", "revlstm"])
-def test_blocks_keep_the_word_order(name, monkeypatch):
-    """Many blocks per launch (the program walks them in order, reverse last first): the same
-    words in the same order as the tensor path."""
+def test_blocks_keep_the_word_order(name, staged, monkeypatch):
+    """Many blocks of 64 elements: one program walking them in order (reverse: last first), or
+    one program per block staging its words and a second launch placing them after the words
+    of the blocks before (reverse: popping below those after): either way the same words in the
+    same order as the tensor path."""
     monkeypatch.setattr(triton_kernels, "_MAX_BLOCK", 64)
+    monkeypatch.setattr(triton_kernels, "_SINGLE_PROGRAM_LIMIT", 0 if staged else 10**9)
+    launches = triton_kernels.LAUNCHES[0]
     _check_steps_and_reversal(name, None, 32)
+    gated = 3 * 2 * 2 * (1 if name == "revgru" else 2)  # steps, directions, halves, kernels
+    assert triton_kernels.LAUNCHES[0] - launches == gated * (2 if staged else 1)
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="only a GPU can show it: torch's CPU sigmoid "
