@@ -76,6 +76,8 @@ def _launch(kernel, grid, *args, **kwargs) -> None:
     aten op, so op counters see only what the caller does."""
     LAUNCHES[0] += 1
     kwargs.update(_options())
+    if "LIBDEVICE" not in kernel.arg_names:
+        del kwargs["LIBDEVICE"]
     if interpreting():
         from torch.utils._python_dispatch import _disable_current_modes
         with _disable_current_modes():
