@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from nmt.reversible.cells import RevGRUCell, RevLSTMCell, ReversibleCell
+from nmt.reversible.cells import RevGRUCell, RevLSTMCell, ReversibleCell, float32_math
 from nmt.reversible.fixed_point import from_fixed, min_forget_numerator
 from nmt.reversible.triton_kernels import (
     MODE_GRU, MODE_PRODUCT, WordStack, activation, gated_forward, gated_reverse,
@@ -69,17 +69,17 @@ def _gru_gates(cell: RevGRUCell, half: int, pieces, other: Tensor, activate: boo
 
 def gru_step(cell: RevGRUCell, projected: Tensor, state: State, stack: WordStack,
              mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
-             precision: int = 32, activate: bool = False) -> Tuple[State, State]:
+             precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
     """`RevGRUCell.step` (no gradient) on the fused path: returns (state, float views)."""
     exact, floats = list(state), _values(state, values)
     pieces = cell.split_projection(projected)
-    with torch.no_grad():
+    with torch.no_grad(), float32_math(projected.device):
         for half in (0, 1):
             s, _, cand = _gru_gates(cell, half, pieces, floats[1 - half], activate)
             exact[half], floats[half] = gated_forward(
                 exact[half], s, cand, stack, mode=MODE_GRU, mask=mask, n_min=_n_min(cell),
                 stored=stored_units if half == 0 else 0, precision=precision,
-                activate=activate)
+                activate=activate, tag=tag)
     return tuple(exact), tuple(floats)
 
 
@@ -91,7 +91,7 @@ def gru_reverse(cell: RevGRUCell, projected: Tensor, state: State, stack: WordSt
     `tape`, appends what `gru_backward` needs."""
     exact, floats = list(state), _values(state, values)
     pieces = cell.split_projection(projected)
-    with torch.no_grad():
+    with torch.no_grad(), float32_math(projected.device):
         for half in (1, 0):
             other = floats[1 - half]
             s, reset, cand = _gru_gates(cell, half, pieces, other, activate)
@@ -118,7 +118,7 @@ def gru_backward(cell: RevGRUCell, tape: list, grads: Sequence[Tensor], mask: Op
     d = list(grads)
     inputs: List[Optional[Tensor]] = [None] * 4
     d_projected, pieces = _d_projected(cell, d[0])
-    with torch.no_grad():
+    with torch.no_grad(), float32_math(d[0].device):
         for half, other, previous, s, reset, cand in tape:
             own = s.shape[1]
             d_logits = pieces[2 * half]
@@ -147,20 +147,22 @@ def _lstm_gates(cell: RevLSTMCell, half: int, pieces, other: Tensor, activate: b
 
 def lstm_step(cell: RevLSTMCell, projected: Tensor, state: State, stack: WordStack,
               mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
-              precision: int = 32, activate: bool = False) -> Tuple[State, State]:
+              precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
     """`RevLSTMCell.step` (no gradient) on the fused path: returns (state, float views)."""
     exact, floats = list(state), _values(state, values)
     pieces = cell.split_projection(projected)
-    with torch.no_grad():
+    with torch.no_grad(), float32_math(projected.device):
         for half in (0, 1):
             sf, si, so, sp, g = _lstm_gates(cell, half, pieces, floats[1 - half], activate)
             c = 2 + half
             exact[c], floats[c] = gated_forward(exact[c], sf, g, stack, mode=MODE_PRODUCT, a=si,
-                                                mask=mask, n_min=_n_min(cell), activate=activate)
+                                                mask=mask, n_min=_n_min(cell), activate=activate,
+                                                tag=tag)
             exact[half], floats[half] = gated_forward(
                 exact[half], sp, floats[c] if activate else torch.tanh(floats[c]), stack,
                 mode=MODE_PRODUCT, a=so, mask=mask, n_min=_n_min(cell),
-                stored=stored_units if half == 0 else 0, precision=precision, activate=activate)
+                stored=stored_units if half == 0 else 0, precision=precision, activate=activate,
+                tag=tag)
     return tuple(exact), tuple(floats)
 
 
@@ -171,7 +173,7 @@ def lstm_reverse(cell: RevLSTMCell, projected: Tensor, state: State, stack: Word
     """`RevLSTMCell.reverse` on the fused path: returns (previous state, its float views)."""
     exact, floats = list(state), _values(state, values)
     pieces = cell.split_projection(projected)
-    with torch.no_grad():
+    with torch.no_grad(), float32_math(projected.device):
         for half in (1, 0):
             c = 2 + half
             other = floats[1 - half]
@@ -196,7 +198,7 @@ def lstm_backward_step(cell: RevLSTMCell, tape: list, grads: Sequence[Tensor],
     d = list(grads)
     inputs: List[Optional[Tensor]] = [None] * 2
     d_projected, pieces = _d_projected(cell, d[0])
-    with torch.no_grad():
+    with torch.no_grad(), float32_math(d[0].device):
         for half, other, previous, previous_cell, tanh_cell, gates in tape:
             c = 2 + half
             d[half], d[c], d_gates = lstm_backward(

@@ -32,7 +32,7 @@ This module knows nothing of cells or models; `nmt/reversible/fused.py` drives i
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -453,9 +453,10 @@ if triton is not None:
 
 class WordStack:
     """The buffer's state on the device: int32 heads (rows, cols), an int16 word stack of fixed
-    capacity and its height `top` (a 1-element int64 tensor), optionally a histogram of gate
-    numerators and a pushed-word counter. `reserve` keeps a host-side upper bound of the height
-    and grows the stack (one synchronisation) only when the bound could outgrow it."""
+    capacity and its height `top` (a 1-element int64 tensor), and per tag (e.g. encoder,
+    decoder) a histogram of gate numerators and a pushed-word counter, as InformationBuffer
+    counts them (`count=False`: none). `reserve` keeps a host-side upper bound of the height and
+    grows the stack (one synchronisation) only when the bound could outgrow it."""
 
     def __init__(self, shape: Tuple[int, int], *, device=None, capacity: int = 0,
                  forget_radix: int = 10, word_bits: int = 16, count: bool = True):
@@ -464,10 +465,47 @@ class WordStack:
         self.words = torch.zeros(max(capacity, 1), dtype=torch.int16, device=device)
         self.top = torch.zeros(1, dtype=torch.int64, device=device)
         self.count = count
-        self.hist = torch.zeros(2**forget_radix + 1, dtype=torch.int64, device=device)
-        self.pushed = torch.zeros(1, dtype=torch.int64, device=device)
+        self._counters: Dict[str, Tuple[Tensor, Tensor]] = {}
+        if count:
+            self.counters("")  # made up front: the default tag's counters
         self.bound = 0  # host-side upper bound of top
         self._stage = self._flags = self._counts = None  # multi-block scratch (`staging`)
+
+    def counters(self, tag: str = "") -> Tuple[Tensor, Tensor]:
+        """(histogram of gate numerators (2**R + 1,), pushed words (1,)) counted under `tag`."""
+        if tag not in self._counters:
+            device = self.head.device
+            self._counters[tag] = (
+                torch.zeros(2**self.forget_radix + 1, dtype=torch.int64, device=device),
+                torch.zeros(1, dtype=torch.int64, device=device))
+        return self._counters[tag]
+
+    @property
+    def hist(self) -> Tensor:
+        return self.counters()[0]
+
+    @property
+    def pushed(self) -> Tensor:
+        return self.counters()[1]
+
+    def pushed_words(self, tag: Optional[str] = None) -> int:
+        """Words pushed under `tag` (all tags: None), as InformationBuffer.pushed_words."""
+        tags = list(self._counters) if tag is None else [tag] * (tag in self._counters)
+        return sum(int(self._counters[t][1]) for t in tags)
+
+    def optimal_bits(self, tag: Optional[str] = None) -> float:
+        """Sum of -log2(n / 2**R) over the elements counted, as InformationBuffer.optimal_bits."""
+        tags = list(self._counters) if tag is None else [tag] * (tag in self._counters)
+        if not tags:
+            return 0.0
+        counts = sum(self._counters[t][0] for t in tags).double()
+        numerators = torch.arange(counts.numel(), dtype=torch.float64, device=counts.device)
+        return float((counts * (self.forget_radix - torch.log2(numerators.clamp(min=1)))).sum())
+
+    def nbytes(self) -> int:
+        """Bytes held: heads plus the stack's allocation."""
+        return (self.head.numel() * self.head.element_size()
+                + self.words.numel() * self.words.element_size())
 
     def staging(self, elements: int, blocks: int) -> Tuple[Tensor, Tensor, Tensor]:
         """Scratch of a multi-block step: staged words (int16) and spill flags (int8) per
@@ -514,13 +552,15 @@ def _row_stride(x: Tensor) -> int:
 
 def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: int,
                   a: Optional[Tensor] = None, mask: Optional[Tensor] = None, n_min: int,
-                  stored: int = 0, precision: int = 32, activate: bool = False
+                  stored: int = 0, precision: int = 32, activate: bool = False, tag: str = ""
                   ) -> Tuple[Tensor, Tensor]:
-    """One forward half-step in one launch. h: int64 (rows, cols) (row stride free, unit column
+    """One forward half-step in one launch (two past _SINGLE_PROGRAM_LIMIT elements). h: int64 (rows, cols) (row stride free, unit column
     stride); s: the gate's sigmoid; b (and a, MODE_PRODUCT): the update's factors, float32 of h's
     shape; with `activate`, s and a are logits and b tanh's argument (the kernel applies them);
-    mask: (rows,) bool or uint8. Returns (new exact state, its float32 view), both contiguous."""
+    mask: (rows,) bool or uint8; tag: what the gates and words are counted under. Returns (new
+    exact state, its float32 view), both contiguous."""
     rows, cols = h.shape
+    hist, pushed = stack.counters(tag) if stack.count else (stack.top, stack.top)
     stack.reserve(rows * cols)
     out = torch.empty((rows, cols), dtype=torch.int64, device=h.device)
     value = torch.empty((rows, cols), dtype=torch.float32, device=h.device)
@@ -533,13 +573,13 @@ def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: in
     _launch(_gated_forward_kernel, (blocks if staged else 1,),
             h, _row_stride(h), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b), mask_t,
             stack.head, stack.head.stride(0), stack.words, stack.words.numel(), stack.top,
-            stack.hist, stack.pushed, out, value, stage, flags, counts, rows, cols, stored, n_min,
+            hist, pushed, out, value, stage, flags, counts, rows, cols, stored, n_min,
             MODE=mode, HAS_MASK=has_mask, HALF_STORAGE=precision == 16, COUNT=stack.count,
             ACTIVATE=activate, STAGED=staged, R=stack.forget_radix, W=stack.word_bits,
             BLOCK=block)
     if staged:
         _launch(_place_words_kernel, (blocks,), stage, flags, counts, blocks, stack.words,
-                stack.words.numel(), stack.top, stack.pushed, total, COUNT=stack.count,
+                stack.words.numel(), stack.top, pushed, total, COUNT=stack.count,
                 BLOCKS=triton.next_power_of_2(blocks), BLOCK=block)
     return out, value
 

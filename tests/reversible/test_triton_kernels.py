@@ -357,3 +357,17 @@ def test_op_counter_sees_a_host_synchronisation():
         int(x.sum())
         torch.masked_select(x, x > 2)
     assert len(counter.sync) == 2
+
+
+def test_words_and_gates_are_counted_per_tag_as_the_buffer_counts_them():
+    cell, buffer, stack, state, projected, masks = _setup("revlstm", 3)
+    fused_state = state
+    with torch.no_grad():
+        for t, tag in enumerate(["encoder", "decoder", "encoder"]):
+            state, _ = cell.step(projected[t], state, tuple(from_fixed(p) for p in state), buffer,
+                                 masks[t], tag=tag)
+            fused_state, _ = fused.step(cell, projected[t], fused_state, stack, masks[t], tag=tag)
+    for tag in ("encoder", "decoder", None):
+        assert stack.pushed_words(tag) == buffer.pushed_words(tag)
+        assert stack.optimal_bits(tag) == buffer.optimal_bits(tag)
+    assert stack.pushed_words("encoder") > 0
