@@ -147,6 +147,14 @@ if triton is not None:
         tl.store(y_ptr + offs, y, mask=live)
 
     @triton.jit
+    def _flag_underflow(refill, slot, error_ptr):
+        """A pop below the stack's bottom: the reverse step was not this stack's forward step
+        (more reverse steps than forward, or other gates). Flagged on the device; `check` reads
+        it."""
+        if tl.sum((refill & (slot < 0)).to(tl.int32), 0) > 0:
+            tl.store(error_ptr, 1)
+
+    @triton.jit
     def _gate(s, n_min, R: tl.constexpr):
         """The quantised numerator n (int64) and z_q = n / 2**R of sigmoid value s."""
         floor = n_min.to(tl.float32) * (1.0 / (1 << R))
@@ -271,7 +279,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["rows", "cols", "blocks"])
     def _refill_heads_kernel(head_ptr, head_stride, rows, cols, counts_ptr, blocks, words_ptr,
-                             top_ptr, R: tl.constexpr, W: tl.constexpr, BLOCKS: tl.constexpr,
+                             top_ptr, error_ptr, R: tl.constexpr, W: tl.constexpr, BLOCKS: tl.constexpr,
                              BLOCK: tl.constexpr):
         """Second launch of a STAGED reverse: the heads below L (those that spilled) take their
         words back; block pid's words lie below those of the blocks after it."""
@@ -287,7 +295,9 @@ if triton is not None:
         state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
         refill = (state < (1 << R)) & live
         slot = base + tl.cumsum(refill.to(tl.int32), 0) - 1
-        word = tl.load(words_ptr + slot, mask=refill, other=0).to(tl.int64) + (1 << (W - 1))
+        _flag_underflow(refill, slot, error_ptr)
+        word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
+        word += 1 << (W - 1)
         state = tl.where(refill, (state << W) | word, state)
         tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
         if pid == 0:
@@ -296,7 +306,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=["rows", "cols", "stored", "n_min"])
     def _gated_reverse_kernel(
             h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, mask_ptr,
-            head_ptr, head_stride, words_ptr, top_ptr, restored_ptr, restored_stride,
+            head_ptr, head_stride, words_ptr, top_ptr, error_ptr, restored_ptr, restored_stride,
             out_ptr, value_ptr, counts_ptr, rows, cols, stored, n_min,
             MODE: tl.constexpr, HAS_MASK: tl.constexpr, ACTIVATE: tl.constexpr,
             LIBDEVICE: tl.constexpr, STAGED: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
@@ -341,7 +351,8 @@ if triton is not None:
                 tl.store(counts_ptr + pid, count)
             else:
                 slot = top - count + tl.cumsum(refill.to(tl.int32), 0) - 1
-                word = tl.load(words_ptr + slot, mask=refill, other=0).to(tl.int64)
+                _flag_underflow(refill, slot, error_ptr)
+                word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
                 state = tl.where(refill, (state << W) | (word + (1 << (W - 1))), state)
                 top -= count
             tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
@@ -464,6 +475,7 @@ class WordStack:
         self.head = torch.full(shape, 2**forget_radix, dtype=torch.int32, device=device)
         self.words = torch.zeros(max(capacity, 1), dtype=torch.int16, device=device)
         self.top = torch.zeros(1, dtype=torch.int64, device=device)
+        self.error = torch.zeros(1, dtype=torch.int32, device=device)  # set by a bad pop
         self.count = count
         self._counters: Dict[str, Tuple[Tensor, Tensor]] = {}
         if count:
@@ -529,6 +541,13 @@ class WordStack:
                                 device=self.words.device)
             grown[:height] = self.words[:height]
             self.words = grown
+
+    def check(self) -> None:
+        """Raise if a reverse step popped more words than the stack held (synchronises: call
+        it at a chunk's end, or when done)."""
+        if int(self.error):
+            raise RuntimeError("word stack: a reverse step needed more words than the stack held "
+                               "(not the reverse of this stack's forward steps)")
 
     def stacked(self) -> Tensor:
         """The words on the stack, oldest first (synchronises)."""
@@ -604,14 +623,14 @@ def gated_reverse(h_next: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mod
     counts = stack.staging(0, blocks)[2] if staged else out
     _launch(_gated_reverse_kernel, (blocks if staged else 1,),
             h_next, _row_stride(h_next), s, _row_stride(s), a, _row_stride(a), b, _row_stride(b),
-            mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, restored_t,
-            _row_stride(restored_t), out, value, counts, rows, cols, stored, n_min,
+            mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, stack.error,
+            restored_t, _row_stride(restored_t), out, value, counts, rows, cols, stored, n_min,
             MODE=mode, HAS_MASK=has_mask, ACTIVATE=activate, STAGED=staged,
             R=stack.forget_radix, W=stack.word_bits, BLOCK=block)
     if staged:
         _launch(_refill_heads_kernel, (blocks,), stack.head, stack.head.stride(0), rows, cols,
-                counts, blocks, stack.words, stack.top, R=stack.forget_radix, W=stack.word_bits,
-                BLOCKS=triton.next_power_of_2(blocks), BLOCK=block)
+                counts, blocks, stack.words, stack.top, stack.error, R=stack.forget_radix,
+                W=stack.word_bits, BLOCKS=triton.next_power_of_2(blocks), BLOCK=block)
     return out, value
 
 
@@ -698,7 +717,7 @@ def lstm_backward(grad_h: Tensor, grad_c: Tensor, gates: Tuple[Tensor, ...], tan
 _POINTER_TYPES = {"h_ptr": "*i64", "out_ptr": "*i64", "restored_ptr": "*i64", "head_ptr": "*i32",
                   "words_ptr": "*i16", "top_ptr": "*i64", "hist_ptr": "*i64",
                   "pushed_ptr": "*i64", "mask_ptr": "*u8", "stage_ptr": "*i16",
-                  "flag_ptr": "*i8", "counts_ptr": "*i64"}
+                  "flag_ptr": "*i8", "counts_ptr": "*i64", "error_ptr": "*i32"}
 
 
 def compile_for_gpu(arch: int = 90) -> list:

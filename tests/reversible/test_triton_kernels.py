@@ -371,3 +371,18 @@ def test_words_and_gates_are_counted_per_tag_as_the_buffer_counts_them():
         assert stack.pushed_words(tag) == buffer.pushed_words(tag)
         assert stack.optimal_bits(tag) == buffer.optimal_bits(tag)
     assert stack.pushed_words("encoder") > 0
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_a_pop_below_the_bottom_is_flagged_on_the_device(staged, monkeypatch):
+    """One reverse step too many: no host check inside the step; `check` raises afterwards."""
+    monkeypatch.setattr(triton_kernels, "_MAX_BLOCK", 64)
+    monkeypatch.setattr(triton_kernels, "_SINGLE_PROGRAM_LIMIT", 0 if staged else 10**9)
+    cell, _, stack, state, projected, masks = _setup("revgru", None, random_heads=False)
+    after, values = fused.step(cell, projected[0], state, stack, masks[0])
+    before, values = fused.reverse(cell, projected[0], after, stack, masks[0], values=values)
+    stack.check()
+    assert stack.is_initial()
+    fused.reverse(cell, projected[1], before, stack, masks[1], values=values)
+    with pytest.raises(RuntimeError, match="more words than the stack held"):
+        stack.check()
