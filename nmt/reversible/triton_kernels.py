@@ -3,7 +3,8 @@
 A half-step of RevGRU or RevLSTM is h <- forget(h, n) + round(update * 2**23) on an int64
 fixed-point state, where n / 2**R is a quantised gate and `forget` codes the lost bits into a
 per-element head N with rANS-like arithmetic, spilling 16-bit words to a stack (see buffer.py for
-the algorithm). Here each direction is one kernel launch:
+the algorithm). Each direction of a half-step is one kernel launch (two past
+_SINGLE_PROGRAM_LIMIT elements, see below):
 
 - `gated_forward`: from the gate's sigmoid `s` and the update's factors, the quantised numerator
   n = clamp(rint(((1 - 2**-k) s + 2**-k) 2**R), n_min, 2**R), the update
@@ -13,19 +14,32 @@ the algorithm). Here each direction is one kernel launch:
 - `gated_reverse`: the exact inverse: the same gates, the inverse bijection, the words popped.
 - `gru_backward_gates`, `gru_backward_reset`, `lstm_backward`: the element-wise parts of the
   hand-written backward step (the matrix products around them stay in cuBLAS).
+- `activation`: sigmoid or tanh (times a tensor) by the kernels' own formula.
 
-Only IEEE basic arithmetic (+, -, *, conversions) and integer arithmetic run inside the kernels:
-the transcendental activations (sigmoid, tanh) come in as tensors computed by torch, so the
-kernels give the tensor path's integers bit for bit on every backend (the interpreter, a GPU with
-fp fusion off; torch's own CPU sigmoid depends on an element's position in a vectorised loop, so
-no in-kernel formula could match it). Rounding is round-half-even written out with integer
-arithmetic, and Triton's integer // and % (which truncate toward zero) are corrected to floor.
+Exactness. By default only IEEE basic arithmetic (+, -, *, conversions) and integer arithmetic
+run inside the kernels: the activations (sigmoid, tanh) come in as tensors computed by torch on
+the very views the cells use, so the kernels give the tensor path's integers bit for bit on every
+backend (the interpreter; a GPU with fp fusion off, which the launches ask for). torch's own CPU
+sigmoid is not even position-independent (a vectorised body and a scalar tail), so no in-kernel
+formula could match it on a CPU. With ACTIVATE (`activate=True`) the kernels take logits and apply
+sigmoid = 1 / (1 + exp(-x)) (IEEE division) and tanh themselves -- libdevice's expf/tanhf on a
+GPU, which is what torch's CUDA kernels compute, so the integers should match there too (a test
+that only a GPU runs); under the interpreter they use numpy's exp. Rounding is round-half-even
+written out with integer arithmetic, and Triton's integer // and % (which truncate toward zero)
+are corrected to floor where the operand can be negative.
 
-The word stack: `words` (int16, preallocated capacity) and `top` (a 1-element int64 tensor on the
-device). One program walks the elements in row-major order in blocks, ranks each block's spills
-with tl.cumsum and writes them at top + rank: the words land in exactly the tensor path's order
-(masked_select per step, element order) without the host ever reading a count. The reverse walks
-the blocks last to first and pops each block's words from the top. Nothing here synchronises.
+The word stack (`WordStack`): `words` (int16, preallocated capacity grown from a host-side upper
+bound of the height) and `top` (a 1-element int64 tensor on the device). Up to
+_SINGLE_PROGRAM_LIMIT elements, one program walks the elements in row-major order in blocks, ranks
+each block's spills with tl.cumsum and writes them at top + rank: the words land in exactly the
+tensor path's order (masked_select per step, element order) and the host never reads a count. The
+reverse walks the blocks last to first and pops each block's words from the top. Past the limit,
+one program per block computes everything but the word positions (staging its words and spill
+flags, counting them per block), and a second launch places each block's words after those of the
+blocks before it (a prefix sum of the block counts in each program): the same stack, with no
+spin-waits or atomics across blocks, so it is also safe to capture in a CUDA graph. The reverse
+likewise leaves the heads before their refill, then a second launch pops each block's words from
+below those of the blocks after it. A pop below the bottom sets `error` on the device (`check`).
 
 This module knows nothing of cells or models; `nmt/reversible/fused.py` drives it.
 """
