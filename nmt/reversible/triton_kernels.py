@@ -63,6 +63,7 @@ MODE_GRU = 0  # update = (1 - n / 2**R) * b
 MODE_PRODUCT = 1  # update = a * b
 
 _MAX_BLOCK = 4096  # elements per block (and per program, when several run)
+_GPU_BLOCK, _GPU_WARPS = 2048, 16  # on a GPU: no register spills in ptxas -v for sm_90
 _SINGLE_PROGRAM_LIMIT = 16384  # up to this many elements one program walks all blocks
 LAUNCHES = [0]  # kernel launches so far (a counter for launch-count measurements)
 
@@ -84,7 +85,7 @@ def _options() -> dict:
     return {"enable_fp_fusion": False, "LIBDEVICE": True}
 
 
-def _launch(kernel, grid, *args, **kwargs) -> None:
+def _launch(kernel, grid, *args, warps: Optional[int] = None, **kwargs) -> None:
     """Launch `kernel` and count it. Under the interpreter, the launch's own host-side tensor
     copies (how it emulates device memory) are hidden from dispatch modes: a GPU launch issues no
     aten op, so op counters see only what the caller does."""
@@ -92,6 +93,8 @@ def _launch(kernel, grid, *args, **kwargs) -> None:
     kwargs.update(_options())
     if "LIBDEVICE" not in kernel.arg_names:
         del kwargs["LIBDEVICE"]
+    if warps is not None and not interpreting():
+        kwargs["num_warps"] = warps
     if interpreting():
         from torch.utils._python_dispatch import _disable_current_modes
         with _disable_current_modes():
@@ -101,7 +104,10 @@ def _launch(kernel, grid, *args, **kwargs) -> None:
 
 
 def _block(count: int) -> int:
-    return max(16, min(_MAX_BLOCK, triton.next_power_of_2(max(count, 1))))
+    """Elements per block of the gated kernels: the interpreter runs big blocks fastest; a GPU
+    takes _GPU_BLOCK with _GPU_WARPS warps (more registers per element would spill)."""
+    limit = _MAX_BLOCK if interpreting() else min(_MAX_BLOCK, _GPU_BLOCK)
+    return max(16, min(limit, triton.next_power_of_2(max(count, 1))))
 
 
 if triton is not None:
@@ -609,11 +615,11 @@ def gated_forward(h: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mode: in
             hist, pushed, out, value, stage, flags, counts, rows, cols, stored, n_min,
             MODE=mode, HAS_MASK=has_mask, HALF_STORAGE=precision == 16, COUNT=stack.count,
             ACTIVATE=activate, STAGED=staged, R=stack.forget_radix, W=stack.word_bits,
-            BLOCK=block)
+            BLOCK=block, warps=_GPU_WARPS)
     if staged:
         _launch(_place_words_kernel, (blocks,), stage, flags, counts, blocks, stack.words,
                 stack.words.numel(), stack.top, pushed, total, COUNT=stack.count,
-                BLOCKS=triton.next_power_of_2(blocks), BLOCK=block)
+                BLOCKS=triton.next_power_of_2(blocks), BLOCK=block, warps=_GPU_WARPS)
     return out, value
 
 
@@ -640,11 +646,12 @@ def gated_reverse(h_next: Tensor, s: Tensor, b: Tensor, stack: WordStack, *, mod
             mask_t, stack.head, stack.head.stride(0), stack.words, stack.top, stack.error,
             restored_t, _row_stride(restored_t), out, value, counts, rows, cols, stored, n_min,
             MODE=mode, HAS_MASK=has_mask, ACTIVATE=activate, STAGED=staged,
-            R=stack.forget_radix, W=stack.word_bits, BLOCK=block)
+            R=stack.forget_radix, W=stack.word_bits, BLOCK=block, warps=_GPU_WARPS)
     if staged:
         _launch(_refill_heads_kernel, (blocks,), stack.head, stack.head.stride(0), rows, cols,
                 counts, blocks, stack.words, stack.top, stack.error, R=stack.forget_radix,
-                W=stack.word_bits, BLOCKS=triton.next_power_of_2(blocks), BLOCK=block)
+                W=stack.word_bits, BLOCKS=triton.next_power_of_2(blocks), BLOCK=block,
+                warps=_GPU_WARPS)
     return out, value
 
 
@@ -737,9 +744,15 @@ _POINTER_TYPES = {"h_ptr": "*i64", "out_ptr": "*i64", "restored_ptr": "*i64", "h
 def compile_for_gpu(arch: int = 90) -> list:
     """Compile every kernel (each constexpr choice that changes code) for CUDA sm_`arch` as the
     launch wrappers would on that GPU (libdevice, no fp fusion), without a GPU: Triton's bundled
-    LLVM and ptxas. Returns one line per variant (name, constexprs, PTX and cubin sizes). Must
-    run where TRITON_INTERPRET is unset (the kernels are then real JIT functions)."""
+    LLVM and ptxas. Returns one line per variant: name, constexprs, cubin size, registers and
+    spilled bytes (ptxas -v). Must run where TRITON_INTERPRET is unset (the kernels are then
+    real JIT functions)."""
+    import re
+    import subprocess
+    import tempfile
+
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
 
     if interpreting():
         raise RuntimeError("compile_for_gpu needs TRITON_INTERPRET unset")
@@ -750,10 +763,10 @@ def compile_for_gpu(arch: int = 90) -> list:
             variants.append((_gated_forward_kernel, dict(
                 MODE=mode, HAS_MASK=True, HALF_STORAGE=mode == MODE_GRU, COUNT=True,
                 ACTIVATE=activate, LIBDEVICE=True, STAGED=staged, R=10, W=16,
-                BLOCK=_MAX_BLOCK)))
+                BLOCK=_GPU_BLOCK)))
             variants.append((_gated_reverse_kernel, dict(
                 MODE=mode, HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True, STAGED=staged,
-                R=10, W=16, BLOCK=_MAX_BLOCK)))
+                R=10, W=16, BLOCK=_GPU_BLOCK)))
         variants += [
             (_gru_backward_gates_kernel, dict(HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True,
                                               R=10, BLOCK=1024)),
@@ -761,8 +774,10 @@ def compile_for_gpu(arch: int = 90) -> list:
             (_lstm_backward_kernel, dict(HAS_MASK=True, ACTIVATE=activate, LIBDEVICE=True, R=10,
                                          BLOCK=1024)),
             (_activation_kernel, dict(TANH=activate, PRODUCT=True, LIBDEVICE=True, BLOCK=1024))]
-    variants += [(_place_words_kernel, dict(COUNT=True, BLOCKS=64, BLOCK=_MAX_BLOCK)),
-                 (_refill_heads_kernel, dict(R=10, W=16, BLOCKS=64, BLOCK=_MAX_BLOCK))]
+    variants += [(_place_words_kernel, dict(COUNT=True, BLOCKS=64, BLOCK=_GPU_BLOCK)),
+                 (_refill_heads_kernel, dict(R=10, W=16, BLOCKS=64, BLOCK=_GPU_BLOCK))]
+    many_warps = (_gated_forward_kernel, _gated_reverse_kernel, _place_words_kernel,
+                  _refill_heads_kernel)
     lines = []
     for kernel, constants in variants:
         signature = {}
@@ -773,11 +788,22 @@ def compile_for_gpu(arch: int = 90) -> list:
                 signature[name] = _POINTER_TYPES.get(name, "*fp32")
             else:
                 signature[name] = "i64" if name in ("capacity", "total") else "i32"
+        options = {"enable_fp_fusion": False}
+        if kernel in many_warps:
+            options["num_warps"] = _GPU_WARPS
         compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constants),
-                                  target=target, options={"enable_fp_fusion": False})
-        ptx = compiled.asm["ptx"]
-        lines.append(f"{kernel.__name__} {constants} ptx={len(ptx)} "
-                     f"cubin={len(compiled.asm['cubin'])}")
+                                  target=target, options=options)
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
+            ptx.write(compiled.asm["ptx"])
+            ptx.flush()
+            report = subprocess.run([get_ptxas(arch).path, "-v", "--gpu-name", f"sm_{arch}a",
+                                     ptx.name, "-o", os.devnull], capture_output=True, text=True)
+        registers = re.search(r"Used (\d+) registers", report.stderr)
+        spills = re.findall(r"(\d+) bytes spill", report.stderr)
+        lines.append(f"{kernel.__name__} {constants} warps={options.get('num_warps', 4)} "
+                     f"cubin={len(compiled.asm['cubin'])} "
+                     f"registers={registers.group(1) if registers else '?'} "
+                     f"spilled={sum(int(n) for n in spills) if spills else '?'}")
     return lines
 
 

@@ -1,6 +1,7 @@
 """The fused kernels compile for an H100/H200 (sm_90) as their launch wrappers would run them there
-(libdevice activations, fp fusion off) -- ahead of time, with Triton's bundled LLVM and ptxas, no
-GPU needed. The interpreter tests check what they compute; this checks the GPU build accepts it."""
+(libdevice activations, fp fusion off, their block sizes and warps) -- ahead of time, with
+Triton's bundled LLVM and ptxas, no GPU needed -- and spill no registers. The interpreter tests
+check what they compute; this checks the GPU build accepts it."""
 import os
 import subprocess
 import sys
@@ -22,3 +23,4 @@ def test_kernels_compile_for_sm90():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert len(lines) == 18 and all("cubin=" in line for line in lines)
+    assert all(line.endswith(" spilled=0") for line in lines), "\n".join(lines)  # ptxas -v
