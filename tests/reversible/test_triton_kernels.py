@@ -24,6 +24,11 @@ from nmt.reversible.fixed_point import FORGET_RADIX, forget_gate, from_fixed  # 
 import triton.language as tl  # noqa: E402
 
 DEVICE = torch.device(DEVICE_NAME)
+if (DEVICE.type == "cpu" and triton_kernels.interpreting()
+        and type(tl.standard.cumsum).__name__ != "InterpretedFunction"):
+    raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set, so its own "
+                       "library would not run under the interpreter: set TRITON_INTERPRET=1 in "
+                       "the environment of the run")
 pytestmark = pytest.mark.skipif(
     not (triton_kernels.interpreting() if DEVICE.type == "cpu" else torch.cuda.is_available()),
     reason="Triton needs TRITON_INTERPRET=1 for CPU tensors, or a GPU")
