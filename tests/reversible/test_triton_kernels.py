@@ -391,3 +391,32 @@ def test_a_pop_below_the_bottom_is_flagged_on_the_device(staged, monkeypatch):
     fused.reverse(cell, projected[1], before, stack, masks[1], values=values)
     with pytest.raises(RuntimeError, match="more words than the stack held"):
         stack.check()
+
+
+@pytest.mark.parametrize("hidden, batch, stored", [(2, 1, 0), (5, 3, 3), (4, 2, 1)])
+@pytest.mark.parametrize("name", ["revgru", "revlstm"])
+def test_small_and_edge_shapes_match_the_tensor_path(name, hidden, batch, stored):
+    """Halves of one unit, a single row, every unit of h1 stored: the same integers."""
+    torch.manual_seed(hidden)
+    cell = CELLS[name](3, hidden, max_forget_bits=None).to(DEVICE)
+    generator = torch.Generator().manual_seed(batch)
+    buffer = InformationBuffer((batch, cell.half_sizes[0]), native=False, device=DEVICE)
+    stack = fused.word_stack_for(cell, batch, device=DEVICE)
+    heads = torch.randint(2**R, 2**(R + 16), buffer.shape, generator=generator).to(torch.int32)
+    buffer.head.copy_(heads.to(DEVICE))
+    stack.head.copy_(heads.to(DEVICE))
+    state = tuple(torch.randint(-2**24, 2**24, (batch, size), generator=generator).to(DEVICE)
+                  for size in cell.half_sizes * (cell.state_parts // 2))
+    mask = (torch.arange(batch) % 2 == 0).to(DEVICE)
+    with torch.no_grad():
+        projected = cell.project_input(torch.randn(batch, 3, generator=generator).to(DEVICE))
+        ref, _ = cell.step(projected, state, tuple(from_fixed(p) for p in state), buffer, mask,
+                           stored_units=stored, precision=16)
+    out, values = fused.step(cell, projected, state, stack, mask, stored_units=stored,
+                             precision=16)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    _same_buffer(stack, buffer)
+    back, _ = fused.reverse(cell, projected, out, stack, mask, values=values,
+                            restored=state[0][:, :stored] if stored else None)
+    assert all(torch.equal(a, b) for a, b in zip(back, state))
+    assert torch.equal(stack.head, heads.to(DEVICE)) and int(stack.top) == 0
