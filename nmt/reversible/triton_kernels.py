@@ -549,6 +549,19 @@ class WordStack:
             self._counts = torch.empty(blocks + 1, dtype=torch.int64, device=self.head.device)
         return self._stage, self._flags, self._counts
 
+    def prepare(self, count: int) -> None:
+        """Room now for `count` more words than the bound allows (e.g. a chunk's worst case:
+        steps x forget calls per step x elements), so that no `reserve` inside the chunk grows
+        the stack, which would read the height. Synchronises only if it must grow."""
+        if self.bound + count > self.words.numel():
+            height = int(self.top)
+            self.bound = height
+            if height + count > self.words.numel():
+                grown = torch.zeros(max(2 * self.words.numel(), height + count),
+                                    dtype=torch.int16, device=self.words.device)
+                grown[:height] = self.words[:height]
+                self.words = grown
+
     def reserve(self, count: int) -> None:
         """Room for `count` more words; grows (after reading the height) only when needed."""
         self.bound += count

@@ -247,6 +247,21 @@ def test_fused_backward_matches_autograd(name, max_forget_bits):
         torch.testing.assert_close(piece.t().mm(inp), theirs, rtol=1e-4, atol=1e-6)
 
 
+def test_a_prepared_chunk_never_reads_the_height():
+    """prepare(worst case of a chunk) up front: the chunk's steps then never synchronise."""
+    from nmt.reversible.launch_count import OpCounter
+
+    cell, buffer, _, state, projected, masks = _setup("revlstm", None)
+    stack = fused.word_stack_for(cell, BATCH, device=DEVICE)
+    stack.prepare(projected.shape[0] * 4 * BATCH * cell.half_sizes[0])
+    counter = OpCounter()
+    with counter:
+        final, values, _ = fused.run_fused_steps(cell, projected, state, stack, masks)
+    assert counter.sync == [] and int(stack.top) > 0
+    fused.reverse_fused_steps(cell, projected, final, stack, masks, values=values)
+    assert stack.is_initial()
+
+
 def test_word_stack_grows_and_keeps_its_words():
     """A stack of capacity 1 grows (reading its height once per growth) and keeps the words."""
     cell, buffer, _, state, projected, masks = _setup("revgru", None)
