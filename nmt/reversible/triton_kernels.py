@@ -63,6 +63,7 @@ MODE_GRU = 0  # update = (1 - n / 2**R) * b
 MODE_PRODUCT = 1  # update = a * b
 
 _MAX_BLOCK = 4096  # elements per block (and per program, when several run)
+_SPARE_STEPS = 16  # a growing stack leaves room for this many more worst-case steps
 _GPU_BLOCK, _GPU_WARPS = 2048, 16  # on a GPU: no register spills in ptxas -v for sm_90
 _SINGLE_PROGRAM_LIMIT = 16384  # up to this many elements one program walks all blocks
 LAUNCHES = [0]  # kernel launches so far (a counter for launch-count measurements)
@@ -569,9 +570,9 @@ class WordStack:
             return
         height = int(self.top)  # the only synchronisation, once per growth
         self.bound = height + count
-        if self.bound > self.words.numel():
-            grown = torch.zeros(max(2 * self.words.numel(), self.bound), dtype=torch.int16,
-                                device=self.words.device)
+        if self.bound > self.words.numel():  # room for _SPARE_STEPS more such steps
+            grown = torch.zeros(max(2 * self.words.numel(), height + _SPARE_STEPS * count),
+                                dtype=torch.int16, device=self.words.device)
             grown[:height] = self.words[:height]
             self.words = grown
 
