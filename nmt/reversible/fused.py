@@ -1,0 +1,255 @@
+"""A standalone driver of the fused Triton half-steps (`triton_kernels.py`) for RevGRU and RevLSTM.
+
+Per half-step the matrix products stay in torch (addmm, as `own_product` does them) and so do the
+transcendental activations (sigmoid, tanh: called on the very same views as the cells' tensor
+path, so their values match bit for bit); everything else -- gate quantisation, the fixed-point
+update, the buffer's heads and words, masks, stored units -- is one kernel launch per half-step
+and direction (two for RevLSTM's halves: c, then h, which reads tanh(c')).
+
+With `activate=True` the activations move into the kernels too (sigmoid and tanh by one fixed
+formula: torch's CUDA formula with libdevice on a GPU, numpy's exp under the interpreter), and the
+reset product r * h_j becomes one small kernel: fewer launches, but the integers equal the tensor
+path's only where the kernels' sigmoid and tanh equal torch's (to be shown on a GPU; never on the
+CPU, where torch's own sigmoid depends on an element's position in a vectorised loop).
+
+The driver mirrors `RevGRUCell` / `RevLSTMCell`'s `step`, `reverse` and `backward_step`, with a
+`WordStack` in place of the InformationBuffer; it is what the tests compare with the tensor path,
+and what a run loop would call (see `run_fused_steps` / `reverse_fused_steps`). Float views of the
+state come back from the kernels, so a loop that keeps them never calls `from_fixed`.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from nmt.reversible.cells import RevGRUCell, RevLSTMCell, ReversibleCell, float32_math
+from nmt.reversible.fixed_point import from_fixed, min_forget_numerator
+from nmt.reversible.triton_kernels import (
+    MODE_GRU, MODE_PRODUCT, WordStack, activation, gated_forward, gated_reverse,
+    gru_backward_gates, gru_backward_reset, lstm_backward,
+)
+
+State = Tuple[Tensor, ...]
+
+
+def word_stack_for(cell: ReversibleCell, batch: int, *, device=None, capacity: int = 0,
+                   count: bool = True) -> WordStack:
+    """A WordStack shaped like the cell's InformationBuffer (batch, ceil(H / 2))."""
+    return WordStack((batch, cell.half_sizes[0]), device=device, capacity=capacity, count=count)
+
+
+def _n_min(cell: ReversibleCell) -> int:
+    return min_forget_numerator(cell.max_forget_bits)
+
+
+def _values(state: State, values: Optional[State]) -> List[Tensor]:
+    return [from_fixed(part) for part in state] if values is None else list(values)
+
+
+# -- RevGRU ---------------------------------------------------------------------------------------
+
+def _gru_gates(cell: RevGRUCell, half: int, pieces, other: Tensor, activate: bool):
+    """sigmoid(forget logits), sigmoid(reset logits), tanh(candidate) as `half_update` has them;
+    with `activate`, the forget and reset logits and the candidate's pre-activation."""
+    own = cell.half_sizes[half]
+    logits = cell.own_product(cell.gates[half], pieces[2 * half], other)
+    forget, reset = logits.split([own, logits.shape[1] - own], dim=-1)
+    if activate:
+        reset_other = activation(reset, times=other)
+        return forget, reset, cell.own_product(cell.candidates[half], pieces[2 * half + 1],
+                                               reset_other)
+    s = torch.sigmoid(forget)
+    reset = torch.sigmoid(reset)
+    cand = torch.tanh(cell.own_product(cell.candidates[half], pieces[2 * half + 1],
+                                       reset * other))
+    return s, reset, cand
+
+
+def gru_step(cell: RevGRUCell, projected: Tensor, state: State, stack: WordStack,
+             mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
+             precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
+    """`RevGRUCell.step` (no gradient) on the fused path: returns (state, float views)."""
+    exact, floats = list(state), _values(state, values)
+    pieces = cell.split_projection(projected)
+    with torch.no_grad(), float32_math(projected.device):
+        for half in (0, 1):
+            s, _, cand = _gru_gates(cell, half, pieces, floats[1 - half], activate)
+            exact[half], floats[half] = gated_forward(
+                exact[half], s, cand, stack, mode=MODE_GRU, mask=mask, n_min=_n_min(cell),
+                stored=stored_units if half == 0 else 0, precision=precision,
+                activate=activate, tag=tag)
+    return tuple(exact), tuple(floats)
+
+
+def gru_reverse(cell: RevGRUCell, projected: Tensor, state: State, stack: WordStack,
+                mask: Optional[Tensor], *, values: Optional[State] = None,
+                restored: Optional[Tensor] = None, tape: Optional[list] = None,
+                activate: bool = False) -> Tuple[State, State]:
+    """`RevGRUCell.reverse` on the fused path: returns (previous state, its float views); with a
+    `tape`, appends what `gru_backward` needs."""
+    exact, floats = list(state), _values(state, values)
+    pieces = cell.split_projection(projected)
+    with torch.no_grad(), float32_math(projected.device):
+        for half in (1, 0):
+            other = floats[1 - half]
+            s, reset, cand = _gru_gates(cell, half, pieces, other, activate)
+            exact[half], floats[half] = gated_reverse(
+                exact[half], s, cand, stack, mode=MODE_GRU, mask=mask, n_min=_n_min(cell),
+                restored=restored if half == 0 else None, activate=activate)
+            if tape is not None:
+                tape.append((half, other, floats[half], s, reset, cand))
+    return tuple(exact), tuple(floats)
+
+
+def _d_projected(cell: ReversibleCell, like: Tensor) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+    """d loss / d projected (batch, P), empty, and its pieces per Linear (views: the backward
+    kernels write into them, so no concatenation follows)."""
+    width = sum(layer.out_features for layer in cell.input_layers())
+    d_projected = like.new_empty(like.shape[0], width)
+    return d_projected, cell.split_projection(d_projected)
+
+
+def gru_backward(cell: RevGRUCell, tape: list, grads: Sequence[Tensor], mask: Optional[Tensor],
+                 *, activate: bool = False) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
+    """`RevGRUCell.backward_step` on the fused path (same returns); `activate` as the tape's
+    `gru_reverse` had it."""
+    d = list(grads)
+    inputs: List[Optional[Tensor]] = [None] * 4
+    d_projected, pieces = _d_projected(cell, d[0])
+    with torch.no_grad(), float32_math(d[0].device):
+        for half, other, previous, s, reset, cand in tape:
+            own = s.shape[1]
+            d_logits = pieces[2 * half]
+            d[half], d_cand = gru_backward_gates(d[half], s, cand, previous, d_logits[:, :own],
+                                                 mask=mask, n_min=_n_min(cell),
+                                                 d_cand=pieces[2 * half + 1], activate=activate)
+            d_reset_other = d_cand.mm(cell.hidden_weight(cell.candidates[half]))
+            d_other, reset_other = gru_backward_reset(d_reset_other, other, reset, d[1 - half],
+                                                      d_logits[:, own:], activate=activate)
+            d[1 - half] = torch.addmm(d_other, d_logits, cell.hidden_weight(cell.gates[half]))
+            inputs[2 * half], inputs[2 * half + 1] = other, reset_other
+    return d, d_projected, inputs
+
+
+# -- RevLSTM --------------------------------------------------------------------------------------
+
+def _lstm_gates(cell: RevLSTMCell, half: int, pieces, other: Tensor, activate: bool):
+    """sigmoid f, i, o, p and tanh g, as `half_gates` has them (`activate`: their logits)."""
+    gates = cell.own_product(cell.gates[half], pieces[half], other)
+    forget, inp, out, keep, cand = gates.split(cell.half_sizes[half], -1)
+    if activate:
+        return forget, inp, out, keep, cand
+    return (torch.sigmoid(forget), torch.sigmoid(inp), torch.sigmoid(out), torch.sigmoid(keep),
+            torch.tanh(cand))
+
+
+def lstm_step(cell: RevLSTMCell, projected: Tensor, state: State, stack: WordStack,
+              mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
+              precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
+    """`RevLSTMCell.step` (no gradient) on the fused path: returns (state, float views)."""
+    exact, floats = list(state), _values(state, values)
+    pieces = cell.split_projection(projected)
+    with torch.no_grad(), float32_math(projected.device):
+        for half in (0, 1):
+            sf, si, so, sp, g = _lstm_gates(cell, half, pieces, floats[1 - half], activate)
+            c = 2 + half
+            exact[c], floats[c] = gated_forward(exact[c], sf, g, stack, mode=MODE_PRODUCT, a=si,
+                                                mask=mask, n_min=_n_min(cell), activate=activate,
+                                                tag=tag)
+            exact[half], floats[half] = gated_forward(
+                exact[half], sp, floats[c] if activate else torch.tanh(floats[c]), stack,
+                mode=MODE_PRODUCT, a=so, mask=mask, n_min=_n_min(cell),
+                stored=stored_units if half == 0 else 0, precision=precision, activate=activate,
+                tag=tag)
+    return tuple(exact), tuple(floats)
+
+
+def lstm_reverse(cell: RevLSTMCell, projected: Tensor, state: State, stack: WordStack,
+                 mask: Optional[Tensor], *, values: Optional[State] = None,
+                 restored: Optional[Tensor] = None, tape: Optional[list] = None,
+                 activate: bool = False) -> Tuple[State, State]:
+    """`RevLSTMCell.reverse` on the fused path: returns (previous state, its float views)."""
+    exact, floats = list(state), _values(state, values)
+    pieces = cell.split_projection(projected)
+    with torch.no_grad(), float32_math(projected.device):
+        for half in (1, 0):
+            c = 2 + half
+            other = floats[1 - half]
+            gates = _lstm_gates(cell, half, pieces, other, activate)
+            sf, si, so, sp, g = gates
+            tanh_cell = floats[c] if activate else torch.tanh(floats[c])  # activate: c' itself
+            exact[half], floats[half] = gated_reverse(
+                exact[half], sp, tanh_cell, stack, mode=MODE_PRODUCT, a=so, mask=mask,
+                n_min=_n_min(cell), restored=restored if half == 0 else None, activate=activate)
+            exact[c], floats[c] = gated_reverse(exact[c], sf, g, stack, mode=MODE_PRODUCT, a=si,
+                                                mask=mask, n_min=_n_min(cell), activate=activate)
+            if tape is not None:
+                tape.append((half, other, floats[half], floats[c], tanh_cell, gates))
+    return tuple(exact), tuple(floats)
+
+
+def lstm_backward_step(cell: RevLSTMCell, tape: list, grads: Sequence[Tensor],
+                       mask: Optional[Tensor], *, activate: bool = False
+                       ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
+    """`RevLSTMCell.backward_step` on the fused path (same returns); `activate` as the tape's
+    `lstm_reverse` had it."""
+    d = list(grads)
+    inputs: List[Optional[Tensor]] = [None] * 2
+    d_projected, pieces = _d_projected(cell, d[0])
+    with torch.no_grad(), float32_math(d[0].device):
+        for half, other, previous, previous_cell, tanh_cell, gates in tape:
+            c = 2 + half
+            d[half], d[c], d_gates = lstm_backward(
+                d[half], d[c], gates, tanh_cell, previous, previous_cell, mask=mask,
+                n_min=_n_min(cell), d_gates=pieces[half], activate=activate)
+            d[1 - half] = torch.addmm(d[1 - half], d_gates, cell.hidden_weight(cell.gates[half]))
+            inputs[half] = other
+    return d, d_projected, inputs
+
+
+# -- dispatch and multi-step drivers ---------------------------------------------------------------
+
+def step(cell, projected, state, stack, mask, **kwargs):
+    return (gru_step if isinstance(cell, RevGRUCell) else lstm_step)(
+        cell, projected, state, stack, mask, **kwargs)
+
+
+def reverse(cell, projected, state, stack, mask, **kwargs):
+    return (gru_reverse if isinstance(cell, RevGRUCell) else lstm_reverse)(
+        cell, projected, state, stack, mask, **kwargs)
+
+
+def backward_step(cell, tape, grads, mask, **kwargs):
+    return (gru_backward if isinstance(cell, RevGRUCell) else lstm_backward_step)(
+        cell, tape, grads, mask, **kwargs)
+
+
+def run_fused_steps(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
+                    masks: Optional[Tensor] = None, *, stored_units: int = 0,
+                    precision: int = 32, activate: bool = False
+                    ) -> Tuple[State, State, List[Tensor]]:
+    """Forward over `projected` (time, batch, P) with masks (time, batch) bool. Returns (final
+    state, its float views, the stored units of h1 at each step (before it), for `restored`)."""
+    values = None
+    kept = []
+    for t in range(projected.shape[0]):
+        if stored_units:
+            kept.append(state[0][:, :stored_units])
+        state, values = step(cell, projected[t], state, stack,
+                             None if masks is None else masks[t], values=values,
+                             stored_units=stored_units, precision=precision, activate=activate)
+    return state, values, kept
+
+
+def reverse_fused_steps(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
+                        masks: Optional[Tensor] = None, *, kept: Sequence[Tensor] = (),
+                        values: Optional[State] = None, activate: bool = False
+                        ) -> Tuple[State, State]:
+    """Undo `run_fused_steps`, last step first; `kept` is what it returned."""
+    for t in reversed(range(projected.shape[0])):
+        state, values = reverse(cell, projected[t], state, stack,
+                                None if masks is None else masks[t], values=values,
+                                restored=kept[t] if kept else None, activate=activate)
+    return state, values
