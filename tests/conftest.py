@@ -1,8 +1,13 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Triton's kernels run on CPU tensors under its interpreter; the variable must be set before
+# anything imports triton (its own library functions are interpreted only then).
+if os.environ.get("REVNMT_TRITON_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Two shared cores: keep each test process on one thread so parallel work stays predictable.
 torch.set_num_threads(1)
