@@ -37,17 +37,25 @@ from torch.utils._pytree import tree_flatten
 _FRESH_OPS = {torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default}
 
 
+class OverBudget(RuntimeError):
+    """Raised inside a `LiveBytes(limit=...)` block when the live bytes pass the limit."""
+
+
 class LiveBytes(TorchDispatchMode):
     """Live and peak bytes of the storages created inside the mode.
 
     Use as a context manager: `with LiveBytes() as live: ...; live.peak`. `current` is what is
     still live now, `peak` the most that was live at once, `allocated` the sum of every new
     storage's bytes. With `record=True` each new storage's size, dtype, shape and creating
-    operation is kept (`live.at_peak()` lists what was live at the peak moment).
+    operation is kept (`live.at_peak()` lists what was live at the peak moment). With `limit`,
+    the operation that takes the live bytes past it raises `OverBudget` (and `exceeded` is set:
+    autograd may wrap the error when it happens in backward), so a search stops a step early.
     """
 
-    def __init__(self, *, record: bool = False):
+    def __init__(self, *, record: bool = False, limit: Optional[int] = None):
         super().__init__()
+        self.limit = limit
+        self.exceeded = False
         self.current = 0
         self.peak = 0
         self.allocated = 0
@@ -97,6 +105,9 @@ class LiveBytes(TorchDispatchMode):
             self.peak = self.current
             if self._record:
                 self._at_peak = [(self._live[k][0], *self._origins[k]) for k in self._live]
+            if self.limit is not None and self.peak > self.limit and not self.exceeded:
+                self.exceeded = True
+                raise OverBudget(f"live bytes {self.peak} passed the limit {self.limit}")
 
     def _release(self, key: int) -> None:
         if self._closed:
@@ -205,13 +216,17 @@ def training_step(model, optimizer: torch.optim.Optimizer, batch, *, label_smoot
 
 def measure_step(model, optimizer: torch.optim.Optimizer, batch, *, label_smoothing: float = 0.0,
                  clip_grad_norm: float = 0.0, record: bool = False,
-                 step: Optional[Callable] = None) -> StepPeak:
+                 step: Optional[Callable] = None,
+                 budget_bytes: Optional[int] = None) -> Optional[StepPeak]:
     """Track one training step of `model` on `batch` (see `training_step`).
 
     The optimizer's state must already exist (`prime_optimizer`, or any earlier step): it is
     part of the starting bytes. Gradients are dropped first, so they are counted in the step.
     On CUDA, `cuda_peak_step_bytes` = max_memory_allocated during the step minus the allocated
-    bytes at its start."""
+    bytes at its start.
+
+    With `budget_bytes`, the step is stopped as soon as resident + live bytes pass it, and None
+    is returned (the model and optimizer are then in an undefined state: use fresh ones)."""
     optimizer.zero_grad(set_to_none=True)
     parameters = list(model.parameters())
     state = optimizer_state_tensors(optimizer)
@@ -223,19 +238,29 @@ def measure_step(model, optimizer: torch.optim.Optimizer, batch, *, label_smooth
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
     run = step or training_step
-    with LiveBytes(record=record) as live:
-        run(model, optimizer, batch, label_smoothing=label_smoothing,
-            clip_grad_norm=clip_grad_norm)
+    parameter_bytes = storage_bytes(parameters)
+    state_bytes = storage_bytes(state)
+    batch_bytes = storage_bytes(batch_tensors)
+    resident = storage_bytes(parameters + state + batch_tensors)
+    limit = None if budget_bytes is None else budget_bytes - resident
+    if limit is not None and limit < 0:
+        return None
+    live = LiveBytes(record=record, limit=limit)
+    try:
+        with live:
+            run(model, optimizer, batch, label_smoothing=label_smoothing,
+                clip_grad_norm=clip_grad_norm)
+    except Exception:  # noqa: BLE001 - OverBudget, possibly wrapped by autograd
+        if live.exceeded:
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        raise
     cuda_peak = None
     if cuda:
         torch.cuda.synchronize(device)
         cuda_peak = int(torch.cuda.max_memory_allocated(device) - start)
     optimizer.zero_grad(set_to_none=True)
-    parameter_bytes = storage_bytes(parameters)
-    state_bytes = storage_bytes(state)
-    batch_bytes = storage_bytes(batch_tensors)
-    return StepPeak(peak_step_bytes=live.peak,
-                    resident_bytes=storage_bytes(parameters + state + batch_tensors),
+    return StepPeak(peak_step_bytes=live.peak, resident_bytes=resident,
                     parameter_bytes=parameter_bytes, optimizer_state_bytes=state_bytes,
                     batch_bytes=batch_bytes, allocated_bytes=live.allocated,
                     storages=live.storages, cuda_peak_step_bytes=cuda_peak,
