@@ -16,6 +16,7 @@ What it does not see, and why that is small here:
 - memory allocated outside torch's dispatcher: the C kernels of the information buffer
   (`nmt/reversible/native.py`) write into tensors created with `torch.empty_like` / `torch.zeros`,
   which are seen; buffers that C code mallocs itself, or numpy arrays, are not (RevNMT has none);
+- tensors without a plain storage (sparse, nested; RevNMT has none) are skipped;
 - `torch.tensor(data)` builds its tensor below the dispatcher and then calls `aten.lift_fresh`:
   that operation's output is counted as new;
 - allocator rounding and caching (on CUDA, blocks are rounded up to 512 bytes and a matmul may
@@ -75,7 +76,9 @@ class LiveBytes(TorchDispatchMode):
         fresh = func in _FRESH_OPS
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
-                self._see(tensor, func, new=fresh or _key(tensor) not in inputs)
+                key = _key(tensor)
+                if key is not None:
+                    self._see(tensor, func, new=fresh or key not in inputs)
         return out
 
     def _see(self, tensor: torch.Tensor, func, *, new: bool) -> None:
@@ -134,8 +137,13 @@ class LiveBytes(TorchDispatchMode):
         return sorted(rows, key=lambda row: -row["bytes"])
 
 
-def _key(tensor: torch.Tensor) -> int:
-    return tensor.untyped_storage()._cdata
+def _key(tensor: torch.Tensor) -> Optional[int]:
+    """The storage's identity (its StorageImpl address, unique among live storages); None for
+    a tensor without a plain storage (sparse, nested): such tensors are not counted."""
+    try:
+        return tensor.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
