@@ -26,6 +26,7 @@ bisection). `--set` applies to both configs, as in `nmt bench speed`.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -62,6 +63,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true",
+                        help="do not print each probe to stderr as it finishes")
 
 
 def run(args) -> int:
@@ -101,10 +104,17 @@ def run(args) -> int:
             report[name] = None
             continue
 
-        def probe(value: int, build=build, train=trains[name]):
+        def probe(value: int, build=build, train=trains[name], name=name):
             batch, length = (value, args.length) if args.vary == "batch" else (args.batch, value)
-            return probe_step(build, train, batch=batch, length=length, vocab=vocab,
-                              budget=budget, device=device, seed=args.seed)
+            started = time.perf_counter()
+            result = probe_step(build, train, batch=batch, length=length, vocab=vocab,
+                                budget=budget, device=device, seed=args.seed)
+            if not args.quiet:
+                verdict = (f"fits, {format_bytes(result['peak_total_bytes'])}" if result
+                           else "over budget")
+                print(f"{name}: {args.vary} {value}: {verdict} "
+                      f"({time.perf_counter() - started:.1f} s)", file=sys.stderr, flush=True)
+            return result
 
         start = time.perf_counter()
         found = search(probe, first=1 if args.vary == "batch" else 2, cap=args.max_value)
