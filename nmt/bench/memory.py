@@ -24,6 +24,7 @@ Reported: bits summed over the batches (ratios of the sums), bytes as means per 
   created in the step and count in the peak), the largest over the batches; for the reversible
   model, the same-size plain model and the plain model with torch.utils.checkpoint over ~sqrt(T)
   steps (none for a bidirectional encoder). On CUDA also max_memory_allocated over the step.
+  With --at-peak, what was live at each peak moment, grouped by creating operation, dtype, shape.
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batches", type=int, default=10, help="training batches (default 10)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--at-peak", action="store_true",
+                        help="also list what is live at each model's step peak (storages grouped "
+                             "by creating operation, dtype and shape; slower)")
 
 
 def run(args) -> int:
@@ -77,7 +81,8 @@ def run(args) -> int:
     plain_bytes = report["plain"]["recurrent_saved_bytes"]
     kept = report["reversible"]["recurrent_kept_bytes"]
     report["measured_recurrent_ratio"] = plain_bytes / kept if kept else float("inf")
-    report["step_peak"] = step_peaks(reversible, plain, config.train, batches)
+    report["step_peak"] = step_peaks(reversible, plain, config.train, batches,
+                                     record=getattr(args, "at_peak", False))
     for way, figures in report["step_peak"].items():
         if figures is not None and way in report:
             report[way]["peak_step_bytes"] = figures["peak_step_bytes"]
@@ -88,7 +93,7 @@ def run(args) -> int:
     return 0
 
 
-def step_peaks(reversible, plain, train_cfg, batches) -> dict:
+def step_peaks(reversible, plain, train_cfg, batches, *, record: bool = False) -> dict:
     """peak_step_bytes and what goes with it for the three ways (nmt.bench.peak), plus the
     ratios of the reversible peak to the other two."""
     from nmt.bench.peak import measure_ways, ratio
@@ -99,7 +104,7 @@ def step_peaks(reversible, plain, train_cfg, batches) -> dict:
     except ValueError:
         checkpointed = None  # a bidirectional encoder cannot be checkpointed over time
     result = measure_ways({"reversible": reversible, "plain": plain,
-                           "checkpointed": checkpointed}, train_cfg, batches)
+                           "checkpointed": checkpointed}, train_cfg, batches, record=record)
     result["reversible_vs_plain"] = ratio(result["reversible"], result["plain"])
     result["reversible_vs_checkpointed"] = ratio(result["reversible"], result["checkpointed"])
     return result
@@ -295,6 +300,9 @@ def print_report(report: dict) -> None:
                 if "cuda_peak_step_bytes" in figures else "")
         print(f"    {way:<12} peak_step_bytes {format_bytes(figures['peak_step_bytes'])} "
               f"(+ resident {format_bytes(figures['resident_bytes'])}){cuda}")
+        for group in (figures.get("at_peak") or {}).get("groups", []):
+            print(f"      {format_bytes(group['bytes']):>10} {group['count']:>5} x "
+                  f"{group['dtype'].replace('torch.', '')} {tuple(group['shape'])} from {group['op']}")
     for way in ("plain", "checkpointed"):
         value = peaks[f"reversible_vs_{way}"]
         if value is not None:
