@@ -61,7 +61,8 @@ class LiveBytes(TorchDispatchMode):
         self.peak = 0
         self.allocated = 0
         self.storages = 0
-        self._live: Dict[int, Tuple[int, weakref.finalize]] = {}  # storage key -> (bytes, finalizer)
+        # storage key -> (bytes, finalizer that un-counts it when the storage is freed)
+        self._live: Dict[int, Tuple[int, weakref.finalize]] = {}
         self._record = record
         self._origins: Dict[int, Tuple[str, str, tuple]] = {}  # key -> (op, dtype, shape)
         self._at_peak: List[Tuple[int, str, str, tuple]] = []

@@ -1,5 +1,5 @@
-"""The measured training-step peak of three ways to train one model size (used by `nmt bench
-memory` and `nmt bench capacity`).
+"""The measured training-step peak of three ways to train one model size, over given batches
+(used by `nmt bench memory`; `nmt bench capacity` probes fresh models one step at a time).
 
 - reversible: the config's RevGRU/RevLSTM model;
 - plain: the same-size GRU/LSTM model (`nmt.bench.memory.plain_model_config`, or a given one);
@@ -21,25 +21,6 @@ import torch
 from nmt.memory_peak import measure_step, prime_optimizer
 
 WAYS = ("reversible", "plain", "checkpointed")
-
-
-def build_ways(reversible_cfg, plain_cfg, src_vocab: int, tgt_vocab: int, *,
-               device: torch.device, seed: int = 0,
-               segment_steps: Optional[int] = None) -> Dict[str, Optional[torch.nn.Module]]:
-    """Fresh reversible, plain and checkpointed models (the last shares the plain one's
-    parameters; None when the plain model cannot be checkpointed over time)."""
-    from nmt.models.build import build_model
-    from nmt.models.checkpointed import CheckpointedSeq2Seq
-
-    torch.manual_seed(seed)
-    reversible = build_model(reversible_cfg, src_vocab, tgt_vocab).to(device).train()
-    torch.manual_seed(seed)
-    plain = build_model(plain_cfg, src_vocab, tgt_vocab).to(device).train()
-    try:
-        checkpointed = CheckpointedSeq2Seq.sharing(plain, segment_steps=segment_steps).train()
-    except ValueError:
-        checkpointed = None
-    return {"reversible": reversible, "plain": plain, "checkpointed": checkpointed}
 
 
 def measure_way(model, train_cfg, batches, *, record: bool = False) -> dict:
