@@ -17,6 +17,14 @@ Reported: bits summed over the batches (ratios of the sums), bytes as means per 
   autograd saves during the encoder's steps, which keep every state);
 - measured, whole step: the peak of all autograd-saved bytes (parameters excluded), plus, for the
   reversible model, what it keeps outside autograd (the figure above).
+- peak of a whole training step (`peak_step_bytes`, nmt/memory_peak.py): every storage created
+  during forward, backward, gradient clipping and the optimizer step (the config's), tracked live
+  by a dispatch mode, on a copy of each model whose optimizer state already exists; the peak above
+  the step's starting bytes (parameters, optimizer state, batch: `resident_bytes`; gradients are
+  created in the step and count in the peak), the largest over the batches; for the reversible
+  model, the same-size plain model and the plain model with torch.utils.checkpoint over ~sqrt(T)
+  steps (none for a bidirectional encoder). On CUDA also max_memory_allocated over the step.
+  With --at-peak, what was live at each peak moment, grouped by creating operation, dtype, shape.
 """
 from __future__ import annotations
 
@@ -43,6 +51,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batches", type=int, default=10, help="training batches (default 10)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--at-peak", action="store_true",
+                        help="also list what is live at each model's step peak (storages grouped "
+                             "by creating operation, dtype and shape; slower)")
 
 
 def run(args) -> int:
@@ -69,11 +80,33 @@ def run(args) -> int:
     plain_bytes = report["plain"]["recurrent_saved_bytes"]
     kept = report["reversible"]["recurrent_kept_bytes"]
     report["measured_recurrent_ratio"] = plain_bytes / kept if kept else float("inf")
+    report["step_peak"] = step_peaks(reversible, plain, config.train, batches,
+                                     record=getattr(args, "at_peak", False))
+    for way, figures in report["step_peak"].items():
+        if figures is not None and way in report:
+            report[way]["peak_step_bytes"] = figures["peak_step_bytes"]
     if args.json:
         print(json.dumps(report))
     else:
         print_report(report)
     return 0
+
+
+def step_peaks(reversible, plain, train_cfg, batches, *, record: bool = False) -> dict:
+    """peak_step_bytes and what goes with it for the three ways (nmt.bench.peak), plus the
+    ratios of the reversible peak to the other two."""
+    from nmt.bench.peak import measure_ways, ratio
+    from nmt.models.checkpointed import CheckpointedSeq2Seq
+
+    try:
+        checkpointed = CheckpointedSeq2Seq.sharing(plain)
+    except ValueError:
+        checkpointed = None  # a bidirectional encoder cannot be checkpointed over time
+    result = measure_ways({"reversible": reversible, "plain": plain,
+                           "checkpointed": checkpointed}, train_cfg, batches, record=record)
+    result["reversible_vs_plain"] = ratio(result["reversible"], result["plain"])
+    result["reversible_vs_checkpointed"] = ratio(result["reversible"], result["checkpointed"])
+    return result
 
 
 def plain_model_config(model_cfg):
@@ -253,3 +286,22 @@ def print_report(report: dict) -> None:
     print(f"  measured, whole step: plain autograd peak {format_bytes(plain['step_total_bytes'])}; "
           f"reversible autograd peak {format_bytes(rev['autograd_saved_peak_bytes'])} + kept "
           f"{format_bytes(rev['recurrent_kept_bytes'])}")
+    peaks = report["step_peak"]
+    print("  peak of a training step (forward, backward, clipping, optimizer; live storages above "
+          "parameters + optimizer state + batch; largest over the batches):")
+    for way in ("reversible", "plain", "checkpointed"):
+        figures = peaks[way]
+        if figures is None:
+            print(f"    {way:<12} - (a bidirectional encoder is not checkpointed over time)")
+            continue
+        cuda = (f", CUDA max allocated {format_bytes(figures['cuda_peak_step_bytes'])}"
+                if "cuda_peak_step_bytes" in figures else "")
+        print(f"    {way:<12} peak_step_bytes {format_bytes(figures['peak_step_bytes'])} "
+              f"(+ resident {format_bytes(figures['resident_bytes'])}){cuda}")
+        for group in (figures.get("at_peak") or {}).get("groups", []):
+            print(f"      {format_bytes(group['bytes']):>10} {group['count']:>5} x "
+                  f"{group['dtype'].replace('torch.', '')} {tuple(group['shape'])} from {group['op']}")
+    for way in ("plain", "checkpointed"):
+        value = peaks[f"reversible_vs_{way}"]
+        if value is not None:
+            print(f"    reversible / {way}: {value:.3f}")

@@ -1,4 +1,4 @@
-"""Benchmarks: reversal exactness and speed, memory, training speed, scaling, translation speed."""
+"""Benchmarks: reversal exactness and speed, memory, training speed, scaling, capacity, translation speed."""
 from __future__ import annotations
 
 # bench name -> module in nmt.bench defining add_arguments(parser) and run(args).
@@ -7,6 +7,7 @@ BENCHES = {
     "memory": "nmt.bench.memory",
     "speed": "nmt.bench.speed",
     "scaling": "nmt.bench.scaling",
+    "capacity": "nmt.bench.capacity",
     "translate": "nmt.bench.translate",
 }
 
