@@ -28,7 +28,7 @@ LAYERS: Sequence[Tuple[str, Sequence[str]]] = (
     ("models", ("nmt.models", "nmt.reversal_drift")),
     ("decoding", ("nmt.search", "nmt.evaluation", "nmt.translation")),
     ("application", ("nmt.training", "nmt.validation", "nmt.run", "nmt.optim", "nmt.stats",
-                     "nmt.results", "nmt.results_table")),
+                     "nmt.memory_peak", "nmt.results", "nmt.results_table")),
     ("interface", ("nmt.cli", "nmt.__main__", "nmt.arguments", "nmt.commands", "nmt.bench")),
 )
 RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}

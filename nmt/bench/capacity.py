@@ -32,10 +32,16 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import bench_device, format_bytes, positive
-from nmt.commands.helptext import describe
-from nmt.commands.options import add_set_argument
+from nmt.bench.memory import TO_PLAIN, plain_model_config
+from nmt.bench.scaling import synthetic_batch
+from nmt.config import load_config
 from nmt.errors import UserError
+from nmt.memory_peak import measure_step, prime_optimizer
+from nmt.models.build import build_model
+from nmt.models.checkpointed import CheckpointedSeq2Seq
+from nmt.optim import build_optimizer
 
 WAYS = ("reversible", "plain", "checkpointed")
 MIB = 1 << 20
@@ -68,9 +74,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from nmt.bench.memory import PLAIN_CELLS, plain_model_config
-    from nmt.config import load_config
-
     if args.budget_mib <= 0:
         raise UserError(f"--budget-mib must be positive, got {args.budget_mib}")
     positive(args.batch, "--batch")
@@ -80,7 +83,7 @@ def run(args) -> int:
     device = bench_device(args.device)
     config = load_config(args.config, args.set)
     cells = (config.model.encoder.cell, config.model.decoder.cell)
-    if any(cell not in PLAIN_CELLS for cell in cells):
+    if any(cell not in TO_PLAIN for cell in cells):
         raise UserError(f"{args.config}: model.encoder.cell and model.decoder.cell must be revgru "
                         f"or revlstm for a capacity comparison (got {cells[0]}, {cells[1]})")
     plain_config = load_config(args.vs, args.set) if args.vs else None
@@ -133,8 +136,6 @@ def run(args) -> int:
 def way_builders(reversible_cfg, plain_cfg, vocab: int, *, device: torch.device,
                  seed: int) -> Dict[str, Optional[Callable]]:
     """name -> function building a fresh model of that way (None: the way does not apply)."""
-    from nmt.models.build import build_model
-    from nmt.models.checkpointed import CheckpointedSeq2Seq
 
     def build(cfg):
         torch.manual_seed(seed)
@@ -153,9 +154,6 @@ def probe_step(build: Callable, train_cfg, *, batch: int, length: int, vocab: in
                device: torch.device, seed: int) -> Optional[dict]:
     """One tracked training step of a fresh model at (batch, length): its figures, or None when
     it passes `budget` bytes (resident + step peak)."""
-    from nmt.bench.scaling import synthetic_batch
-    from nmt.memory_peak import measure_step, prime_optimizer
-    from nmt.optim import build_optimizer
 
     model = build()
     optimizer = build_optimizer(model.parameters(), train_cfg)

@@ -19,6 +19,7 @@ from typing import Dict, Optional
 import torch
 
 from nmt.memory_peak import measure_step, prime_optimizer
+from nmt.optim import build_optimizer
 
 WAYS = ("reversible", "plain", "checkpointed")
 
@@ -27,7 +28,6 @@ def measure_way(model, train_cfg, batches, *, record: bool = False) -> dict:
     """The tracked step peak of `model` over `batches` (one step each, the config's optimizer,
     clipping and label smoothing). Works on a copy: the caller's weights are not updated.
     peak_step_bytes is the largest over the batches; per_batch lists each."""
-    from nmt.optim import build_optimizer
 
     model = copy.deepcopy(model).train()
     optimizer = build_optimizer(model.parameters(), train_cfg)
