@@ -16,7 +16,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from nmt.reversible import fused, triton_kernels  # noqa: E402
+from nmt.reversible import fused, triton_jit, triton_kernels  # noqa: E402
 from nmt.reversible.buffer import InformationBuffer  # noqa: E402
 from nmt.reversible.cells import RevGRUCell, RevLSTMCell  # noqa: E402
 from nmt.reversible.fixed_point import FORGET_RADIX, forget_gate, from_fixed  # noqa: E402
@@ -43,9 +43,9 @@ def _helpers_kernel(a_ptr, n_ptr, y_ptr, q_ptr, r_ptr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     a = tl.load(a_ptr + offs)
     n = tl.load(n_ptr + offs)
-    q = triton_kernels._floor_div(a, n)
+    q = triton_jit._floor_div(a, n)
     tl.store(q_ptr + offs, q)
-    tl.store(r_ptr + offs, triton_kernels._rint(tl.load(y_ptr + offs)))
+    tl.store(r_ptr + offs, triton_jit._rint(tl.load(y_ptr + offs)))
 
 
 def test_floor_division_and_rounding_handle_negative_values():
