@@ -67,40 +67,27 @@ def _gru_gates(cell: RevGRUCell, half: int, pieces, other: Tensor, activate: boo
     return s, reset, cand
 
 
-def gru_step(cell: RevGRUCell, projected: Tensor, state: State, stack: WordStack,
-             mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
-             precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
-    """`RevGRUCell.step` (no gradient) on the fused path: returns (state, float views)."""
-    exact, floats = list(state), _values(state, values)
-    pieces = cell.split_projection(projected)
-    with torch.no_grad(), float32_math(projected.device):
-        for half in (0, 1):
-            s, _, cand = _gru_gates(cell, half, pieces, floats[1 - half], activate)
-            exact[half], floats[half] = gated_forward(
-                exact[half], s, cand, stack, mode=MODE_GRU, mask=mask, n_min=_n_min(cell),
-                stored=stored_units if half == 0 else 0, precision=precision,
-                activate=activate, tag=tag)
-    return tuple(exact), tuple(floats)
+def _gru_forward_half(cell: RevGRUCell, half: int, pieces, exact: list, floats: list,
+                      stack: WordStack, mask: Optional[Tensor], *, stored: int, precision: int,
+                      activate: bool, tag: str) -> None:
+    """Half `half` of `RevGRUCell.step`, in place on `exact` and `floats`."""
+    s, _, cand = _gru_gates(cell, half, pieces, floats[1 - half], activate)
+    exact[half], floats[half] = gated_forward(
+        exact[half], s, cand, stack, mode=MODE_GRU, mask=mask, n_min=_n_min(cell), stored=stored,
+        precision=precision, activate=activate, tag=tag)
 
 
-def gru_reverse(cell: RevGRUCell, projected: Tensor, state: State, stack: WordStack,
-                mask: Optional[Tensor], *, values: Optional[State] = None,
-                restored: Optional[Tensor] = None, tape: Optional[list] = None,
-                activate: bool = False) -> Tuple[State, State]:
-    """`RevGRUCell.reverse` on the fused path: returns (previous state, its float views); with a
-    `tape`, appends what `gru_backward` needs."""
-    exact, floats = list(state), _values(state, values)
-    pieces = cell.split_projection(projected)
-    with torch.no_grad(), float32_math(projected.device):
-        for half in (1, 0):
-            other = floats[1 - half]
-            s, reset, cand = _gru_gates(cell, half, pieces, other, activate)
-            exact[half], floats[half] = gated_reverse(
-                exact[half], s, cand, stack, mode=MODE_GRU, mask=mask, n_min=_n_min(cell),
-                restored=restored if half == 0 else None, activate=activate)
-            if tape is not None:
-                tape.append((half, other, floats[half], s, reset, cand))
-    return tuple(exact), tuple(floats)
+def _gru_reverse_half(cell: RevGRUCell, half: int, pieces, exact: list, floats: list,
+                      stack: WordStack, mask: Optional[Tensor], *, restored: Optional[Tensor],
+                      tape: Optional[list], activate: bool) -> None:
+    """Undo half `half` of `RevGRUCell.step`; with a `tape`, append what `gru_backward` needs."""
+    other = floats[1 - half]
+    s, reset, cand = _gru_gates(cell, half, pieces, other, activate)
+    exact[half], floats[half] = gated_reverse(
+        exact[half], s, cand, stack, mode=MODE_GRU, mask=mask, n_min=_n_min(cell),
+        restored=restored, activate=activate)
+    if tape is not None:
+        tape.append((half, other, floats[half], s, reset, cand))
 
 
 def _d_projected(cell: ReversibleCell, like: Tensor) -> Tuple[Tensor, Tuple[Tensor, ...]]:
@@ -114,7 +101,7 @@ def _d_projected(cell: ReversibleCell, like: Tensor) -> Tuple[Tensor, Tuple[Tens
 def gru_backward(cell: RevGRUCell, tape: list, grads: Sequence[Tensor], mask: Optional[Tensor],
                  *, activate: bool = False) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
     """`RevGRUCell.backward_step` on the fused path (same returns); `activate` as the tape's
-    `gru_reverse` had it."""
+    `reverse` had it."""
     d = list(grads)
     inputs: List[Optional[Tensor]] = [None] * 4
     d_projected, pieces = _d_projected(cell, d[0])
@@ -145,56 +132,44 @@ def _lstm_gates(cell: RevLSTMCell, half: int, pieces, other: Tensor, activate: b
             torch.tanh(cand))
 
 
-def lstm_step(cell: RevLSTMCell, projected: Tensor, state: State, stack: WordStack,
-              mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
-              precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
-    """`RevLSTMCell.step` (no gradient) on the fused path: returns (state, float views)."""
-    exact, floats = list(state), _values(state, values)
-    pieces = cell.split_projection(projected)
-    with torch.no_grad(), float32_math(projected.device):
-        for half in (0, 1):
-            sf, si, so, sp, g = _lstm_gates(cell, half, pieces, floats[1 - half], activate)
-            c = 2 + half
-            exact[c], floats[c] = gated_forward(exact[c], sf, g, stack, mode=MODE_PRODUCT, a=si,
-                                                mask=mask, n_min=_n_min(cell), activate=activate,
-                                                tag=tag)
-            exact[half], floats[half] = gated_forward(
-                exact[half], sp, floats[c] if activate else torch.tanh(floats[c]), stack,
-                mode=MODE_PRODUCT, a=so, mask=mask, n_min=_n_min(cell),
-                stored=stored_units if half == 0 else 0, precision=precision, activate=activate,
-                tag=tag)
-    return tuple(exact), tuple(floats)
+def _lstm_forward_half(cell: RevLSTMCell, half: int, pieces, exact: list, floats: list,
+                       stack: WordStack, mask: Optional[Tensor], *, stored: int, precision: int,
+                       activate: bool, tag: str) -> None:
+    """Half `half` of `RevLSTMCell.step` (c, then h, which reads tanh(c')), in place."""
+    sf, si, so, sp, g = _lstm_gates(cell, half, pieces, floats[1 - half], activate)
+    c = 2 + half
+    exact[c], floats[c] = gated_forward(exact[c], sf, g, stack, mode=MODE_PRODUCT, a=si,
+                                        mask=mask, n_min=_n_min(cell), activate=activate, tag=tag)
+    exact[half], floats[half] = gated_forward(
+        exact[half], sp, floats[c] if activate else torch.tanh(floats[c]), stack,
+        mode=MODE_PRODUCT, a=so, mask=mask, n_min=_n_min(cell), stored=stored,
+        precision=precision, activate=activate, tag=tag)
 
 
-def lstm_reverse(cell: RevLSTMCell, projected: Tensor, state: State, stack: WordStack,
-                 mask: Optional[Tensor], *, values: Optional[State] = None,
-                 restored: Optional[Tensor] = None, tape: Optional[list] = None,
-                 activate: bool = False) -> Tuple[State, State]:
-    """`RevLSTMCell.reverse` on the fused path: returns (previous state, its float views)."""
-    exact, floats = list(state), _values(state, values)
-    pieces = cell.split_projection(projected)
-    with torch.no_grad(), float32_math(projected.device):
-        for half in (1, 0):
-            c = 2 + half
-            other = floats[1 - half]
-            gates = _lstm_gates(cell, half, pieces, other, activate)
-            sf, si, so, sp, g = gates
-            tanh_cell = floats[c] if activate else torch.tanh(floats[c])  # activate: c' itself
-            exact[half], floats[half] = gated_reverse(
-                exact[half], sp, tanh_cell, stack, mode=MODE_PRODUCT, a=so, mask=mask,
-                n_min=_n_min(cell), restored=restored if half == 0 else None, activate=activate)
-            exact[c], floats[c] = gated_reverse(exact[c], sf, g, stack, mode=MODE_PRODUCT, a=si,
-                                                mask=mask, n_min=_n_min(cell), activate=activate)
-            if tape is not None:
-                tape.append((half, other, floats[half], floats[c], tanh_cell, gates))
-    return tuple(exact), tuple(floats)
+def _lstm_reverse_half(cell: RevLSTMCell, half: int, pieces, exact: list, floats: list,
+                       stack: WordStack, mask: Optional[Tensor], *, restored: Optional[Tensor],
+                       tape: Optional[list], activate: bool) -> None:
+    """Undo half `half` of `RevLSTMCell.step` (h, then c); with a `tape`, append what
+    `lstm_backward_step` needs."""
+    c = 2 + half
+    other = floats[1 - half]
+    gates = _lstm_gates(cell, half, pieces, other, activate)
+    sf, si, so, sp, g = gates
+    tanh_cell = floats[c] if activate else torch.tanh(floats[c])  # activate: c' itself
+    exact[half], floats[half] = gated_reverse(
+        exact[half], sp, tanh_cell, stack, mode=MODE_PRODUCT, a=so, mask=mask,
+        n_min=_n_min(cell), restored=restored, activate=activate)
+    exact[c], floats[c] = gated_reverse(exact[c], sf, g, stack, mode=MODE_PRODUCT, a=si,
+                                        mask=mask, n_min=_n_min(cell), activate=activate)
+    if tape is not None:
+        tape.append((half, other, floats[half], floats[c], tanh_cell, gates))
 
 
 def lstm_backward_step(cell: RevLSTMCell, tape: list, grads: Sequence[Tensor],
                        mask: Optional[Tensor], *, activate: bool = False
                        ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
     """`RevLSTMCell.backward_step` on the fused path (same returns); `activate` as the tape's
-    `lstm_reverse` had it."""
+    `reverse` had it."""
     d = list(grads)
     inputs: List[Optional[Tensor]] = [None] * 2
     d_projected, pieces = _d_projected(cell, d[0])
@@ -211,14 +186,35 @@ def lstm_backward_step(cell: RevLSTMCell, tape: list, grads: Sequence[Tensor],
 
 # -- dispatch and multi-step drivers ---------------------------------------------------------------
 
-def step(cell, projected, state, stack, mask, **kwargs):
-    return (gru_step if isinstance(cell, RevGRUCell) else lstm_step)(
-        cell, projected, state, stack, mask, **kwargs)
+def step(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
+         mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
+         precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
+    """The cell's `step` (no gradient) on the fused path: returns (state, float views)."""
+    forward_half = _gru_forward_half if isinstance(cell, RevGRUCell) else _lstm_forward_half
+    exact, floats = list(state), _values(state, values)
+    pieces = cell.split_projection(projected)
+    with torch.no_grad(), float32_math(projected.device):
+        for half in (0, 1):
+            forward_half(cell, half, pieces, exact, floats, stack, mask,
+                         stored=stored_units if half == 0 else 0, precision=precision,
+                         activate=activate, tag=tag)
+    return tuple(exact), tuple(floats)
 
 
-def reverse(cell, projected, state, stack, mask, **kwargs):
-    return (gru_reverse if isinstance(cell, RevGRUCell) else lstm_reverse)(
-        cell, projected, state, stack, mask, **kwargs)
+def reverse(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
+            mask: Optional[Tensor], *, values: Optional[State] = None,
+            restored: Optional[Tensor] = None, tape: Optional[list] = None,
+            activate: bool = False) -> Tuple[State, State]:
+    """The cell's `reverse` on the fused path: returns (previous state, its float views); with a
+    `tape`, appends what `backward_step` needs."""
+    reverse_half = _gru_reverse_half if isinstance(cell, RevGRUCell) else _lstm_reverse_half
+    exact, floats = list(state), _values(state, values)
+    pieces = cell.split_projection(projected)
+    with torch.no_grad(), float32_math(projected.device):
+        for half in (1, 0):
+            reverse_half(cell, half, pieces, exact, floats, stack, mask,
+                         restored=restored if half == 0 else None, tape=tape, activate=activate)
+    return tuple(exact), tuple(floats)
 
 
 def backward_step(cell, tape, grads, mask, **kwargs):
