@@ -98,26 +98,21 @@ def _d_projected(cell: ReversibleCell, like: Tensor) -> Tuple[Tensor, Tuple[Tens
     return d_projected, cell.split_projection(d_projected)
 
 
-def gru_backward(cell: RevGRUCell, tape: list, grads: Sequence[Tensor], mask: Optional[Tensor],
-                 *, activate: bool = False) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
-    """`RevGRUCell.backward_step` on the fused path (same returns); `activate` as the tape's
-    `reverse` had it."""
-    d = list(grads)
-    inputs: List[Optional[Tensor]] = [None] * 4
-    d_projected, pieces = _d_projected(cell, d[0])
-    with torch.no_grad(), float32_math(d[0].device):
-        for half, other, previous, s, reset, cand in tape:
-            own = s.shape[1]
-            d_logits = pieces[2 * half]
-            d[half], d_cand = gru_backward_gates(d[half], s, cand, previous, d_logits[:, :own],
-                                                 mask=mask, n_min=_n_min(cell),
-                                                 d_cand=pieces[2 * half + 1], activate=activate)
-            d_reset_other = d_cand.mm(cell.hidden_weight(cell.candidates[half]))
-            d_other, reset_other = gru_backward_reset(d_reset_other, other, reset, d[1 - half],
-                                                      d_logits[:, own:], activate=activate)
-            d[1 - half] = torch.addmm(d_other, d_logits, cell.hidden_weight(cell.gates[half]))
-            inputs[2 * half], inputs[2 * half + 1] = other, reset_other
-    return d, d_projected, inputs
+def _gru_backward_half(cell: RevGRUCell, entry: tuple, d: list, inputs: list, pieces,
+                       mask: Optional[Tensor], activate: bool) -> None:
+    """Backpropagate one half of a RevGRU step (a tape entry of `reverse`), in place on `d`
+    (the state gradients), `inputs` and `pieces` (d projected)."""
+    half, other, previous, s, reset, cand = entry
+    own = s.shape[1]
+    d_logits = pieces[2 * half]
+    d[half], d_cand = gru_backward_gates(d[half], s, cand, previous, d_logits[:, :own],
+                                         mask=mask, n_min=_n_min(cell),
+                                         d_cand=pieces[2 * half + 1], activate=activate)
+    d_reset_other = d_cand.mm(cell.hidden_weight(cell.candidates[half]))
+    d_other, reset_other = gru_backward_reset(d_reset_other, other, reset, d[1 - half],
+                                              d_logits[:, own:], activate=activate)
+    d[1 - half] = torch.addmm(d_other, d_logits, cell.hidden_weight(cell.gates[half]))
+    inputs[2 * half], inputs[2 * half + 1] = other, reset_other
 
 
 # -- RevLSTM --------------------------------------------------------------------------------------
@@ -165,40 +160,40 @@ def _lstm_reverse_half(cell: RevLSTMCell, half: int, pieces, exact: list, floats
         tape.append((half, other, floats[half], floats[c], tanh_cell, gates))
 
 
-def lstm_backward_step(cell: RevLSTMCell, tape: list, grads: Sequence[Tensor],
-                       mask: Optional[Tensor], *, activate: bool = False
-                       ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
-    """`RevLSTMCell.backward_step` on the fused path (same returns); `activate` as the tape's
-    `reverse` had it."""
-    d = list(grads)
-    inputs: List[Optional[Tensor]] = [None] * 2
-    d_projected, pieces = _d_projected(cell, d[0])
-    with torch.no_grad(), float32_math(d[0].device):
-        for half, other, previous, previous_cell, tanh_cell, gates in tape:
-            c = 2 + half
-            d[half], d[c], d_gates = lstm_backward(
-                d[half], d[c], gates, tanh_cell, previous, previous_cell, mask=mask,
-                n_min=_n_min(cell), d_gates=pieces[half], activate=activate)
-            d[1 - half] = torch.addmm(d[1 - half], d_gates, cell.hidden_weight(cell.gates[half]))
-            inputs[half] = other
-    return d, d_projected, inputs
+def _lstm_backward_half(cell: RevLSTMCell, entry: tuple, d: list, inputs: list, pieces,
+                        mask: Optional[Tensor], activate: bool) -> None:
+    """Backpropagate one half of a RevLSTM step (a tape entry of `reverse`), in place."""
+    half, other, previous, previous_cell, tanh_cell, gates = entry
+    c = 2 + half
+    d[half], d[c], d_gates = lstm_backward(
+        d[half], d[c], gates, tanh_cell, previous, previous_cell, mask=mask,
+        n_min=_n_min(cell), d_gates=pieces[half], activate=activate)
+    d[1 - half] = torch.addmm(d[1 - half], d_gates, cell.hidden_weight(cell.gates[half]))
+    inputs[half] = other
 
 
 # -- dispatch and multi-step drivers ---------------------------------------------------------------
+
+def _run_halves(cell: ReversibleCell, projected: Tensor, state: State, values: Optional[State],
+                order: Tuple[int, int], run_half) -> Tuple[State, State]:
+    """run_half(half, pieces, exact, floats) for each half in `order`, on copies of the state
+    and its float views; returns both."""
+    exact, floats = list(state), _values(state, values)
+    pieces = cell.split_projection(projected)
+    with torch.no_grad(), float32_math(projected.device):
+        for half in order:
+            run_half(half, pieces, exact, floats)
+    return tuple(exact), tuple(floats)
+
 
 def step(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
          mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
          precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
     """The cell's `step` (no gradient) on the fused path: returns (state, float views)."""
     forward_half = _gru_forward_half if isinstance(cell, RevGRUCell) else _lstm_forward_half
-    exact, floats = list(state), _values(state, values)
-    pieces = cell.split_projection(projected)
-    with torch.no_grad(), float32_math(projected.device):
-        for half in (0, 1):
-            forward_half(cell, half, pieces, exact, floats, stack, mask,
-                         stored=stored_units if half == 0 else 0, precision=precision,
-                         activate=activate, tag=tag)
-    return tuple(exact), tuple(floats)
+    return _run_halves(cell, projected, state, values, (0, 1), lambda half, *parts: forward_half(
+        cell, half, *parts, stack, mask, stored=stored_units if half == 0 else 0,
+        precision=precision, activate=activate, tag=tag))
 
 
 def reverse(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
@@ -208,18 +203,25 @@ def reverse(cell: ReversibleCell, projected: Tensor, state: State, stack: WordSt
     """The cell's `reverse` on the fused path: returns (previous state, its float views); with a
     `tape`, appends what `backward_step` needs."""
     reverse_half = _gru_reverse_half if isinstance(cell, RevGRUCell) else _lstm_reverse_half
-    exact, floats = list(state), _values(state, values)
-    pieces = cell.split_projection(projected)
-    with torch.no_grad(), float32_math(projected.device):
-        for half in (1, 0):
-            reverse_half(cell, half, pieces, exact, floats, stack, mask,
-                         restored=restored if half == 0 else None, tape=tape, activate=activate)
-    return tuple(exact), tuple(floats)
+    return _run_halves(cell, projected, state, values, (1, 0), lambda half, *parts: reverse_half(
+        cell, half, *parts, stack, mask, restored=restored if half == 0 else None, tape=tape,
+        activate=activate))
 
 
-def backward_step(cell, tape, grads, mask, **kwargs):
-    return (gru_backward if isinstance(cell, RevGRUCell) else lstm_backward_step)(
-        cell, tape, grads, mask, **kwargs)
+def backward_step(cell: ReversibleCell, tape: list, grads: Sequence[Tensor],
+                  mask: Optional[Tensor], *, activate: bool = False
+                  ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
+    """The cell's `backward_step` on the fused path (same returns: state gradients, d projected,
+    the inputs of the recurrent products); `activate` as the tape's `reverse` had it."""
+    gru = isinstance(cell, RevGRUCell)
+    backward_half = _gru_backward_half if gru else _lstm_backward_half
+    d = list(grads)
+    inputs: List[Optional[Tensor]] = [None] * (4 if gru else 2)
+    d_projected, pieces = _d_projected(cell, d[0])
+    with torch.no_grad(), float32_math(d[0].device):
+        for entry in tape:
+            backward_half(cell, entry, d, inputs, pieces, mask, activate)
+    return d, d_projected, inputs
 
 
 def run_fused_steps(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
