@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
@@ -54,6 +54,7 @@ from nmt.optim import LearningRateSchedule
 from nmt.reversal_drift import reversal_check_for
 from nmt.run_layout import validation_path
 from nmt.stats import TrainingStats
+from nmt.validation import ValidationOutput
 
 
 @dataclass
@@ -78,16 +79,6 @@ class TrainingState:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingState":
         return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
-
-
-@dataclass
-class ValidationOutput:
-    """A validation: scores for the logs and decisions, every hypothesis (one line per validation
-    sentence, kept per step) and a few (source, reference, hypothesis) examples to log."""
-
-    scores: dict
-    hypotheses: Optional[List[str]] = None
-    examples: List[Tuple[str, str, str]] = field(default_factory=list)
 
 
 class TrainingStopped(UserError):

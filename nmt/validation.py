@@ -3,6 +3,8 @@ split, every hypothesis and a few examples (the `validate` of nmt.training's Tra
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -12,8 +14,18 @@ from nmt.data.corpus import encode_parallel, read_parallel
 from nmt.data.files import check_data_files
 from nmt.distributed import SINGLE_PROCESS, Distributed
 from nmt.evaluation import corpus_loss, score_corpus
-from nmt.training import ValidationOutput
 from nmt.translation import DecodeOptions, Translator
+
+
+@dataclass
+class ValidationOutput:
+    """A validation: scores for the logs and decisions, every hypothesis (one line per validation
+    sentence, kept per step) and a few (source, reference, hypothesis) examples to log."""
+
+    scores: dict
+    hypotheses: Optional[List[str]] = None
+    examples: List[Tuple[str, str, str]] = field(default_factory=list)
+
 
 NO_LIMIT = 1 << 30
 

@@ -8,7 +8,8 @@ import torch
 from nmt import checkpoint as ckpt
 from nmt.optim import LearningRateSchedule
 from nmt.stats import TrainingStats, read_metrics
-from nmt.training import Trainer, ValidationOutput
+from nmt.training import Trainer
+from nmt.validation import ValidationOutput
 
 
 @dataclass
