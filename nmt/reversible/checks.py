@@ -50,8 +50,9 @@ def check_restored(state, initial_state, buffer, mark, *, tag: str = "") -> None
                 f"reversing {run} was not exact: layer {layer}'s state restored before step 0 "
                 f"differs from the initial state (its fingerprint differs)")
     else:
-        differs = torch.stack([torch.stack([(a != b).any() for a, b in zip(restored, initial)]).any()
-                               for restored, initial in zip(state, initial_state)])  # (layers,)
+        differs = torch.stack([
+            torch.stack([(a != b).any() for a, b in zip(restored, initial)]).any()
+            for restored, initial in zip(state, initial_state)])  # (layers,)
         if bool(differs.any()):  # one wait for the device for all layers
             layer = int(differs.nonzero()[0])
             raise ReversalError(
