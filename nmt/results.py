@@ -26,7 +26,8 @@ from nmt.run_layout import CONFIG_COPY, METRICS_FILE
 
 FORMAT_VERSION = 1
 DEFAULT_SEED = TrainConfig.seed  # results.json files written before the seed was recorded used it
-MEMORY_KEYS = ("encoder_ratio", "encoder_optimal_ratio", "decoder_ratio", "decoder_optimal_ratio")
+MEMORY_KEYS = ("encoder_ratio", "encoder_optimal_ratio", "decoder_ratio", "decoder_optimal_ratio",
+               "total_ratio", "total_optimal_ratio")  # total_*: complete accounting (issue 15)
 
 
 # --------------------------------------------------------------------------- one run

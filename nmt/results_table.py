@@ -33,11 +33,21 @@ def load_results(paths: Iterable) -> List[dict]:
     return results
 
 
+OLD_MARK = "°"  # ratios measured before complete accounting (no total_ratio logged)
+
+
+def _old_convention(memory: Optional[dict]) -> bool:
+    """Figures logged before complete accounting (words + stored values, the shared heads on the
+    decoder only, no kept states): they carry no total_ratio."""
+    return bool(memory) and "total_ratio" not in memory
+
+
 def _ratio_pair(memory: dict, side: str) -> str:
     counted, optimal = memory.get(f"{side}_ratio"), memory.get(f"{side}_optimal_ratio")
     if counted is None and optimal is None:
         return "–"
-    return f"{format_number(counted, 1)} / {format_number(optimal, 1)}"
+    mark = OLD_MARK if side != "total" and _old_convention(memory) else ""
+    return f"{format_number(counted, 1)} / {format_number(optimal, 1)}{mark}"
 
 
 def _bench_ratios(bench: Optional[dict]) -> str:
@@ -48,6 +58,10 @@ def _bench_ratios(bench: Optional[dict]) -> str:
         return "–"
     text = (f"{format_number(reversible.get('encoder_ratio'), 1)} / "
             f"{format_number(reversible.get('decoder_ratio'), 1)}")
+    if reversible.get("total_ratio") is not None:
+        text += f" / {format_number(reversible['total_ratio'], 1)}"
+    elif reversible.get("encoder_ratio") is not None:
+        text += OLD_MARK
     if bench.get("measured_recurrent_ratio") is not None:
         text += f" ({format_number(bench['measured_recurrent_ratio'], 1)}×)"
     return text
@@ -121,7 +135,7 @@ def _seedless_name(result: dict) -> str:
 COLUMNS = ("model", "cells", "attention", "k", "readout dropout", "seed", "BLEU", "Δ base",
            "BLEU lc", "chrF",
            "enc ratio (counted / optimal)", "dec ratio (counted / optimal)",
-           "bench enc / dec (measured)", "train tok/s",
+           "total ratio (counted / optimal)", "bench enc / dec / total (measured)", "train tok/s",
            "train min", "epochs", "budget", "machine", "commit")
 
 
@@ -137,6 +151,12 @@ def render_results_table(results: List[dict], *, title: str = "Multi30K results"
              "to the same context when there is one, else to every hidden state). "
              "Memory ratios: normal / used bits of the hidden states as counted during training "
              "(*optimal*: normal / information-theoretic minimum), mean of the logged steps; "
+             "complete accounting (docs/design.md): each side's used bits are the buffer's heads, "
+             "its words, stored values and the exact states kept for backward, *total* charges "
+             "the shared heads once. Figures marked ° were measured before complete accounting "
+             "(old convention: words + stored values, the shared heads on the decoder only, no "
+             "kept states; they are higher than complete figures and cannot be compared with "
+             "them; their runs were not re-measured); "
              "*bench*: `nmt bench memory` on the run's best checkpoint (counted ratios, bits "
              "summed over 20 training batches; and in parentheses the measured bytes the "
              "recurrent layers keep for backward, plain / reversible). The two agree where stored "
@@ -192,7 +212,8 @@ def _row_cells(result: dict, results: List[dict]) -> List[str]:
             _readout_dropout(model), str(_seed(result)),
             format_number(cased.get("bleu"), 2), delta, format_number(test["lowercased"].get("bleu"), 2),
             format_number(cased.get("chrf"), 2), _ratio_pair(result["memory"], "encoder"),
-            _ratio_pair(result["memory"], "decoder"), _bench_ratios(result.get("bench_memory")),
+            _ratio_pair(result["memory"], "decoder"), _ratio_pair(result["memory"], "total"),
+            _bench_ratios(result.get("bench_memory")),
             format_number(training.get("tokens_per_sec"), 0),
             format_number(training.get("wall_minutes"), 1), str(training.get("epochs")), budget, where,
             f"`{result['commit']}`" if result["commit"] else "–"]

@@ -2,7 +2,8 @@
 """Check that TensorBoard serves every logged step of some scalar tags, over HTTP.
 
     python recipes/check_tensorboard.py --logdir runs/multi30k-revgru-emb20h/tensorboard \\
-        --tags memory/encoder_ratio,memory/decoder_ratio [--run NAME] [--timeout 180]
+        --tags memory/encoder_ratio,memory/decoder_ratio,memory/total_ratio \\
+        [--run NAME] [--timeout 180]
 
 Starts `tensorboard --logdir DIR --port <free> --host 127.0.0.1` (what the README tells users to
 run, on a free port), reads `/data/plugin/scalars/tags` and `/data/plugin/scalars/scalars?run=R&tag=T`

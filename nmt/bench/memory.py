@@ -7,9 +7,12 @@ and backward per batch, in training mode, for the configured reversible model an
 same-size plain model (revgru -> gru, revlstm -> lstm, same attention context), in one run.
 
 Reported: bits summed over the batches (ratios of the sums), bytes as means per batch.
-- counted (docs/design.md, "Memory accounting"): per side normal / used / optimal bits and the ratios
-  normal/used and normal/optimal. The shared buffer's int32 heads are charged once, to the
-  decoder; the exact final states are kept by plain backprop too and are left out of both sides.
+- counted (docs/design.md, "Memory accounting"; complete): per side and for the whole model
+  (`total`, the headline) normal / used / optimal bits, the ratios normal/used and
+  normal/optimal, and the parts of used bits: buffer heads, words, stored values, the kept final
+  state and what is kept of the initial state. Each side is charged the shared buffer's int32
+  heads as if it had its own; total charges them once. `*_ratio_words_only` is the paper's
+  convention (words + stored values only), for comparison, not the headline.
 - measured, recurrent parts: bytes of the distinct storages autograd saves during the plain
   model's encoder and decoder RNN calls (torch.autograd.graph.saved_tensors_hooks) against the
   bytes the reversible path keeps for backward (the buffer's heads and words at their peak, the
@@ -39,8 +42,9 @@ from nmt.bench.common import SavedBytes, bench_device, format_bytes, positive
 from nmt.errors import UserError
 
 TO_PLAIN = {"revgru": "gru", "revlstm": "lstm"}
-HEAD_RULE = ("the shared buffer's int32 heads are charged once, to the decoder; the exact final "
-             "states are kept by plain backprop too and are left out of both sides")
+HEAD_RULE = ("complete accounting: each side is charged the shared buffer's int32 heads as if it "
+             "had its own, its words, stored values and the exact states it keeps for backward; "
+             "total charges the heads once")
 
 
 def add_arguments(parser) -> None:
@@ -119,7 +123,7 @@ def plain_model_config(model_cfg):
 
 def measure_reversible(model, batches, label_smoothing: float) -> dict:
     """Counted bits per side and measured bytes of the reversible model over `batches`."""
-    sides = {"encoder": _zero_counts(), "decoder": _zero_counts()}
+    sides = {"encoder": _zero_counts(), "decoder": _zero_counts(), "total": _zero_counts()}
     kept_total, saved_peak, stored_in_autograd = 0, 0, 0
     exclude = list(model.parameters())
     states_saved = 0  # memory_saving: false: the encoder's states, saved by autograd
@@ -142,11 +146,17 @@ def measure_reversible(model, batches, label_smoothing: float) -> dict:
     for counts in sides.values():
         counts["ratio_used"] = counts["normal_bits"] / counts["used_bits"]
         counts["ratio_optimal"] = counts["normal_bits"] / counts["optimal_bits"]
-    return {"encoder": sides["encoder"], "decoder": sides["decoder"],
+        counts["ratio_words_only"] = (counts["normal_bits"] / counts["words_only_bits"]
+                                      if counts["words_only_bits"] else float("inf"))
+    return {"encoder": sides["encoder"], "decoder": sides["decoder"], "total": sides["total"],
             "encoder_ratio": sides["encoder"]["ratio_used"],
             "decoder_ratio": sides["decoder"]["ratio_used"],
+            "total_ratio": sides["total"]["ratio_used"],
             "encoder_optimal_ratio": sides["encoder"]["ratio_optimal"],
             "decoder_optimal_ratio": sides["decoder"]["ratio_optimal"],
+            "total_optimal_ratio": sides["total"]["ratio_optimal"],
+            "paper_convention": {f"{side}_ratio_words_only": sides[side]["ratio_words_only"]
+                                 for side in sides},
             "recurrent_kept_bytes": kept_total / len(batches),
             "autograd_saved_peak_bytes": saved_peak / len(batches),
             # the stored attention values are saved through autograd too: counted once
@@ -229,7 +239,8 @@ class _Probe:
 
 def _zero_counts() -> dict:
     return {"normal_bits": 0, "used_bits": 0, "optimal_bits": 0.0, "buffer_head_bits": 0,
-            "buffer_word_bits": 0, "stored_bits": 0, "final_state_bits": 0}
+            "buffer_word_bits": 0, "stored_bits": 0, "final_state_bits": 0,
+            "initial_state_bits": 0, "autograd_state_bits": 0, "words_only_bits": 0}
 
 
 def _load(args):
@@ -270,12 +281,17 @@ def print_report(report: dict) -> None:
     rev, plain = report["reversible"], report["plain"]
     print(f"{report['config']}: {report['batches']} training batches on {report['device']} "
           f"(bits summed, bytes per batch)")
-    for side in ("encoder", "decoder"):
+    for side in ("encoder", "decoder", "total"):
         counts = rev[side]
         print(f"  {side}: normal {counts['normal_bits'] / 8 / 2**20:.2f} MiB, used "
-              f"{counts['used_bits'] / 8 / 2**20:.3f} MiB (words {counts['buffer_word_bits']}, "
-              f"heads {counts['buffer_head_bits']}, stored {counts['stored_bits']} bits), "
-              f"ratio {counts['ratio_used']:.2f}, optimal ratio {counts['ratio_optimal']:.2f}")
+              f"{counts['used_bits'] / 8 / 2**20:.3f} MiB (heads {counts['buffer_head_bits']}, "
+              f"words {counts['buffer_word_bits']}, stored {counts['stored_bits']}, final state "
+              f"{counts['final_state_bits']}, initial state {counts['initial_state_bits']}"
+              + (f", states kept by autograd {counts['autograd_state_bits']}"
+                 if counts['autograd_state_bits'] else "")
+              + f" bits), ratio {counts['ratio_used']:.2f}, optimal ratio "
+              f"{counts['ratio_optimal']:.2f} (words + stored only: "
+              f"{counts['ratio_words_only']:.2f})")
     print(f"  ({report['head_rule']})")
     print(f"  measured, recurrent parts: plain RNNs save "
           f"{format_bytes(plain['recurrent_saved_bytes'])}"

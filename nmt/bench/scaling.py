@@ -145,14 +145,16 @@ def _seq2seq_way(kind: str, model) -> Way:
 
 def reversible_kept_bytes(memory) -> int:
     """Bytes a reversible Seq2Seq's Functions hold besides autograd's saved tensors, from the
-    memory its training_loss returned: the shared buffer at its peak and the exact final states
-    (stored attention values are saved tensors, so already counted). 0 for a plain model."""
+    memory its training_loss returned: the shared buffer at its peak, the exact final states and
+    what is kept of the initial states (stored attention values are saved tensors, so already
+    counted). 0 for a plain model."""
     kept = getattr(memory, "kept_bytes", None)
     if not kept:
         return 0
     encoder, decoder = kept.get("encoder") or {}, kept.get("decoder") or {}
     buffer = decoder.get("buffer", encoder.get("buffer", 0))  # shared: the decoder's is the peak
-    return int(buffer + encoder.get("state", 0) + decoder.get("state", 0))
+    return int(buffer + sum(side.get("state", 0) + side.get("initial", 0)
+                             for side in (encoder, decoder)))
 
 
 class _StepLoss(nn.Module):
@@ -182,7 +184,7 @@ def _reversible_rnn_way(model_cfg, vocab: int, device: torch.device) -> Way:
         readout.targets = batch.tgt_out
         out = rnn(batch.tgt_in, batch.tgt_out != 0, mode=MemoryMode.REVERSIBLE,
                   embedding=embedding, readout=readout)
-        kept = out.kept_bytes.get("buffer", 0) + out.kept_bytes.get("state", 0)
+        kept = sum(out.kept_bytes.get(part, 0) for part in ("buffer", "state", "initial"))
         return out.readout / batch.num_tgt_tokens, kept
 
     parameters = list(rnn.parameters()) + list(embedding.parameters()) + list(readout.parameters())

@@ -23,8 +23,7 @@ def build_reversible_encoder(model_cfg, *, src_vocab_size: int) -> ReversibleEnc
         size=attention.size, precision=attention.precision, dropout=enc.dropout,
         memory_saving=getattr(enc, "memory_saving", True),
         per_step_dropout=model_cfg.readout_dropout == "step",
-        buffer_width=(dec.hidden + 1) // 2 if shares_buffer else None,
-        charges_head=not shares_buffer)
+        buffer_width=(dec.hidden + 1) // 2 if shares_buffer else None)
 
 
 @register_decoder("revgru")

@@ -12,10 +12,11 @@ keys and values flow on, through ordinary autograd, into the encoder's stored va
 reversible backward.
 
 The decoder continues the encoder's information buffer (one per batch). Memory accounting
-(returned with the loss, nmt/models/memory.py): each side's normal bits are 32 x H x real steps x layers (x2 for RevLSTM);
-used bits are the 16-bit words pushed by that side plus its stored attention values; the
-buffer's int32 heads are charged once, to the decoder. The exact final states (int64) are kept by
-plain backprop too and are left out of both sides (reported as *_final_state_bits).
+(returned with the loss, nmt/models/memory.py; complete, nmt/reversible/accounting.py): each
+side's normal bits are 32 x H x real steps x layers (x2 for RevLSTM); its used bits are the
+buffer's int32 heads (charged to each side as if it had its own; the model's total charges them
+once), the 16-bit words it pushed, its stored attention values and the exact states it keeps for
+backward (final state at its kept width, the initial state's fingerprint).
 
 Inference runs the same fixed-point steps without gradient on a head-only buffer
 (`keep_words=False`): the same numbers as training, bit for bit, in O(batch x H) memory.

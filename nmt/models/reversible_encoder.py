@@ -10,8 +10,9 @@ can afford (MacKay et al. 2018; docs/design.md):
   fixed-point steps with plain autograd and stores everything (config.py requires
   `memory_saving: false` for it, and the counts say nothing was saved).
 
-The encoder's information buffer continues into the decoder: one buffer per batch, whose heads
-are charged once, to the decoder (see reversible_decoder.py). Dropout feeding the recurrence uses
+The encoder's information buffer continues into the decoder: one buffer per batch. The encoder's
+counts charge it the buffer's heads as if it had its own (a standalone encoder needs them); the
+model's total charges them once (nmt/models/memory.py). Dropout feeding the recurrence uses
 masks fixed per sequence (`locked_mask`), so the reverse pass recomputes every step bit for bit.
 """
 from __future__ import annotations
@@ -83,8 +84,8 @@ class ReversibleEncoderOutput(EncoderOutput):
     """EncoderOutput plus what a reversible decoder continues from and what the run counted.
 
     buffer: the batch's information buffer, after the encoder's steps (keeps its words in
-    training, head only in inference); memory: the encoder's counted bits (heads not charged
-    when a reversible decoder continues the buffer); kept_bytes: measured bytes its run kept.
+    training, head only in inference); memory: the encoder's counted bits (the buffer's heads
+    charged as if it had its own); kept_bytes: measured bytes its run kept.
     """
 
     buffer: Optional[InformationBuffer] = None
@@ -115,8 +116,6 @@ class ReversibleEncoder(ReversiblePart):
             dropout per position, as a plain encoder's outputs do (the recurrence keeps its masks).
         memory_saving: run reversibly in training (False: plain autograd, storing everything).
         buffer_width: columns of the shared buffer (>= hidden / 2; the decoder's half may be wider).
-        charges_head: charge the buffer's heads to this encoder (when no reversible decoder
-            continues the buffer; otherwise the decoder pays them).
     """
 
     TAG = ENCODER_TAG
@@ -125,7 +124,7 @@ class ReversibleEncoder(ReversiblePart):
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context: str = "emb",
                  size: Optional[int] = None, precision: int = 32, dropout: float = 0.0,
                  memory_saving: bool = True, buffer_width: Optional[int] = None,
-                 charges_head: bool = False, per_step_dropout: bool = True):
+                 per_step_dropout: bool = True):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         self.use_embeddings = context.startswith("emb")
@@ -143,7 +142,6 @@ class ReversibleEncoder(ReversiblePart):
         stored_size = {"slice": size, "proj": size, "hidden": hidden}.get(self.part, 0)
         self.context_size = stored_size + (embedding_dim if self.use_embeddings else 0)
         self.buffer_width = max(buffer_width or 0, self.rnn.half_size)
-        self.charges_head = charges_head
 
     def new_buffer(self, batch: int, device) -> InformationBuffer:
         """The batch's shared buffer; it keeps its words only when a backward pass will follow."""
@@ -182,11 +180,9 @@ class ReversibleEncoder(ReversiblePart):
             pieces.append(self._context_dropout(stored, stored_mask))
         context = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
         final_hidden, final_cell = run.final if self.has_cell else (run.final, None)
-        memory = count_memory(self.rnn, mask, buffer, tag=ENCODER_TAG,
-                              charge_head=self.charges_head)
+        memory = count_memory(self.rnn, mask, buffer, tag=ENCODER_TAG)
         if not self.memory_saving:  # everything stored: nothing saved
-            memory = dataclasses.replace(memory, used_bits=memory.normal_bits,
-                                         optimal_bits=float(memory.normal_bits))
+            memory = memory.stores_everything()
         return ReversibleEncoderOutput(
             context=context, mask=mask, lengths=src_lengths, final_hidden=final_hidden,
             final_cell=final_cell, buffer=buffer, memory=memory, kept_bytes=dict(run.kept_bytes))

@@ -22,7 +22,8 @@ requires grad) does forward evaluate the readout itself. Plain autograd over the
 (`MemoryMode.REFERENCE`) is the reference the tests compare this backward with.
 
 At the end of every backward, an O(1) check (in T) that the reversal was exact: the restored
-initial state equals the one forward started from, and the buffer is back where this run found
+initial state matches the fingerprint of the one forward started from (no copy of it is kept;
+nmt/reversible/kept.py, which also narrows the kept final state where that is exact), and the buffer is back where this run found
 it (same heads, no words of this run left). Otherwise `ReversalError` names the run, layer and step.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch import Tensor
 from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
+from nmt.reversible.kept import KeptStates
 from nmt.reversible.readout import PendingTotal, read_chunk
 
 CHECK_END_OF_BACKWARD = True  # the exactness check after every reversal (off only to time it)
@@ -59,8 +61,7 @@ class ReversibleResult:
 class _Forward:
     """What backward needs of its forward besides the saved tensors."""
 
-    initial_state: list
-    final_state: list
+    kept: KeptStates  # the final state (at its kept width), the initial state's fingerprint
     mark: object  # the buffer's mark before the run (InformationBuffer.mark)
 
 
@@ -129,8 +130,8 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
     grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
-    state = forward.final_state
-    for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.initial_state,
+    state = forward.kept.widened_final()
+    for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.kept.reversal_initial(),
                                     stored=stored, tapes=True, grad=True):
         start, stop, state = chunk.start, chunk.stop, chunk.states[0]
         # the chunk's readout and storage, by autograd, on its top states as one leaf
@@ -160,7 +161,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         _accumulate(param_grads, chunk_grads[len(input_slot):])
         _add_weight_grads(param_grads, params, weight_grads, bias_grads)
     if CHECK_END_OF_BACKWARD:
-        check_restored(state, forward.initial_state, plan.buffer, forward.mark, tag=plan.tag)
+        check_restored(state, forward.kept, plan.buffer, forward.mark, tag=plan.tag)
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
@@ -238,13 +239,14 @@ class _ReversibleRun(torch.autograd.Function):
         initial, state, stored, total = _forward_pass(
             rnn, plan, tensors[:num_initial], extras,
             read=plan.readout is not None and not settle_in_backward)
-        record.update(final_state=state, kept_bytes=_kept_bytes(plan, state, stored))
+        kept = KeptStates.keep(rnn, initial, state)
+        record.update(final_state=state, kept_bytes=_kept_bytes(plan, kept, stored))
         ctx.pending = None
         if settle_in_backward:
             total = torch.full((), float("nan"), device=plan.mask.device)
             ctx.pending = record["pending"] = PendingTotal(total, plan.tag)
         ctx.rnn, ctx.plan, ctx.num_initial = rnn, plan, num_initial
-        ctx.forward = _Forward(initial_state=initial, final_state=state, mark=mark)
+        ctx.forward = _Forward(kept=kept, mark=mark)
         ctx.has_stored = stored is not None
         ctx.save_for_backward(*([stored] if stored is not None else []), *extras)
         outputs = [from_fixed(part) for part in _flatten(state)]
@@ -260,8 +262,9 @@ class _ReversibleRun(torch.autograd.Function):
         extras = saved
         grad_outputs = list(grad_outputs)
         grad_total = grad_outputs.pop(0) if plan.readout is not None else None
-        final_state = ctx.forward.final_state
-        grad_values = [g if g is not None else torch.zeros_like(from_fixed(part))
+        final_state = ctx.forward.kept.final_state
+        grad_values = [g if g is not None else torch.zeros(part.shape, dtype=torch.float32,
+                                                              device=part.device)
                        for g, part in zip(grad_outputs[: ctx.num_initial], _flatten(final_state))]
         grad_stored = grad_outputs[ctx.num_initial] if stored is not None else None
         init_grads, input_grad, param_grads, extra_grads, total = _reverse_pass(
@@ -321,10 +324,11 @@ def _unflatten(parts: List[Tensor], per_layer: int):
     return [tuple(parts[i: i + per_layer]) for i in range(0, len(parts), per_layer)]
 
 
-def _kept_bytes(plan, state, stored: Optional[Tensor]) -> dict:
-    """Bytes the reversible mode holds once the forward recurrence is done (buffer at its peak)."""
+def _kept_bytes(plan, kept: KeptStates, stored: Optional[Tensor]) -> dict:
+    """Bytes the reversible mode holds once the forward recurrence is done (buffer at its peak;
+    state: the final state as kept; initial: the initial state's fingerprint and slice)."""
     return {
         "buffer": plan.buffer.nbytes(),
         "stored": 0 if stored is None else stored.numel() * stored.element_size(),
-        "state": sum(part.numel() * part.element_size() for part in _flatten(state)),
+        **kept.nbytes(),
     }

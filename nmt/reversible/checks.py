@@ -2,7 +2,7 @@
 ends every reversible backward.
 
 - `check_restored`: after a reversal, the restored initial state must equal the one the run
-  started from and the buffer must be back at its mark (heads, stack height): O(batch x H) work
+  started from (a reversible backward compares it with the initial state's fingerprint) and the buffer must be back at its mark (heads, stack height): O(batch x H) work
   and memory, whatever T. Backward calls it every time (backprop.py); `ReversalError` otherwise.
 - `check_reversal` (= `record_run` + `compare_reversal`): runs a ReversibleRNN forward through
   the same iterators, chunking and dropout masks as training (`ReversibleRNN.run_steps`),
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from nmt.reversible.fixed_point import HIDDEN_RADIX, from_fixed
+from nmt.reversible.kept import KeptStates, fingerprint
 from nmt.reversible.plan import MemoryMode
 from nmt.reversible.validation import check_run
 
@@ -32,16 +33,32 @@ class ReversalError(RuntimeError):
 
 
 def check_restored(state, initial_state, buffer, mark, *, tag: str = "") -> None:
-    """Raise ReversalError unless the reversal of a run ended exactly where it started."""
+    """Raise ReversalError unless the reversal of a run ended exactly where it started.
+    initial_state: the exact initial state per layer, or the `KeptStates` of a reversible run
+    (its fingerprint, and whether its narrowed final state fitted)."""
     run = tag or "a reversible run"
-    differs = torch.stack([torch.stack([(a != b).any() for a, b in zip(restored, initial)]).any()
-                           for restored, initial in zip(state, initial_state)])  # (layers,)
-    if bool(differs.any()):  # one wait for the device for all layers
-        layer = int(differs.nonzero()[0])
-        raise ReversalError(
-            f"reversing {run} was not exact: layer {layer}'s state restored before step 0 "
-            f"differs from the initial state (largest difference "
-            f"{_largest_difference(state[layer], initial_state[layer]):.3g})")
+    if isinstance(initial_state, KeptStates):
+        kept = initial_state
+        if kept.overflow is not None and bool(kept.overflow):
+            raise ReversalError(f"reversing {run} was not exact: its final state did not fit the "
+                                f"width it was kept at ({kept.final_state[0][0].dtype})")
+        restored = fingerprint(state)  # (layers x parts, batch)
+        differs = (restored != kept.fingerprint).any(1).view(len(state), -1).any(1)
+        if bool(differs.any()):
+            layer = int(differs.nonzero()[0])
+            raise ReversalError(
+                f"reversing {run} was not exact: layer {layer}'s state restored before step 0 "
+                f"differs from the initial state (its fingerprint differs)")
+    else:
+        differs = torch.stack([
+            torch.stack([(a != b).any() for a, b in zip(restored, initial)]).any()
+            for restored, initial in zip(state, initial_state)])  # (layers,)
+        if bool(differs.any()):  # one wait for the device for all layers
+            layer = int(differs.nonzero()[0])
+            raise ReversalError(
+                f"reversing {run} was not exact: layer {layer}'s state restored before step 0 "
+                f"differs from the initial state (largest difference "
+                f"{_largest_difference(state[layer], initial_state[layer]):.3g})")
     problem = buffer.departure_from(mark)
     if problem is not None:
         raise ReversalError(f"reversing {run} was not exact: after undoing step 0 the "

@@ -133,6 +133,6 @@ step "results"
 echo "wall time: $(( (SECONDS - START_SECONDS) / 60 )) min $(( (SECONDS - START_SECONDS) % 60 )) s"
 echo
 # the parent folder as logdir, so the run shows under its name beside any other runs there
-echo "TensorBoard (training curves, memory/encoder_ratio, memory/decoder_ratio; this run is"
+echo "TensorBoard (training curves, memory/encoder_ratio, memory/decoder_ratio, memory/total_ratio; this run is"
 echo "'$(basename "$RUN_DIR")/tensorboard', beside the other runs in $(dirname "$RUN_DIR")):"
 echo "  tensorboard --logdir $(dirname "$RUN_DIR") --host 127.0.0.1"

@@ -360,12 +360,11 @@ def test_reversible_encoder_before_a_plain_decoder(multi30k):
     outputs = _step_both_and_compare(model, reference, batch, seed=5)
     memory = outputs["reversible"].memory
     assert memory["encoder_ratio"] > 1 and "decoder_ratio" not in memory
-    model.encoder.charges_head = False
-    torch.manual_seed(5)  # the same dropout masks, so the same words
-    without_head = model.encoder(batch.src, batch.src_lengths).memory.ratio_used
-    normal = 32 * 16 * int(batch.src_lengths.sum())
+    account = memory.encoder
     head = 32 * batch.src.shape[0] * 8  # int32 heads, one per sentence and half-state unit
-    assert 1 / memory["encoder_ratio"] - 1 / without_head == pytest.approx(head / normal)
+    assert account.buffer_head_bits == head and memory.total.used_bits == account.used_bits
+    assert account.used_bits == (head + account.buffer_word_bits + account.stored_bits
+                                 + account.final_state_bits + account.initial_state_bits)
 
 
 def test_reversible_encoder_under_a_reference_decoder(multi30k):

@@ -12,7 +12,8 @@ from nmt.cli import main
 from nmt.stats import read_metrics
 
 MEMORY_TAGS = ("memory/encoder_ratio", "memory/decoder_ratio", "memory/encoder_optimal_ratio",
-               "memory/decoder_optimal_ratio", "memory/activation_mib")
+               "memory/decoder_optimal_ratio", "memory/total_ratio", "memory/total_optimal_ratio",
+               "memory/activation_mib")
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +102,21 @@ def test_bench_memory_counts_and_measures(trained_run, capsys):
     assert rev["encoder"]["normal_bits"] == 32 * 16 * sum(int(b.src_lengths.sum()) for b in batches)
     assert rev["decoder"]["normal_bits"] == 32 * 16 * sum(b.num_tgt_tokens for b in batches)
     assert rev["encoder"]["stored_bits"] == 16 * 4 * sum(int(b.src_lengths.sum()) for b in batches)
-    assert rev["encoder"]["buffer_head_bits"] == 0 and rev["decoder"]["buffer_head_bits"] > 0
-    assert rev["encoder_ratio"] > 1 and rev["decoder_ratio"] > 1
-    assert rev["decoder_optimal_ratio"] >= rev["decoder_ratio"]
+    # complete accounting: both sides pay the shared heads, the total pays them once
+    heads = rev["decoder"]["buffer_head_bits"]
+    assert heads > 0 and rev["encoder"]["buffer_head_bits"] == heads
+    assert rev["total"]["buffer_head_bits"] == heads
+    for side in ("encoder", "decoder", "total"):
+        counts = rev[side]
+        assert counts["used_bits"] == sum(counts[part] for part in (
+            "buffer_head_bits", "buffer_word_bits", "stored_bits", "final_state_bits",
+            "initial_state_bits", "autograd_state_bits"))
+        assert counts["used_bits"] >= counts["optimal_bits"] and counts["final_state_bits"] > 0
+        assert rev[f"{side}_optimal_ratio"] >= rev[f"{side}_ratio"] > 1
+        assert rev["paper_convention"][f"{side}_ratio_words_only"] > rev[f"{side}_ratio"]
     assert plain["encoder_rnn_saved_bytes"] > 0 and plain["decoder_rnn_saved_bytes"] > 0
     assert report["measured_recurrent_ratio"] > 1
-    assert "decoder" in report["head_rule"]
+    assert "total charges the heads once" in report["head_rule"]
 
 
 def test_bench_memory_rejects_a_plain_config(tmp_path, small_multi30k, capsys):

@@ -83,10 +83,21 @@ def test_table_has_one_row_per_run_with_its_figures():
     rev = rows["revgru-emb20h"]
     assert rev["cells"] == "revgru/revgru" and rev["attention"] == "Emb+20H" and rev["k"] == "3"
     assert rev["BLEU"] == "29.62" and rev["BLEU lc"] == "31.12" and rev["chrF"] == "54.62"
-    assert rev["enc ratio (counted / optimal)"] == "11.9 / 14.5"
-    assert rev["dec ratio (counted / optimal)"] == "17.2 / 21.0"
-    assert rev["bench enc / dec (measured)"] == "12.0 / 17.3 (16.6×)"
-    assert rows["revlstm-emb20h"]["bench enc / dec (measured)"] == "–"
+    # logged before complete accounting (no total_ratio): marked as the old convention
+    assert rev["enc ratio (counted / optimal)"] == "11.9 / 14.5°"
+    assert rev["dec ratio (counted / optimal)"] == "17.2 / 21.0°"
+    assert rev["total ratio (counted / optimal)"] == "–"
+    assert rev["bench enc / dec / total (measured)"] == "12.0 / 17.3° (16.6×)"
+    assert rows["revlstm-emb20h"]["bench enc / dec / total (measured)"] == "–"
+    complete = dict(grid_results()[0], memory={
+        "encoder_ratio": 4.3, "encoder_optimal_ratio": 5.2, "decoder_ratio": 6.2,
+        "decoder_optimal_ratio": 8.3, "total_ratio": 5.7, "total_optimal_ratio": 6.4},
+        bench_memory={"reversible": {"encoder_ratio": 4.4, "decoder_ratio": 6.3,
+                                     "total_ratio": 5.8}, "measured_recurrent_ratio": 16.64})
+    row = parse_table(render_results_table([complete]))[0]
+    assert row["enc ratio (counted / optimal)"] == "4.3 / 5.2"
+    assert row["total ratio (counted / optimal)"] == "5.7 / 6.4"
+    assert row["bench enc / dec / total (measured)"] == "4.4 / 6.3 / 5.8 (16.6×)"
     assert rev["train tok/s"] == "1,500" and rev["train min"] == "61.2" and rev["epochs"] == "10"
     assert rev["budget"] == "epochs 10" and rev["machine"] == "x86_64, 2 cores"
     threaded = dict(grid_results()[0], machine={"arch": "x86_64", "cores": 2, "torch_threads": 1})
@@ -100,7 +111,7 @@ def test_table_has_one_row_per_run_with_its_figures():
     every_state = fabricated("revgru-300h", "revgru", bleu=25.0, budget="--minutes 20")
     assert parse_table(render_results_table([every_state]))[0]["attention"] == "300H (every state)"
     assert rows["gru"]["attention"] == "hidden"
-    assert rows["revgru-noLimit"]["enc ratio (counted / optimal)"] == "∞ / –"
+    assert rows["revgru-noLimit"]["enc ratio (counted / optimal)"] == "∞ / –°"
 
 
 def test_bleu_difference_is_against_the_same_cell_and_budget():
@@ -239,7 +250,7 @@ def test_collect_reads_the_run_directory(tmp_path):
     assert results["machine"]["cores"] >= 1 and results["machine"]["arch"]
     assert results["machine"]["torch_threads"] == torch.get_num_threads()
     row = parse_table(render_results_table([results]))[0]
-    assert row["attention"] == "Emb+20H (16-bit)" and row["enc ratio (counted / optimal)"] == "11.0 / –"
+    assert row["attention"] == "Emb+20H (16-bit)" and row["enc ratio (counted / optimal)"] == "11.0 / –°"
 
 
 def test_readout_dropout_is_recorded_and_older_reversible_runs_count_as_sequence(tmp_path):

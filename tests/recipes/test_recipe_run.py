@@ -151,7 +151,9 @@ def test_grid_sh_runs_each_config_and_regenerates_the_table(tmp_path):
     memory = results["memory"]
     assert (f"| {memory['encoder_ratio']:.1f} / {memory['encoder_optimal_ratio']:.1f} "
             f"| {memory['decoder_ratio']:.1f} / {memory['decoder_optimal_ratio']:.1f} "
-            f"| {bench['reversible']['encoder_ratio']:.1f} / {bench['reversible']['decoder_ratio']:.1f} ") in rows[0]
+            f"| {memory['total_ratio']:.1f} / {memory['total_optimal_ratio']:.1f} "
+            f"| {bench['reversible']['encoder_ratio']:.1f} / {bench['reversible']['decoder_ratio']:.1f} "
+            f"/ {bench['reversible']['total_ratio']:.1f} ") in rows[0]
     assert "| revgru/revgru | Emb+4H | 3 |" in rows[0] and "| minutes 5 |" in rows[0]
     assert (tmp_path / "runs" / "grid-logs" / "toy-grid.log").read_text().count("== results") == 1
     # the table's source is kept beside it, named by config and budget, to be committed

@@ -86,7 +86,8 @@ def _measure(mode, steps, *, storage=None):
 def _reversible_bytes(steps, storage=None):
     """Peak saved bytes + what the Function holds itself (storage is among the saved tensors)."""
     saved, out = _measure(MemoryMode.REVERSIBLE, steps, storage=storage)
-    return saved + out.kept_bytes["buffer"] + out.kept_bytes["state"], out
+    kept = out.kept_bytes
+    return saved + kept["buffer"] + kept["state"] + kept["initial"], out
 
 
 def test_reversible_mode_with_token_ids_and_a_readout_keeps_only_the_buffer_and_constant_state():
