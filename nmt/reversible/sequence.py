@@ -180,6 +180,24 @@ class ReversibleRNN(nn.Module):
         return previous
 
 
+    def recompute_tape(self, before: List[State], after: List[State], projected: Tensor, *,
+                       layer_dropout: Optional[Tensor] = None) -> list:
+        """The tape `reverse_step(..., tape=[])` records for the step from `before` to `after`
+        (exact states per layer; projected: the first layer's projected input of the step),
+        recomputed without the buffer: the same values bit for bit."""
+        tape = []
+        with torch.no_grad():
+            below = [from_fixed(torch.cat(after[layer][:2], dim=-1))
+                     for layer in range(self.num_layers - 1)]
+            if layer_dropout is not None:
+                below = [value * drop for value, drop in zip(below, layer_dropout)]
+            for layer in reversed(range(self.num_layers)):
+                cell = self.cells[layer]
+                layer_projected = cell.project_input(below[layer - 1]) if layer > 0 else projected
+                tape.append((layer, below[layer - 1] if layer > 0 else None,
+                             cell.recompute_tape(layer_projected, before[layer], after[layer])))
+        return tape
+
     # -- the time loop: one forward iterator, one reverse iterator --------------------------------
 
     def run_steps(self, plan: Plan, state: List[State], values: List[Values], *,
