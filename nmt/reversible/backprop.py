@@ -4,8 +4,9 @@ Forward runs the steps without a graph, chunk by chunk (see `Plan.chunks`), and 
 exact state, the information buffer and the attention storage. Backward walks the chunks from
 last to first:
 
-1. it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact states and the
-   gate values the reversal computes anyway (the cells' tapes);
+1. it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact states (the
+   gate values are not kept: each step's tape is recomputed from its states just before that
+   step's gradient, so one step's tape lives at a time, not the chunk's);
 2. it evaluates the chunk's readout (e.g. the decoder's attention, output layer and loss) and
    storage on the chunk's top states, as one leaf, by autograd: the readout is evaluated once,
    with gradient, while its chunk is reversed;
