@@ -35,7 +35,7 @@ from nmt.models.memory import ModelMemory
 from nmt.models.reversible_encoder import ReversibleEncoderOutput, ReversiblePart, locked_mask
 from nmt.reversible import InformationBuffer, MemoryMode, ReversibleRNN, count_memory
 from nmt.reversible.plan import DEFAULT_CHUNK_STEPS
-from nmt.reversible.readout import PendingTotal
+from nmt.reversible.readout import PendingTotal, sink_linear
 
 DECODER_TAG = "decoder"
 
@@ -149,7 +149,9 @@ class StepLoss(nn.Module):
         if isinstance(dropout, StepDropout):
             dropout = dropout.masks(start, h.shape[1])
         attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, dropout)
-        logits = self.readout.output(attentional[real])  # (real tokens, vocab): this chunk only
+        # (real tokens, vocab): this chunk only; in reversible backward the output layer's weight
+        # gradient is added into one running total in blocks (nmt.reversible.readout.sink_linear)
+        logits = sink_linear(attentional[real], self.readout.output)
         loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
                                                    smoothing=self.label_smoothing, consume=True)
         self._nll[start] = nll.detach()

@@ -37,7 +37,7 @@ from torch import Tensor
 from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
-from nmt.reversible.readout import PendingTotal, read_chunk
+from nmt.reversible.readout import PendingTotal, WeightGradSink, read_chunk, weight_grad_sink
 
 CHECK_END_OF_BACKWARD = True  # the exactness check after every reversal (off only to time it)
 
@@ -129,6 +129,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grad_total = torch.zeros((), device=mask.device)
     storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
+    sink = WeightGradSink(params)
     grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
     state = forward.final_state
     for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.initial_state,
@@ -143,7 +144,8 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                 outputs.append(rnn.stored_from_top(tops, mask[:, start:stop]))
                 out_grads.append(grad_stored[:, start:stop])
             if reading:
-                outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
+                with weight_grad_sink(sink):  # output-layer weight grads: in place, in blocks
+                    outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
                 out_grads.append(grad_total)
                 chunk_totals.append(outputs[-1].detach())
             read_grads = _grad(outputs, out_grads, [tops] + params + extras)
@@ -170,6 +172,11 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         del chunk, chunk_grads, d_projected, weight_grads, bias_grads, input_slot
     if CHECK_END_OF_BACKWARD:
         check_restored(state, forward.initial_state, plan.buffer, forward.mark, tag=plan.tag)
+    for i, param in enumerate(params):  # what the readout's sink_linear layers accumulated
+        total = sink.total(param)
+        if total is not None:
+            param_grads[i] = total if param_grads[i] is None else param_grads[i].add_(total)
+    del sink
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],

@@ -82,3 +82,29 @@ def _assert_same(a, b):
             _assert_same(x, y)
     else:
         assert a == b
+
+
+def test_sink_linear_adds_chunk_weight_grads_in_place_as_whole_products_would(monkeypatch):
+    from nmt.reversible import readout
+    monkeypatch.setattr(readout, "SINK_BLOCK_BYTES", 3 * 7 * 4)  # blocks of 3 output rows
+    torch.manual_seed(2)
+    layer = torch.nn.Linear(7, 13)
+    xs = [torch.randn(5, 7) for _ in range(3)]
+    grads = [torch.randn(5, 13) for _ in range(3)]
+    expected, input_grads, bias_grads = None, [], []
+    for x, grad in zip(xs, grads):  # by autograd, whole products added up
+        x = x.clone().requires_grad_()
+        gx, gw, gb = torch.autograd.grad([layer(x)], [x, layer.weight, layer.bias], [grad])
+        expected = gw if expected is None else expected + gw
+        input_grads.append(gx)
+        bias_grads.append(gb)
+    sink = readout.WeightGradSink([layer.weight])
+    for x, grad, gx_expected, gb_expected in zip(xs, grads, input_grads, bias_grads):
+        x = x.clone().requires_grad_()
+        with readout.weight_grad_sink(sink):
+            y = readout.sink_linear(x, layer)
+        assert torch.equal(y, layer(x))
+        gx, gb = torch.autograd.grad([y], [x, layer.bias], [grad])
+        assert torch.equal(gx, gx_expected) and torch.equal(gb, gb_expected)
+    torch.testing.assert_close(sink.total(layer.weight), expected, rtol=0, atol=1e-6)
+    assert readout.sink_linear(xs[0], layer).grad_fn.name() != "_SinkLinearBackward"  # inactive
