@@ -19,14 +19,17 @@ DEFAULT_CHUNK_STEPS = 16
 InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
 
 
-# bytes a reversed step's tape holds per (batch row, state unit, layer): measured (nmt bench
-# memory --at-peak, RevGRU, H 1024): ~64 of float gate values and ~34 of int64 states/numerators
-TAPE_BYTES_PER_UNIT = 100
+# bytes a step of a reversed chunk holds until the chunk's backward is done, per (batch row,
+# state unit, layer): its exact int64 states, the recurrent weights' recorded (input, gradient)
+# pairs and its projected-input gradient (one step's gate values are recomputed at a time).
+# Measured (--at-peak, RevGRU, H 1024, 2 layers, 16-step chunk): ~37
+TAPE_BYTES_PER_UNIT = 40
 
 
 def step_bytes(*, batch: int, hidden: int, layers: int, readout_row_bytes: int = 0) -> int:
-    """Estimated bytes one step adds to a reversed chunk's working set: its tape (all layers)
-    and its readout (e.g. logits of one token per row: 4 x vocab)."""
+    """Estimated bytes one step adds to a reversed chunk's working set: what it holds until the
+    chunk's backward is done (all layers) and its readout (e.g. log-probs of one token per row:
+    4 x vocab)."""
     return batch * (TAPE_BYTES_PER_UNIT * hidden * layers + readout_row_bytes)
 
 

@@ -6,14 +6,14 @@ import torch
 from nmt.config import config_from_dict
 from nmt.models.build import build_model
 from nmt.reversible.fixed_point import from_fixed
-from nmt.reversible.plan import auto_chunk_steps, step_bytes
+from nmt.reversible.plan import TAPE_BYTES_PER_UNIT, auto_chunk_steps, step_bytes
 from nmt.reversible.sequence import ReversibleRNN
 from nmt.reversible.storage import AttentionStorage
 
 
 def test_auto_chunk_is_the_largest_under_the_budget():
     per_step = step_bytes(batch=8, hidden=10, layers=2, readout_row_bytes=40)
-    assert per_step == 8 * (100 * 10 * 2 + 40)
+    assert per_step == 8 * (TAPE_BYTES_PER_UNIT * 10 * 2 + 40)
     assert auto_chunk_steps(5 * per_step, batch=8, steps=30, hidden=10, layers=2,
                             readout_row_bytes=40) == 5
     assert auto_chunk_steps(5 * per_step - 1, batch=8, steps=30, hidden=10, layers=2,
