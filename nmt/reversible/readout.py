@@ -67,8 +67,9 @@ class WeightGradSink:
 
     def add(self, weight: Tensor, x: Tensor, grad: Tensor) -> None:
         total = self.totals[id(weight)]
-        if total is None:
-            total = self.totals[id(weight)] = torch.zeros_like(weight)
+        if total is None:  # the first chunk's product becomes the total
+            self.totals[id(weight)] = grad.t().mm(x)
+            return
         rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
         for first in range(0, total.shape[0], rows):
             total[first: first + rows] += grad[:, first: first + rows].t().mm(x)
