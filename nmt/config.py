@@ -79,6 +79,15 @@ class AttentionConfig:
 
 
 @dataclass
+class ReversibleConfig:
+    # steps per chunk of a reversible run: the backward's working set (a chunk's tape and the
+    # decoder's readout of its steps) grows with it. An integer, or "auto": the largest chunk
+    # whose estimated tape + readout fits chunk_mib (nmt.reversible.plan.auto_chunk_steps)
+    chunk_steps: str = "16"
+    chunk_mib: Optional[float] = None
+
+
+@dataclass
 class ModelConfig:
     embedding_dim: int = 300
     tie_embeddings: bool = False
@@ -91,6 +100,7 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    reversible: ReversibleConfig = field(default_factory=ReversibleConfig)
 
 
 @dataclass
@@ -272,6 +282,7 @@ def _validate_model(model: ModelConfig) -> None:
             raise ConfigError(f"model.{side}.hidden: a reversible cell splits the state in two "
                               f"halves, so hidden must be even (got {section.hidden})")
     check_model_rules(model)
+    _validate_reversible(model.reversible)
     encoder, attention = model.encoder, model.attention
     needs_size = attention.context.endswith(("slice", "proj"))
     if needs_size:
@@ -285,6 +296,27 @@ def _validate_model(model: ModelConfig) -> None:
     elif attention.size is not None:
         raise ConfigError(f"model.attention.size: only used with slice/proj contexts, not "
                           f"{attention.context!r}; set it to null")
+
+
+def chunk_setting(reversible: ReversibleConfig):
+    """model.reversible -> (chunk_steps: int or "auto", chunk_bytes or None); ConfigError if invalid."""
+    steps = str(reversible.chunk_steps).strip().lower()
+    if steps == "auto":
+        if reversible.chunk_mib is None or not reversible.chunk_mib > 0:
+            raise ConfigError(f"model.reversible.chunk_mib: chunk_steps 'auto' needs a positive "
+                              f"byte budget in MiB, got {reversible.chunk_mib}")
+        return "auto", int(reversible.chunk_mib * 2 ** 20)
+    if not steps.isdigit() or int(steps) < 1:
+        raise ConfigError(f"model.reversible.chunk_steps: must be a positive integer or 'auto', "
+                          f"got {reversible.chunk_steps!r}")
+    if reversible.chunk_mib is not None:
+        raise ConfigError(f"model.reversible.chunk_mib: only used with chunk_steps 'auto' "
+                          f"(got chunk_steps {reversible.chunk_steps!r}); set it to null")
+    return int(steps), None
+
+
+def _validate_reversible(reversible: ReversibleConfig) -> None:
+    chunk_setting(reversible)
 
 
 def _validate_train(train: TrainConfig) -> None:

@@ -134,6 +134,12 @@ BAD_VALUES = [
     ({"model": {"encoder": [1, 2]}}, "model.encoder: expected a section"),
     ({"name": "a/b"}, "name: 'a/b' must be a single word"),
     ({"decode": {"beam_size": None}}, "decode.beam_size: a value is required"),
+    ({"model": {"reversible": {"chunk_steps": 0}}},
+     "model.reversible.chunk_steps: must be a positive integer or 'auto'"),
+    ({"model": {"reversible": {"chunk_steps": "auto"}}},
+     "model.reversible.chunk_mib: chunk_steps 'auto' needs a positive byte budget"),
+    ({"model": {"reversible": {"chunk_mib": 8}}},
+     "model.reversible.chunk_mib: only used with chunk_steps 'auto'"),
 ]
 
 

@@ -115,7 +115,7 @@ class CheckpointedSeq2Seq(Seq2Seq):
             state = DecoderState(hidden=hidden, cell=cell)
         real = tgt_out != PAD_ID
         loss, nll = label_smoothed_nll_from_logits(decoder.output(vectors[real]), tgt_out[real],
-                                                   smoothing=label_smoothing)
+                                                   smoothing=label_smoothing, consume=True)
         return loss, nll, state.hidden, state.cell, state.attentional
 
 

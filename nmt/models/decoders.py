@@ -180,4 +180,5 @@ class RNNDecoder(nn.Module):
         vectors = self.attentional_vectors(tgt_in, encoder_output)
         real = tgt_out != PAD_ID
         logits = self.output(vectors[real])  # only real positions: padding costs no softmax
-        return label_smoothed_nll_from_logits(logits, tgt_out[real], smoothing=label_smoothing)
+        return label_smoothed_nll_from_logits(logits, tgt_out[real], smoothing=label_smoothing,
+                                              consume=True)

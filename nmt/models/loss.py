@@ -34,23 +34,44 @@ def label_smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, *,
 
 
 def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, *,
-                                   smoothing: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+                                   smoothing: float = 0.0,
+                                   consume: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same as `label_smoothed_nll(log_softmax(logits.float()), targets)`, with a fused backward.
 
     logits (tokens, vocab), targets (tokens,) -> (loss sum, nll sum detached). The output layer
     dominates a training step, and composing log_softmax, gather, sum and select in autograd
     builds and adds several (tokens, vocab) gradients (two zero fills, a scatter, a copy). The
     gradient is simply real * (softmax - q), written into one tensor.
+
+    consume=True: `logits` is a fresh product nobody else reads (the output layer's, which
+    autograd does not save): float32 logits are overwritten by their log-probs, a block of rows
+    at a time, so one (tokens, vocab) tensor lives instead of two (logits and log-probs), and the
+    backward writes the gradient over it too. The values are those of one log_softmax (it is
+    row-wise). Ignored for a leaf or non-float32 logits.
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
-    return _SmoothedNLL.apply(logits, targets, smoothing)
+    consume = consume and logits.dtype == torch.float32 and not logits.is_leaf
+    return _SmoothedNLL.apply(logits, targets, smoothing, consume)
+
+
+SOFTMAX_BLOCK_BYTES = 4 << 20  # rows per in-place log_softmax block: at most this many bytes
+
+
+def _log_softmax_over(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits, -1) written over `logits` (float32), a block of rows at a time."""
+    rows = max(1, SOFTMAX_BLOCK_BYTES // max(1, logits.size(1) * logits.element_size()))
+    for first in range(0, logits.size(0), rows):
+        block = logits[first: first + rows]
+        block.copy_(torch.log_softmax(block, dim=-1))
+    return logits
 
 
 class _SmoothedNLL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, smoothing):
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+    def forward(ctx, logits, targets, smoothing, consume=False):
+        log_probs = (_log_softmax_over(logits) if consume
+                     else torch.log_softmax(logits.float(), dim=-1))
         loss, nll = label_smoothed_nll(log_probs, targets, smoothing=smoothing)
         ctx.save_for_backward(log_probs, targets)
         ctx.smoothing, ctx.logits_dtype = smoothing, logits.dtype
@@ -73,4 +94,4 @@ class _SmoothedNLL(torch.autograd.Function):
                           grad.new_full((targets.numel(), 1), smoothing - 1.0))
         weight = (targets != PAD_ID).to(grad.dtype) * grad_loss
         grad.mul_(weight.unsqueeze(1))
-        return grad.to(ctx.logits_dtype), None, None
+        return grad.to(ctx.logits_dtype), None, None, None

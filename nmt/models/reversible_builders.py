@@ -1,7 +1,7 @@
 """Registers the reversible encoder and decoder (cells revgru, revlstm) with build_model."""
 from __future__ import annotations
 
-from nmt.config import REVERSIBLE_CELLS
+from nmt.config import REVERSIBLE_CELLS, ReversibleConfig, chunk_setting
 from nmt.errors import ConfigError
 from nmt.models.build import register_decoder, register_encoder
 from nmt.models.decoders import Bridge
@@ -23,7 +23,8 @@ def build_reversible_encoder(model_cfg, *, src_vocab_size: int) -> ReversibleEnc
         size=attention.size, precision=attention.precision, dropout=enc.dropout,
         memory_saving=getattr(enc, "memory_saving", True),
         per_step_dropout=model_cfg.readout_dropout == "step",
-        buffer_width=(dec.hidden + 1) // 2 if shares_buffer else None)
+        buffer_width=(dec.hidden + 1) // 2 if shares_buffer else None,
+        **_chunking(model_cfg))
 
 
 @register_decoder("revgru")
@@ -45,4 +46,10 @@ def build_reversible_decoder(model_cfg, *, tgt_vocab_size: int, encoder) -> Reve
         layers=dec.layers, max_forget_bits=dec.max_forget_bits, context_size=encoder.context_size,
         bridge=bridge, dropout=dec.dropout, output_dropout=model_cfg.dropout,
         per_step_dropout=model_cfg.readout_dropout == "step",
-        tie_embeddings=model_cfg.tie_embeddings)
+        tie_embeddings=model_cfg.tie_embeddings, **_chunking(model_cfg))
+
+
+def _chunking(model_cfg) -> dict:
+    """model.reversible -> the ReversibleRNN's chunk_steps / chunk_bytes keywords."""
+    steps, budget = chunk_setting(getattr(model_cfg, "reversible", None) or ReversibleConfig())
+    return {"chunk_steps": steps, "chunk_bytes": budget}

@@ -35,7 +35,8 @@ from nmt.models.loss import label_smoothed_nll_from_logits
 from nmt.models.memory import ModelMemory
 from nmt.models.reversible_encoder import ReversibleEncoderOutput, ReversiblePart, locked_mask
 from nmt.reversible import InformationBuffer, MemoryMode, ReversibleRNN, count_memory
-from nmt.reversible.readout import PendingTotal
+from nmt.reversible.plan import DEFAULT_CHUNK_STEPS
+from nmt.reversible.readout import PendingTotal, sink_linear
 
 DECODER_TAG = "decoder"
 
@@ -132,6 +133,15 @@ class StepLoss(nn.Module):
         # their sum, updated in place: in training it is complete once backward has read every chunk
         self.nll = torch.full((), float("nan"), device=tgt_out.device)
 
+    @property
+    def row_bytes(self) -> int:
+        """Estimated bytes the readout of one step holds per batch row (chunk_steps "auto"):
+        the log-probs over the vocabulary (the fused loss keeps one (tokens, vocab) tensor),
+        attention scores and weights over the source, and a few H/context-wide vectors."""
+        output, combine = self.readout.output, self.readout.combine
+        return 4 * (output.out_features + 2 * self.src_mask.shape[1]
+                    + 4 * combine.in_features + 2 * output.in_features)
+
     def forward(self, h: Tensor, start: int, keys: Tensor, values: Tensor) -> Tensor:
         """h (batch, C, H): the top states of steps start .. start + C - 1 -> summed loss."""
         targets = self.tgt_out[:, start: start + h.shape[1]]
@@ -140,9 +150,11 @@ class StepLoss(nn.Module):
         if isinstance(dropout, StepDropout):
             dropout = dropout.masks(start, h.shape[1])
         attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, dropout)
-        logits = self.readout.output(attentional[real])  # (real tokens, vocab): this chunk only
+        # (real tokens, vocab): this chunk only; in reversible backward the output layer's weight
+        # gradient is added into one running total in blocks (nmt.reversible.readout.sink_linear)
+        logits = sink_linear(attentional[real], self.readout.output)
         loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
-                                                   smoothing=self.label_smoothing)
+                                                   smoothing=self.label_smoothing, consume=True)
         self._nll[start] = nll.detach()
         self.nll.copy_(torch.stack([self._nll[t] for t in sorted(self._nll)]).sum())
         return loss
@@ -166,13 +178,15 @@ class ReversibleDecoder(ReversiblePart):
     def __init__(self, cell: str, vocab_size: int, *, embedding_dim: int, hidden: int,
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context_size: int,
                  bridge: nn.Module, dropout: float = 0.0, output_dropout: float = 0.0,
-                 per_step_dropout: bool = True, tie_embeddings: bool = False):
+                 per_step_dropout: bool = True, tie_embeddings: bool = False,
+                 chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None):
         super().__init__()
         # a tied PAD row is also the output layer's: it keeps its init (see Embeddings)
         self.embeddings = Embeddings(vocab_size, embedding_dim, zero_padding=not tie_embeddings)
         rename_embedding_keys(self)
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
-                                 max_forget_bits=max_forget_bits)
+                                 max_forget_bits=max_forget_bits,
+                                 chunk_steps=chunk_steps, chunk_bytes=chunk_bytes)
         self.readout = Readout(hidden, context_size, vocab_size)
         if tie_embeddings:
             tie_output(self.readout.output, self.embeddings)

@@ -29,6 +29,7 @@ from nmt.models.embeddings import Embeddings, rename_embedding_keys
 from nmt.models.encoders import EncoderOutput, length_mask
 from nmt.reversible import (AttentionStorage, InformationBuffer, MemoryAccount, MemoryMode,
                             ReversibleRNN, count_memory)
+from nmt.reversible.plan import DEFAULT_CHUNK_STEPS
 
 ENCODER_TAG = "encoder"
 
@@ -124,7 +125,8 @@ class ReversibleEncoder(ReversiblePart):
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context: str = "emb",
                  size: Optional[int] = None, precision: int = 32, dropout: float = 0.0,
                  memory_saving: bool = True, buffer_width: Optional[int] = None,
-                 per_step_dropout: bool = True):
+                 per_step_dropout: bool = True,
+                 chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         self.use_embeddings = context.startswith("emb")
@@ -133,7 +135,8 @@ class ReversibleEncoder(ReversiblePart):
         storage = (AttentionStorage(self.part, size, precision=precision)
                    if self.part in ("slice", "proj") else None)
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
-                                 max_forget_bits=max_forget_bits, storage=storage)
+                                 max_forget_bits=max_forget_bits, storage=storage,
+                                 chunk_steps=chunk_steps, chunk_bytes=chunk_bytes)
         self.context_kind, self.precision, self.dropout = context, precision, dropout
         self.memory_saving = memory_saving and self.part != "hidden"  # hidden: stores every state
         self.per_step_dropout = per_step_dropout

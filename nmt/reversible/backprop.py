@@ -4,8 +4,9 @@ Forward runs the steps without a graph, chunk by chunk (see `Plan.chunks`), and 
 exact state, the information buffer and the attention storage. Backward walks the chunks from
 last to first:
 
-1. it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact states and the
-   gate values the reversal computes anyway (the cells' tapes);
+1. it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact states (the
+   gate values are not kept: each step's tape is recomputed from its states just before that
+   step's gradient, so one step's tape lives at a time, not the chunk's);
 2. it evaluates the chunk's readout (e.g. the decoder's attention, output layer and loss) and
    storage on the chunk's top states, as one leaf, by autograd: the readout is evaluated once,
    with gradient, while its chunk is reversed;
@@ -38,7 +39,7 @@ from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.kept import KeptStates
-from nmt.reversible.readout import PendingTotal, read_chunk
+from nmt.reversible.readout import PendingTotal, WeightGradSink, read_chunk, weight_grad_sink
 
 CHECK_END_OF_BACKWARD = True  # the exactness check after every reversal (off only to time it)
 
@@ -129,10 +130,11 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grad_total = torch.zeros((), device=mask.device)
     storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
+    sink = WeightGradSink(params)
     grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
     state = forward.kept.widened_final()
     for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.kept.reversal_initial(),
-                                    stored=stored, tapes=True, grad=True):
+                                    stored=stored, tapes=False, grad=True):
         start, stop, state = chunk.start, chunk.stop, chunk.states[0]
         # the chunk's readout and storage, by autograd, on its top states as one leaf
         tops = torch.stack([from_fixed(torch.cat(after[-1][:2], dim=-1))
@@ -143,48 +145,68 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                 outputs.append(rnn.stored_from_top(tops, mask[:, start:stop]))
                 out_grads.append(grad_stored[:, start:stop])
             if reading:
-                outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
+                with weight_grad_sink(sink):  # output-layer weight grads: in place, in blocks
+                    outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
                 out_grads.append(grad_total)
                 chunk_totals.append(outputs[-1].detach())
             read_grads = _grad(outputs, out_grads, [tops] + params + extras)
-        _accumulate(param_grads, read_grads[1: 1 + len(params)])
-        _accumulate(extra_grads, read_grads[1 + len(params):])
+        param_part, extra_part = read_grads[1: 1 + len(params)], read_grads[1 + len(params):]
+        _accumulate(param_grads, param_part, foreign=[read_grads[0]] + extra_part + out_grads)
+        _accumulate(extra_grads, extra_part, foreign=[read_grads[0]] + param_part + out_grads)
+        top_grads = read_grads[0]
+        # what was accumulated goes now, not when the next chunk reassigns it: at most one
+        # chunk's gradient of a parameter lives beside its running total
+        del read_grads, param_part, extra_part, outputs, out_grads, tops
         weight_grads, bias_grads = DeferredWeightGrads(), []
-        grads, d_projected = _backprop_steps(rnn, plan, chunk.tapes, grads, read_grads[0], start,
+        grads, d_projected = _backprop_steps(rnn, plan, chunk, grads, top_grads,
                                              weight_grads, bias_grads)
+        del top_grads
         # the first layer's input projection of the chunk, by autograd
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
         with torch.enable_grad():
             chunk_grads = _grad([chunk.projected], [d_projected], input_slot + params)
         if input_slot and chunk_grads[0] is not None:
             (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_grads[0]
-        _accumulate(param_grads, chunk_grads[len(input_slot):])
+        _accumulate(param_grads, chunk_grads[len(input_slot):], foreign=[d_projected])
         _add_weight_grads(param_grads, params, weight_grads, bias_grads)
+        # this chunk's graph, states and gradients go before the next chunk is reversed
+        del chunk, chunk_grads, d_projected, weight_grads, bias_grads, input_slot
     if CHECK_END_OF_BACKWARD:
         check_restored(state, forward.kept, plan.buffer, forward.mark, tag=plan.tag)
+    for i, param in enumerate(params):  # what the readout's sink_linear layers accumulated
+        total = sink.total(param)
+        if total is not None:
+            param_grads[i] = total if param_grads[i] is None else param_grads[i].add_(total)
+    del sink
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
-                                           [embedded_grad], params))
+                                           [embedded_grad], params), foreign=[embedded_grad])
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
     return _flatten(grads), input_grad, param_grads, extra_grads, total
 
 
-def _backprop_steps(rnn, plan, tapes: list, grads: List[List[Tensor]],
-                    top_grads: Optional[Tensor], start: int, weight_grads: DeferredWeightGrads,
+def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
+                    top_grads: Optional[Tensor], weight_grads: DeferredWeightGrads,
                     bias_grads: list):
     """Backpropagate a chunk's steps by hand, last step first. grads: per layer, d loss / d the
     float halves after the chunk; top_grads (batch, C, H): what the readout and storage send to
-    the top layer's states. Returns (the grads before the chunk, d loss / d the first layer's
-    projected inputs (batch, C, P))."""
+    the top layer's states. Each step's tape (the gate values its gradient needs) is recomputed
+    from the chunk's exact states just before it is used and dropped after: one step's tape is
+    live at a time, not the chunk's. Returns (the grads before the chunk, d loss / d the first
+    layer's projected inputs (batch, C, P))."""
     first_half = rnn.cells[-1].half_sizes[0]
     first_projected = []
-    for i in reversed(range(len(tapes))):
+    start, states = chunk.start, chunk.states
+    projected = chunk.projected.detach().unbind(1)
+    for i in reversed(range(chunk.stop - start)):
         if top_grads is not None:
             top = grads[-1]
             top[0] = top[0] + top_grads[:, i, :first_half]
             top[1] = top[1] + top_grads[:, i, first_half:]
-        grads, d_projected = _backward_step(rnn, tapes[i], grads, plan.step_mask(start + i),
+        tape = rnn.recompute_tape(states[i], states[i + 1], projected[i],
+                                  layer_dropout=plan.layer_dropout)
+        grads, d_projected = _backward_step(rnn, tape, grads, plan.step_mask(start + i),
                                             layer_dropout=plan.layer_dropout,
                                             weight_grads=weight_grads, bias_grads=bias_grads)
         first_projected.append(d_projected)
@@ -289,14 +311,30 @@ def _grad(outputs, out_grads, wrt):
     return result
 
 
-def _accumulate(totals: List[Optional[Tensor]], new: Sequence[Optional[Tensor]]) -> None:
-    """totals[i] += new[i] (in place after the first, which is copied: grads may alias)."""
+def _accumulate(totals: List[Optional[Tensor]], new: Sequence[Optional[Tensor]],
+                foreign: Sequence[Optional[Tensor]] = ()) -> None:
+    """totals[i] += new[i], in place into one buffer per slot. The first gradient of a slot
+    becomes that buffer when nothing else can see its storage (autograd.grad's fresh results);
+    one that may alias (another slot's gradient, a gradient fed in: `foreign`, or a view of a
+    larger storage) is copied, as a later add_ must not write into anything else."""
+    seen: dict = {}
+    for g in list(new) + list(foreign):
+        if g is not None:
+            key = g.untyped_storage().data_ptr()
+            seen[key] = seen.get(key, 0) + 1
     for i, g in enumerate(new):
         if g is not None:
             if totals[i] is None:
-                totals[i] = g.clone()
+                totals[i] = g if _owned(g, seen) else g.clone()
             else:
                 totals[i].add_(g)
+
+
+def _owned(g: Tensor, seen: dict) -> bool:
+    """Whether `g` alone covers its whole storage, and nothing else counted in `seen` shares it."""
+    return (seen.get(g.untyped_storage().data_ptr(), 0) == 1 and g.is_contiguous()
+            and g.storage_offset() == 0
+            and g.numel() * g.element_size() == g.untyped_storage().nbytes())
 
 
 def _add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],

@@ -135,6 +135,21 @@ class ReversibleCell(nn.Module):
                     restored_h2 = entry[2]  # the restored float h_i
         return tuple(exact)
 
+    def recompute_tape(self, projected: Tensor, before: State, after: State) -> list:
+        """The tape `reverse` records for the step from `before` to `after` (exact states),
+        recomputed from them without the buffer: the same gate functions of the same values, so
+        the same tensors bit for bit. Lets backward hold one step's tape instead of a chunk's."""
+        pieces = self.split_projection(projected)
+        with torch.no_grad():
+            # half 2 is undone first, its gates reading the new h1; half 1's read the old h2
+            return [self.tape_entry(half, pieces, from_fixed(after[0] if half == 1 else before[1]),
+                                    before, after) for half in (1, 0)]
+
+    def tape_entry(self, half: int, pieces: Tuple[Tensor, ...], other: Tensor, before: State,
+                   after: State) -> tuple:
+        """One half's entry of `recompute_tape` (what `undo_half` returns when recording)."""
+        raise NotImplementedError
+
     def undo_half(self, half: int, pieces: Tuple[Tensor, ...], other: Tensor, exact: list,
                   buffer: InformationBuffer, mask: Optional[Tensor], *,
                   restored: Optional[Tensor], recording: bool) -> Optional[tuple]:
@@ -217,6 +232,10 @@ class RevGRUCell(ReversibleCell):
         exact[half] = undo_step(exact[half], gates.n, gates.update, buffer=buffer, mask=mask,
                                 restored=restored)
         return (half, other, from_fixed(exact[half]), gates) if recording else None
+
+    def tape_entry(self, half, pieces, other, before, after):
+        return half, other, from_fixed(before[half]), self.half_update(half, pieces, other,
+                                                                       with_slope=True)
 
     def backward_step(self, tape, grads, mask):
         """h_i' = z_q h_i + (1 - z_q) g on real rows (h_i' = h_i on padding), so
@@ -317,6 +336,12 @@ class RevLSTMCell(ReversibleCell):
         if not recording:
             return None
         return half, other, from_fixed(exact[half]), from_fixed(exact[c]), tanh_cell, g
+
+    def tape_entry(self, half, pieces, other, before, after):
+        c = 2 + half
+        g = self.half_gates(half, pieces, other, with_slope=True)
+        tanh_cell = torch.tanh(from_fixed(after[c]))
+        return half, other, from_fixed(before[half]), from_fixed(before[c]), tanh_cell, g
 
     def backward_step(self, tape, grads, mask):
         """On real rows h' = p_q h + o tanh(c'), c' = f_q c + i g (padding: unchanged), so

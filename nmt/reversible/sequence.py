@@ -21,7 +21,7 @@ backward again, with gradients, while the chunk is reversed (so it must be deter
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,8 @@ from nmt.reversible.cells import CELLS, State, Values, float32_math
 from nmt.reversible.checks import ReversalError
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.plan import (DEFAULT_CHUNK_STEPS, InitialState, MemoryMode, Plan,
-                                 ReversedChunk, SequenceOutput, StepInputs, StepResult)
+                                 ReversedChunk, SequenceOutput, StepInputs, StepResult,
+                                 auto_chunk_steps)
 from nmt.reversible.readout import read_chunk
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
 from nmt.reversible.validation import check_run
@@ -51,16 +52,24 @@ class ReversibleRNN(nn.Module):
         max_forget_bits: k in {1, 2, 3, 5, None}.
         storage: optional AttentionStorage of the top layer (slice or proj).
         chunk_steps: steps per chunk (first-layer input projections and readouts are batched
-            over a chunk; reversible backward holds one chunk's graph at a time).
+            over a chunk; reversible backward holds one chunk's graph at a time), or "auto":
+            per run, the largest chunk whose estimated tape and readout fit `chunk_bytes`
+            (`auto_chunk_steps`).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None,
-                 chunk_steps: int = DEFAULT_CHUNK_STEPS):
+                 chunk_steps: Union[int, str] = DEFAULT_CHUNK_STEPS,
+                 chunk_bytes: Optional[int] = None):
         super().__init__()
-        if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
-            raise ValueError(f"chunk_steps must be a positive integer, got {chunk_steps!r}")
-        self.chunk_steps = chunk_steps
+        if chunk_steps == "auto":
+            if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+                raise ValueError(f"chunk_steps 'auto' needs a positive chunk_bytes, "
+                                 f"got {chunk_bytes!r}")
+        elif isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
+            raise ValueError(f"chunk_steps must be a positive integer or 'auto', "
+                             f"got {chunk_steps!r}")
+        self.chunk_steps, self.chunk_bytes = chunk_steps, chunk_bytes
         if cell not in CELLS:
             raise ValueError(f"cell {cell!r} is not one of {', '.join(CELLS)}")
         if num_layers < 1:
@@ -179,6 +188,23 @@ class ReversibleRNN(nn.Module):
                     tape.append((layer, below[layer - 1] if layer > 0 else None, cell_tape))
         return previous
 
+    def recompute_tape(self, before: List[State], after: List[State], projected: Tensor, *,
+                       layer_dropout: Optional[Tensor] = None) -> list:
+        """The tape `reverse_step(..., tape=[])` records for the step from `before` to `after`
+        (exact states per layer; projected: the first layer's projected input of the step),
+        recomputed without the buffer: the same values bit for bit."""
+        tape = []
+        with torch.no_grad():
+            below = [from_fixed(torch.cat(after[layer][:2], dim=-1))
+                     for layer in range(self.num_layers - 1)]
+            if layer_dropout is not None:
+                below = [value * drop for value, drop in zip(below, layer_dropout)]
+            for layer in reversed(range(self.num_layers)):
+                cell = self.cells[layer]
+                layer_projected = cell.project_input(below[layer - 1]) if layer > 0 else projected
+                tape.append((layer, below[layer - 1] if layer > 0 else None,
+                             cell.recompute_tape(layer_projected, before[layer], after[layer])))
+        return tape
 
     # -- the time loop: one forward iterator, one reverse iterator --------------------------------
 
@@ -252,6 +278,15 @@ class ReversibleRNN(nn.Module):
 
     # -- whole sequences ------------------------------------------------------------------------
 
+    def chunk_steps_for(self, batch: int, steps: int, readout: Optional[Callable] = None) -> int:
+        """The chunk length of a run over (batch, steps): the fixed setting, or under "auto" the
+        largest that `auto_chunk_steps` estimates to fit `chunk_bytes`."""
+        if self.chunk_steps != "auto":
+            return self.chunk_steps
+        return auto_chunk_steps(self.chunk_bytes, batch=batch, steps=steps,
+                                hidden=self.hidden_size, layers=self.num_layers,
+                                readout_row_bytes=getattr(readout, "row_bytes", 0))
+
     def plan(self, inputs: Tensor, mask: Tensor, *, buffer: InformationBuffer,
              embedding: Optional[nn.Module] = None, input_dropout: Optional[Tensor] = None,
              layer_dropout: Optional[Tensor] = None, readout: Optional[Callable] = None,
@@ -260,7 +295,7 @@ class ReversibleRNN(nn.Module):
         readout_params = list(readout.parameters()) if isinstance(readout, nn.Module) else []
         return Plan(inputs=StepInputs(inputs, embedding, input_dropout), mask=mask, buffer=buffer,
                     tag=tag, readout=readout, num_extras=num_extras, layer_dropout=layer_dropout,
-                    chunk_steps=self.chunk_steps,
+                    chunk_steps=self.chunk_steps_for(mask.shape[0], mask.shape[1], readout),
                     parameters=_unique(list(self.parameters()) + readout_params
                                        + (list(embedding.parameters()) if embedding else [])))
 

@@ -48,3 +48,30 @@ def test_a_second_backward_through_a_retained_graph_fails_loudly():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()  # the backward overwrote its saved log-probs with softmax
+
+
+@pytest.mark.parametrize("block_bytes", [64, 4 << 20])
+def test_consume_overwrites_fresh_logits_with_the_same_loss_and_gradient(monkeypatch, block_bytes):
+    import nmt.models.loss as loss_module
+    monkeypatch.setattr(loss_module, "SOFTMAX_BLOCK_BYTES", block_bytes)  # several blocks, or one
+    torch.manual_seed(5)
+    x, weight = torch.randn(30, 8), torch.randn(17, 8)
+    targets = torch.randint(1, 17, (30,))
+    targets[[3, 11]] = PAD_ID
+    results = []
+    for consume in (False, True):
+        w = weight.clone().requires_grad_()
+        logits = x @ w.t()  # a fresh product, as the output layer's
+        loss, nll = label_smoothed_nll_from_logits(logits, targets, smoothing=0.1, consume=consume)
+        loss.backward()
+        results.append((loss.detach(), nll, w.grad, logits.detach().clone()))
+    (loss_a, nll_a, grad_a, logits_a), (loss_b, nll_b, grad_b, logits_b) = results
+    assert torch.equal(loss_a, loss_b) and torch.equal(nll_a, nll_b) and torch.equal(grad_a, grad_b)
+    assert not torch.equal(logits_a, logits_b)  # consumed: its storage held the log-probs
+
+
+def test_consume_leaves_a_leaf_alone():
+    logits = torch.randn(4, 5, requires_grad=True)
+    before = logits.detach().clone()
+    label_smoothed_nll_from_logits(logits, torch.tensor([1, 2, 3, 4]), consume=True)
+    assert torch.equal(logits.detach(), before)
