@@ -32,6 +32,7 @@ from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.cells import CELLS, State, Values, float32_math
 from nmt.reversible.checks import ReversalError
 from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
+from nmt.reversible.layout import StateLayout
 from nmt.reversible.plan import (DEFAULT_CHUNK_STEPS, InitialState, MemoryMode, Plan,
                                  ReversedChunk, SequenceOutput, StepInputs, StepResult,
                                  auto_chunk_steps)
@@ -42,7 +43,7 @@ from nmt.reversible.validation import check_run
 __all__ = ["MemoryMode", "ReversibleRNN", "SequenceOutput", "DEFAULT_CHUNK_STEPS"]
 
 
-class ReversibleRNN(nn.Module):
+class ReversibleRNN(StateLayout, nn.Module):
     """A stack of RevGRU or RevLSTM cells run over sequences.
 
     Args:
@@ -369,12 +370,6 @@ class ReversibleRNN(nn.Module):
 
     # -- step by step (decoding) ----------------------------------------------------------------
 
-    def exact_state(self, initial_state: Optional[InitialState], batch: int,
-                    device=None) -> List[State]:
-        """The exact fixed-point state per layer for a float initial state (zeros when None)."""
-        return [tuple(to_fixed(part) for part in layer)
-                for layer in self.initial_halves(initial_state, batch, device)]
-
     def inference_step(self, x: Tensor, state: List[State], buffer: InformationBuffer,
                        mask: Optional[Tensor] = None, *, tag: str = ""):
         """One step of the whole stack without gradient, e.g. for search.
@@ -390,32 +385,6 @@ class ReversibleRNN(nn.Module):
             values = [tuple(from_fixed(part) for part in layer) for layer in state]
             state, values, stored = self.step(x, state, values, buffer, mask, tag=tag)
         return state, torch.cat(values[-1][:2], dim=-1), stored
-
-    # -- state layouts --------------------------------------------------------------------------
-
-    def initial_halves(self, initial_state: Optional[InitialState], batch: int,
-                       device) -> List[Values]:
-        """Float halves per layer, (h1, h2[, c1, c2]) each (batch, half); zeros when None."""
-        if initial_state is None:
-            return [tuple(torch.zeros(batch, size, device=device)
-                          for size in self.cells[0].half_sizes * (self.state_parts // 2))
-                    for _ in range(self.num_layers)]
-        tensors = initial_state if isinstance(initial_state, tuple) else (initial_state,)
-        halves = []
-        for layer in range(self.num_layers):
-            parts = []
-            for tensor in tensors:
-                parts.extend(self.cells[layer].split(tensor[layer].float()))
-            halves.append(tuple(parts))
-        return halves
-
-    def join(self, values: List[Values]) -> InitialState:
-        """Per-layer float halves -> (layers, batch, H), or (h, c) for RevLSTM."""
-        h = torch.stack([torch.cat(layer[:2], dim=-1) for layer in values])
-        if self.state_parts == 2:
-            return h
-        return h, torch.stack([torch.cat(layer[2:], dim=-1) for layer in values])
-
 
 
 def _unique(tensors: List[Tensor]) -> List[Tensor]:
