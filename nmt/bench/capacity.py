@@ -35,13 +35,11 @@ import torch
 from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import bench_device, format_bytes, positive
 from nmt.bench.memory import TO_PLAIN, plain_model_config
-from nmt.bench.scaling import synthetic_batch
+from nmt.bench.peak import synthetic_step_peak
 from nmt.config import load_config
 from nmt.errors import UserError
-from nmt.memory_peak import measure_step, prime_optimizer
 from nmt.models.build import build_model
 from nmt.models.checkpointed import CheckpointedSeq2Seq
-from nmt.optim import build_optimizer
 
 WAYS = ("reversible", "plain", "checkpointed")
 MIB = 1 << 20
@@ -155,15 +153,8 @@ def probe_step(build: Callable, train_cfg, *, batch: int, length: int, vocab: in
     """One tracked training step of a fresh model at (batch, length): its figures, or None when
     it passes `budget` bytes (resident + step peak)."""
 
-    model = build()
-    optimizer = build_optimizer(model.parameters(), train_cfg)
-    prime_optimizer(model, optimizer)
-    data = synthetic_batch(batch, length, vocab, seed=seed + length, device=device)
-    peak = measure_step(model, optimizer, data, label_smoothing=train_cfg.label_smoothing,
-                        clip_grad_norm=train_cfg.clip_grad_norm or 0.0, budget_bytes=budget)
-    if peak is None or peak.peak_total_bytes > budget:
-        return None
-    return peak.to_dict()
+    return synthetic_step_peak(build, train_cfg, batch=batch, length=length, vocab=vocab,
+                               device=device, seed=seed, budget=budget)
 
 
 def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int) -> dict:

@@ -72,3 +72,23 @@ def ratio(numerator: Optional[dict], denominator: Optional[dict],
     if not numerator or not denominator or not denominator[key]:
         return None
     return numerator[key] / denominator[key]
+
+
+def synthetic_step_peak(build, train_cfg, *, batch: int, length: int, vocab: int,
+                        device: torch.device, seed: int,
+                        budget: Optional[int] = None) -> Optional[dict]:
+    """One tracked training step of a fresh model (`build()`, optimizer state primed) on a
+    synthetic batch of `batch` sentences of `length` tokens both sides (data seed seed + length):
+    its StepPeak figures as a dict, or None when `budget` bytes (resident + step peak) are passed.
+    Shared by `nmt bench capacity`'s probes and recipes/plot_peak_memory.py."""
+    from nmt.bench.scaling import synthetic_batch
+
+    model = build()
+    optimizer = build_optimizer(model.parameters(), train_cfg)
+    prime_optimizer(model, optimizer)
+    data = synthetic_batch(batch, length, vocab, seed=seed + length, device=device)
+    peak = measure_step(model, optimizer, data, label_smoothing=train_cfg.label_smoothing,
+                        clip_grad_norm=train_cfg.clip_grad_norm or 0.0, budget_bytes=budget)
+    if peak is None or (budget is not None and peak.peak_total_bytes > budget):
+        return None
+    return peak.to_dict()
