@@ -45,7 +45,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
                                      epilog=__doc__.split("\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config of a reversible model")
+    parser.add_argument("--config", help="YAML config of a reversible model (required unless "
+                        "--replot)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, as in nmt train (repeatable)")
     parser.add_argument("--lengths", default="10,25,50,100,200",
@@ -55,6 +56,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="docs/peak_memory.png", help="PNG to write")
     parser.add_argument("--json", default=None, help="JSON of the numbers (default: --out .json)")
     parser.add_argument("--no-plot", action="store_true", help="write the JSON only")
+    parser.add_argument("--replot", metavar="JSON",
+                        help="draw --out from a JSON this script wrote, without measuring")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser.parse_args(argv)
 
@@ -104,7 +107,10 @@ def report(config_path, overrides, config, lengths, batch, rows) -> dict:
                               for row in rows[name]],
             "peak_total_mib": [None if row is None else round(row["peak_total_bytes"] / MIB, 2)
                                for row in rows[name]]}
+    cells = {"reversible": config.model.decoder.cell,
+             "plain": TO_PLAIN[config.model.decoder.cell]}
     return {"config": str(config_path), "set": list(overrides), "chunk": chunk_label(config),
+            "cells": cells,
             "batch": batch, "lengths": list(lengths), "vocab": config.data.tokenizer.vocab_size,
             "device": "cpu", "tracker": "nmt.memory_peak.LiveBytes (storage bytes, no allocator "
             "rounding)", "summary_mib": summary, "ways": rows}
@@ -127,13 +133,21 @@ def draw(result: dict, out: Path) -> None:
         if not points:
             continue
         color, marker = STYLE[name]
-        label = {"reversible": "reversible (RevGRU/RevLSTM)", "plain": "plain (same size)",
-                 "checkpointed": "plain + torch.utils.checkpoint"}[name]
+        cells = result.get("cells", {"reversible": "reversible", "plain": "plain"})
+        label = {"reversible": f"reversible ({cells['reversible']})",
+                 "plain": f"plain ({cells['plain']}, same size)",
+                 "checkpointed": f"plain {cells['plain']} + torch.utils.checkpoint"}[name]
         axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color,
                   label=label)
         axis.annotate(f"{points[-1][1]:.0f}", points[-1], textcoords="offset points",
                       xytext=(4, 0), va="center", fontsize=8, color=color)
     axis.set_yscale("log")
+    values = [v for name in WAYS for v in result["summary_mib"][name]["peak_total_mib"]
+              if v is not None]
+    ticks = [t for t in (50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+             if min(values) / 1.5 <= t <= max(values) * 1.5]
+    axis.set_yticks(ticks)
+    axis.set_yticklabels([str(t) for t in ticks])
     axis.set_xlabel("sentence length (subwords, source = target)")
     axis.set_ylabel("peak memory of one training step (MiB)")
     name = Path(result["config"]).name
@@ -151,6 +165,13 @@ def draw(result: dict, out: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        draw(json.loads(Path(args.replot).read_text()), Path(args.out))
+        return 0
+    if not args.config:
+        print("plot_peak_memory.py: error: --config is required (or --replot JSON)",
+              file=sys.stderr)
+        return 2
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401  (fail before minutes of measuring)
