@@ -38,3 +38,17 @@ def test_grid_config_builds_its_row(cell, row, monkeypatch):
     baseline = load_config(GRID / "gru.yaml")
     assert config.data == baseline.data and config.train.lr == baseline.train.lr
     assert config.train.optimizer == baseline.train.optimizer
+
+
+def test_char_config_is_a_long_sequence_recipe_outside_the_grid(monkeypatch):
+    monkeypatch.setenv("MULTI30K_DIR", "data/multi30k")
+    path = GRID / "long" / "revgru-char.yaml"
+    assert path not in set(GRID.glob("*.yaml"))  # recipes/multi30k/grid.sh's default list
+    config = load_config(path)
+    assert config.data.tokenizer.model_type == "char" and config.data.max_len >= 300
+    assert config.model.encoder.cell == config.model.decoder.cell == "revgru"
+    assert config.model.encoder.max_forget_bits == config.model.decoder.max_forget_bits == 3
+    assert str(config.model.reversible.chunk_steps) == "2"
+    model = build_model(config.model, config.data.tokenizer.vocab_size,
+                        config.data.tokenizer.vocab_size)
+    assert isinstance(model.encoder, ReversibleEncoder) and model.encoder.context_size == 320
