@@ -33,6 +33,7 @@ from nmt.bench.memory import TO_PLAIN, plain_model_config  # noqa: E402
 from nmt.bench.peak import WAYS, synthetic_step_peak  # noqa: E402
 from nmt.bench.scaling import parse_lengths  # noqa: E402
 from nmt.config import load_config  # noqa: E402
+from nmt.errors import ConfigError, UserError  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -50,7 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, as in nmt train (repeatable)")
     parser.add_argument("--lengths", default="10,25,50,100,200",
-                        help="comma-separated sentence lengths in subwords (default 10,25,50,100,200)")
+                        help="comma-separated sentence lengths in subwords "
+                             "(default 10,25,50,100,200)")
     parser.add_argument("--batch", type=int, default=64, help="sentences per batch (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/peak_memory.png", help="PNG to write")
@@ -179,10 +181,16 @@ def main(argv=None) -> int:
             print("plot_peak_memory.py: error: drawing needs matplotlib: pip install -e '.[plots]' "
                   "(or pass --no-plot for the JSON only)", file=sys.stderr)
             return 2
-    lengths = parse_lengths(args.lengths)
     if args.batch < 1:
-        raise SystemExit(f"plot_peak_memory.py: error: --batch must be positive, got {args.batch}")
-    config = load_config(args.config, args.set)
+        print(f"plot_peak_memory.py: error: --batch must be positive, got {args.batch}",
+              file=sys.stderr)
+        return 2
+    try:
+        lengths = parse_lengths(args.lengths)
+        config = load_config(args.config, args.set)
+    except (UserError, ConfigError) as error:
+        print(f"plot_peak_memory.py: error: {error}", file=sys.stderr)
+        return 2
     rows = measure(config, lengths, batch=args.batch, seed=args.seed, quiet=args.quiet)
     result = report(args.config, args.set, config, lengths, args.batch, rows)
     out = Path(args.out)

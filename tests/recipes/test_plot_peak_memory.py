@@ -1,4 +1,5 @@
-"""recipes/plot_peak_memory.py on a tiny config: the measurement always, the drawing if matplotlib is there."""
+"""recipes/plot_peak_memory.py on a tiny config: the measurement always, the drawing only if
+matplotlib is there."""
 import importlib.util
 import json
 from pathlib import Path
@@ -51,6 +52,11 @@ def test_draws_png(tmp_path):
     png = (tmp_path / "peak.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "peak.json").read_text())["lengths"] == [6, 40]
+    # --replot redraws from the JSON without measuring
+    again = tmp_path / "again.png"
+    replot = ["--replot", str(tmp_path / "peak.json"), "--out", str(again)]
+    assert plot_peak_memory.main(replot) == 0
+    assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys):
@@ -68,3 +74,8 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "pip install -e '.[plots]'" in error
     assert not (tmp_path / "peak.json").exists()
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert plot_peak_memory.main(_args(tmp_path, "--no-plot", "--lengths", "1")) == 2
+    assert "--lengths" in capsys.readouterr().err
