@@ -39,7 +39,8 @@ from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.kept import KeptStates
-from nmt.reversible.readout import PendingTotal, WeightGradSink, read_chunk, weight_grad_sink
+from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
+                                   tensor_grad_sink, weight_grad_sink)
 
 CHECK_END_OF_BACKWARD = True  # the exactness check after every reversal (off only to time it)
 
@@ -131,6 +132,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
     sink = WeightGradSink(params)
+    extra_sink = TensorGradSink([extra for extra in extras if extra.requires_grad])
     grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
     state = forward.kept.widened_final()
     for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.kept.reversal_initial(),
@@ -145,7 +147,9 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                 outputs.append(rnn.stored_from_top(tops, mask[:, start:stop]))
                 out_grads.append(grad_stored[:, start:stop])
             if reading:
-                with weight_grad_sink(sink):  # output-layer weight grads: in place, in blocks
+                # output-layer weight grads, and the attention keys' and values' grads: added
+                # in place into one running total each, in blocks
+                with weight_grad_sink(sink), tensor_grad_sink(extra_sink):
                     outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
                 out_grads.append(grad_total)
                 chunk_totals.append(outputs[-1].detach())
@@ -178,6 +182,11 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         if total is not None:
             param_grads[i] = total if param_grads[i] is None else param_grads[i].add_(total)
     del sink
+    for i, extra in enumerate(extras):  # what the readout's sink_bmm products accumulated
+        total = extra_sink.total(extra)
+        if total is not None:
+            extra_grads[i] = total if extra_grads[i] is None else extra_grads[i].add_(total)
+    del extra_sink
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
