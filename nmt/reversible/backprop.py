@@ -9,11 +9,15 @@ last to first:
    step's gradient, so one step's tape lives at a time, not the chunk's);
 2. it evaluates the chunk's readout (e.g. the decoder's attention, output layer and loss) and
    storage on the chunk's top states, as one leaf, by autograd: the readout is evaluated once,
-   with gradient, while its chunk is reversed;
+   with gradient, while its chunk is reversed (the output layer's weight gradient and the
+   attention keys' and values' gradients go into one running total each, in blocks:
+   readout.WeightGradSink, readout.TensorGradSink);
 3. it backpropagates through the steps by hand (`backward_step` of the cells: the paper's update
    equations differentiated, gradients straight through every rounding), recording the
-   recurrent weights' (input, gradient) pairs for one product per chunk;
-4. it backpropagates the chunk's first-layer input projection (one product) by autograd.
+   recurrent weights' (input, gradient) pairs for one product per chunk, added into the running
+   totals in row blocks;
+4. it backpropagates the chunk's first-layer input projection: the inputs' and biases' gradients
+   by autograd, the weights' x columns by hand into their running totals, in row blocks.
 
 The parameters are inputs of the Function, so their gradients arrive through autograd's normal
 accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's. Forward
