@@ -10,6 +10,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from nmt.reversible.readout import sink_bmm
+
 
 class LuongAttention(nn.Module):
     """General (bilinear) attention of decoder states over source context vectors."""
@@ -31,10 +33,12 @@ class LuongAttention(nn.Module):
         -> contexts (batch, tgt_len, context_size), weights (batch, tgt_len, src_len).
         Padded positions get weight exactly 0 and each row of weights sums to 1.
         """
-        scores = torch.bmm(queries, keys.transpose(1, 2))
+        # in reversible backward, keys' and values' gradients add into one running total each
+        # (nmt.reversible.readout.sink_bmm); plain torch.bmm otherwise
+        scores = sink_bmm(queries, keys, transpose_other=True)
         scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        return torch.bmm(weights, values), weights
+        return sink_bmm(weights, values), weights
 
     def step(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *,
              mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

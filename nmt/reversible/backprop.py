@@ -9,11 +9,15 @@ last to first:
    step's gradient, so one step's tape lives at a time, not the chunk's);
 2. it evaluates the chunk's readout (e.g. the decoder's attention, output layer and loss) and
    storage on the chunk's top states, as one leaf, by autograd: the readout is evaluated once,
-   with gradient, while its chunk is reversed;
+   with gradient, while its chunk is reversed (the output layer's weight gradient and the
+   attention keys' and values' gradients go into one running total each, in blocks:
+   readout.WeightGradSink, readout.TensorGradSink);
 3. it backpropagates through the steps by hand (`backward_step` of the cells: the paper's update
    equations differentiated, gradients straight through every rounding), recording the
-   recurrent weights' (input, gradient) pairs for one product per chunk;
-4. it backpropagates the chunk's first-layer input projection (one product) by autograd.
+   recurrent weights' (input, gradient) pairs for one product per chunk, added into the running
+   totals in row blocks;
+4. it backpropagates the chunk's first-layer input projection: the inputs' and biases' gradients
+   by autograd, the weights' x columns by hand into their running totals, in row blocks.
 
 The parameters are inputs of the Function, so their gradients arrive through autograd's normal
 accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's. Forward
@@ -39,7 +43,9 @@ from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.kept import KeptStates
-from nmt.reversible.readout import PendingTotal, WeightGradSink, read_chunk, weight_grad_sink
+from nmt.reversible.gated import float32_math
+from nmt.reversible.readout import (SINK_BLOCK_BYTES, PendingTotal, TensorGradSink,
+                                   WeightGradSink, read_chunk, tensor_grad_sink, weight_grad_sink)
 
 CHECK_END_OF_BACKWARD = True  # the exactness check after every reversal (off only to time it)
 
@@ -131,6 +137,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
     sink = WeightGradSink(params)
+    extra_sink = TensorGradSink([extra for extra in extras if extra.requires_grad])
     grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
     state = forward.kept.widened_final()
     for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.kept.reversal_initial(),
@@ -145,7 +152,9 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                 outputs.append(rnn.stored_from_top(tops, mask[:, start:stop]))
                 out_grads.append(grad_stored[:, start:stop])
             if reading:
-                with weight_grad_sink(sink):  # output-layer weight grads: in place, in blocks
+                # output-layer weight grads, and the attention keys' and values' grads: added
+                # in place into one running total each, in blocks
+                with weight_grad_sink(sink), tensor_grad_sink(extra_sink):
                     outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
                 out_grads.append(grad_total)
                 chunk_totals.append(outputs[-1].detach())
@@ -161,13 +170,19 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grads, d_projected = _backprop_steps(rnn, plan, chunk, grads, top_grads,
                                              weight_grads, bias_grads)
         del top_grads
-        # the first layer's input projection of the chunk, by autograd
+        # the first layer's input projection of the chunk: its inputs' and biases' gradients by
+        # autograd; its weights' x columns added by hand into their running totals, in row
+        # blocks (autograd would build a zero-filled full weight per Linear per chunk)
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
+        by_hand = _projection_weights(rnn, chunk)
         with torch.enable_grad():
-            chunk_grads = _grad([chunk.projected], [d_projected], input_slot + params)
+            chunk_grads = _grad([chunk.projected], [d_projected], input_slot + params,
+                                skip=set(by_hand))
         if input_slot and chunk_grads[0] is not None:
             (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_grads[0]
         _accumulate(param_grads, chunk_grads[len(input_slot):], foreign=[d_projected])
+        if by_hand:
+            _add_projection_grads(rnn, chunk, d_projected, param_grads, params)
         _add_weight_grads(param_grads, params, weight_grads, bias_grads)
         # this chunk's graph, states and gradients go before the next chunk is reversed
         del chunk, chunk_grads, d_projected, weight_grads, bias_grads, input_slot
@@ -178,6 +193,11 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         if total is not None:
             param_grads[i] = total if param_grads[i] is None else param_grads[i].add_(total)
     del sink
+    for i, extra in enumerate(extras):  # what the readout's sink_bmm products accumulated
+        total = extra_sink.total(extra)
+        if total is not None:
+            extra_grads[i] = total if extra_grads[i] is None else extra_grads[i].add_(total)
+    del extra_sink
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
@@ -297,10 +317,11 @@ class _ReversibleRun(torch.autograd.Function):
         return (None, None, None, *init_grads, *raw, *param_grads, *extra_grads)
 
 
-def _grad(outputs, out_grads, wrt):
-    """torch.autograd.grad over the outputs that carry a graph; None for unreachable inputs."""
+def _grad(outputs, out_grads, wrt, skip=frozenset()):
+    """torch.autograd.grad over the outputs that carry a graph; None for unreachable inputs and
+    for those whose id is in `skip` (autograd then does not compute their branch)."""
     pairs = [(o, g) for o, g in zip(outputs, out_grads) if o.requires_grad]
-    needs = [i for i, tensor in enumerate(wrt) if tensor.requires_grad]
+    needs = [i for i, tensor in enumerate(wrt) if tensor.requires_grad and id(tensor) not in skip]
     result: List[Optional[Tensor]] = [None] * len(wrt)
     if not pairs or not needs:
         return result
@@ -337,16 +358,56 @@ def _owned(g: Tensor, seen: dict) -> bool:
             and g.numel() * g.element_size() == g.untyped_storage().nbytes())
 
 
+def _add_rows(total: Tensor, grad: Tensor, x: Tensor) -> None:
+    """total += grad.t() @ x, a block of output rows at a time (no full-size term beside the
+    running total). Row blocks of grad.t() @ x are the rows of the whole product (each element
+    the same reduction), as in WeightGradSink."""
+    rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
+    for first in range(0, total.shape[0], rows):
+        total[first: first + rows] += grad[:, first: first + rows].t().mm(x)
+
+
+def _running_total(param_grads: List[Optional[Tensor]], i: int, weight: Tensor) -> Tensor:
+    if param_grads[i] is None:
+        param_grads[i] = torch.zeros_like(weight)
+    return param_grads[i]
+
+
+def _projection_weights(rnn, chunk) -> List[int]:
+    """ids of the first layer's input Linears' weights whose x columns `_add_projection_grads`
+    computes by hand (all of them, when the chunk carries its inputs and they need grad)."""
+    if chunk.inputs is None:
+        return []
+    return [id(layer.weight) for layer in rnn.cells[0].input_layers() if layer.weight.requires_grad]
+
+
+def _add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Optional[Tensor]],
+                          params: List[Tensor]) -> None:
+    """Add the gradient of the x columns of the first layer's input Linears (the chunk's
+    `project_input`: x @ cat(W[:, :input]).t()) into their running totals, per Linear and in row
+    blocks: autograd's product for that weight, d.t() @ x, cut into its rows."""
+    cell = rnn.cells[0]
+    index = {id(param): i for i, param in enumerate(params)}
+    with float32_math(d_projected.device):
+        flat = chunk.inputs.detach().float().reshape(-1, cell.input_size)
+        d_flat = d_projected.reshape(-1, d_projected.shape[-1])
+        first = 0
+        for layer in cell.input_layers():
+            width = layer.out_features
+            if layer.weight.requires_grad and id(layer.weight) in index:
+                total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
+                _add_rows(total[:, : cell.input_size], d_flat[:, first: first + width], flat)
+            first += width
+
+
 def _add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
                       weight_grads: DeferredWeightGrads, bias_grads: list) -> None:
-    """Add the chunk's recorded weight gradients into the columns they belong to, and the
-    per-step bias gradients."""
+    """Add the chunk's recorded weight gradients into the columns they belong to, in row blocks
+    (no full-size product beside the running total), and the per-step bias gradients."""
     index = {id(param): i for i, param in enumerate(params)}
-    for layer, first, grad in weight_grads.weight_grads():
-        i = index[id(layer.weight)]
-        if param_grads[i] is None:
-            param_grads[i] = torch.zeros_like(layer.weight)
-        param_grads[i][:, first:] += grad
+    for layer, first, inputs, grad in weight_grads.pairs():
+        total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
+        _add_rows(total[:, first:], grad, inputs)
     for bias, grad in bias_grads:
         i = index[id(bias)]
         if param_grads[i] is None:

@@ -30,3 +30,12 @@ class DeferredWeightGrads:
             grads = torch.cat([pair[1] for pair in pairs])
             yield layer, first, grads.t().mm(inputs)
         self._pairs.clear()
+
+    def pairs(self) -> Iterator[Tuple[nn.Linear, int, Tensor, Tensor]]:
+        """(layer, first column, inputs, gradients) for every recorded weight, the steps' pairs
+        concatenated: the gradient of weight[:, first:] is gradients.t() @ inputs (the caller
+        may add it into a running total in blocks instead of materialising it)."""
+        for (layer, first), pairs in self._pairs.items():
+            yield (layer, first, torch.cat([pair[0] for pair in pairs]),
+                   torch.cat([pair[1] for pair in pairs]))
+        self._pairs.clear()

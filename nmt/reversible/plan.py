@@ -167,6 +167,7 @@ class ReversedChunk(NamedTuple):
     tapes: Optional[list]  # per step, what its gradient needs (with tapes=True)
     projected: Tensor  # (batch, C, P) first-layer input projections (a graph back to x_leaf)
     x_leaf: Optional[Tensor]  # the chunk's inputs as a grad leaf (with grad=True)
+    inputs: Optional[Tensor] = None  # (batch, C, input): the x that `projected` was computed from
 
 def _leading_full_steps(mask: Tensor) -> int:
     """How many first steps have every row real. Read on the host only on a CPU; elsewhere 0

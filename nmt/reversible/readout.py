@@ -78,7 +78,79 @@ class WeightGradSink:
         return self.totals.get(id(param))
 
 
+class TensorGradSink:
+    """Running totals of the gradients that a chunked readout sends, through `sink_bmm`, into
+    whole-sequence tensors it reads every chunk (the attention keys and values): each chunk's
+    term is added into one buffer per tensor, a block of batch rows at a time, instead of
+    materialising the whole term beside the running total. The blocks are computed by the same
+    product as autograd's bmm backward, so the totals equal adding whole per-chunk terms."""
+
+    def __init__(self, tensors: Sequence[Tensor]):
+        self.totals = {id(tensor): None for tensor in tensors}
+
+    def covers(self, tensor: Tensor) -> bool:
+        return id(tensor) in self.totals
+
+    def add_bmm(self, tensor: Tensor, left: Tensor, right: Tensor, transposed: bool) -> None:
+        """totals[tensor] += left.bmm(right) (its transpose(1, 2) when `transposed`)."""
+        total = self.totals[id(tensor)]
+        if total is None:  # the first chunk's term becomes the total (as _accumulate's)
+            term = left.bmm(right)
+            term = term.transpose(1, 2) if transposed else term
+            self.totals[id(tensor)] = term if term.is_contiguous() else term.clone()
+            return
+        row = max(1, total[0].numel() * total.element_size())
+        rows = max(1, SINK_BLOCK_BYTES // row)
+        for first in range(0, total.shape[0], rows):
+            term = left[first: first + rows].bmm(right[first: first + rows])
+            total[first: first + rows] += term.transpose(1, 2) if transposed else term
+
+    def total(self, tensor: Tensor) -> Optional[Tensor]:
+        return self.totals.get(id(tensor))
+
+
 _SINKS: List[WeightGradSink] = []
+_TENSOR_SINKS: List[TensorGradSink] = []
+
+
+@contextlib.contextmanager
+def tensor_grad_sink(sink: TensorGradSink):
+    """While active, `sink_bmm` over a tensor the sink covers sends that tensor's gradient to the
+    sink (autograd then sees no gradient for it) instead of returning it."""
+    _TENSOR_SINKS.append(sink)
+    try:
+        yield sink
+    finally:
+        _TENSOR_SINKS.pop()
+
+
+def sink_bmm(x: Tensor, other: Tensor, *, transpose_other: bool = False) -> Tensor:
+    """torch.bmm(x, other.transpose(1, 2) if transpose_other else other), the gradient of
+    `other` going to the active `tensor_grad_sink` if it covers `other`, else by autograd as
+    usual. The same forward values either way."""
+    sink = _TENSOR_SINKS[-1] if _TENSOR_SINKS else None
+    if sink is None or not sink.covers(other) or not torch.is_grad_enabled():
+        return torch.bmm(x, other.transpose(1, 2) if transpose_other else other)
+    return _SinkBmm.apply(x, other, transpose_other, sink)
+
+
+class _SinkBmm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, other, transpose_other, sink):
+        mat2 = other.transpose(1, 2) if transpose_other else other
+        ctx.save_for_backward(x, other)
+        ctx.transpose_other, ctx.sink = transpose_other, sink
+        return torch.bmm(x, mat2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, other = ctx.saved_tensors
+        mat2 = other.transpose(1, 2) if ctx.transpose_other else other
+        # autograd's bmm backward: grad x = grad @ mat2^T, grad mat2 = x^T @ grad
+        grad_x = grad.bmm(mat2.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        if ctx.needs_input_grad[1]:
+            ctx.sink.add_bmm(other, x.transpose(1, 2), grad, ctx.transpose_other)
+        return grad_x, None, None, None
 
 
 @contextlib.contextmanager

@@ -265,7 +265,7 @@ class ReversibleRNN(StateLayout, nn.Module):
                     states.append(state)
                     chunk_tapes.append(tape)
             yield ReversedChunk(start, stop, states[::-1], chunk_tapes[::-1] if tapes else None,
-                                projected, x_leaf)
+                                projected, x_leaf, x)
 
     def _restored_slice(self, t: int, stored: Optional[Tensor],
                         initial_state: List[State]) -> Optional[Tensor]:

@@ -108,3 +108,35 @@ def test_sink_linear_adds_chunk_weight_grads_in_place_as_whole_products_would(mo
         assert torch.equal(gx, gx_expected) and torch.equal(gb, gb_expected)
     torch.testing.assert_close(sink.total(layer.weight), expected, rtol=0, atol=1e-6)
     assert readout.sink_linear(xs[0], layer).grad_fn.name() != "_SinkLinearBackward"  # inactive
+
+
+@pytest.mark.parametrize("transpose_other", [False, True])
+def test_sink_bmm_adds_chunk_grads_of_a_whole_sequence_tensor_in_place(monkeypatch,
+                                                                       transpose_other):
+    from nmt.reversible import readout
+    monkeypatch.setattr(readout, "SINK_BLOCK_BYTES", 2 * 6 * 4 * 4)  # blocks of 2 batch rows
+    torch.manual_seed(3)
+    other = torch.randn(5, 6, 4).requires_grad_()  # (batch, src, dim), read by every chunk
+    xs = [torch.randn(5, 2, 4 if transpose_other else 6) for _ in range(3)]
+
+    def plain(x):
+        return torch.bmm(x, other.transpose(1, 2) if transpose_other else other)
+
+    grads = [torch.randn_like(plain(x)) for x in xs]
+    expected, x_grads = None, []
+    for x, grad in zip(xs, grads):  # by autograd, whole terms added up (as _accumulate did)
+        x = x.clone().requires_grad_()
+        gx, go = torch.autograd.grad([plain(x)], [x, other], [grad])
+        expected = go.clone() if expected is None else expected.add_(go)
+        x_grads.append(gx)
+    sink = readout.TensorGradSink([other])
+    for x, grad, gx_expected in zip(xs, grads, x_grads):
+        x = x.clone().requires_grad_()
+        with readout.tensor_grad_sink(sink):
+            y = readout.sink_bmm(x, other, transpose_other=transpose_other)
+        assert torch.equal(y, plain(x))
+        (gx,) = torch.autograd.grad([y], [x], [grad])
+        assert torch.equal(gx, gx_expected)
+    assert torch.equal(sink.total(other), expected)  # bit for bit on CPU
+    y = readout.sink_bmm(xs[0], other, transpose_other=transpose_other)
+    assert y.grad_fn.name() != "_SinkBmmBackward"  # inactive
