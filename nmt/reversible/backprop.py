@@ -28,8 +28,9 @@ requires grad) does forward evaluate the readout itself. Plain autograd over the
 
 At the end of every backward, an O(1) check (in T) that the reversal was exact: the restored
 initial state matches the fingerprint of the one forward started from (no copy of it is kept;
-nmt/reversible/kept.py, which also narrows the kept final state where that is exact), and the buffer is back where this run found
-it (same heads, no words of this run left). Otherwise `ReversalError` names the run, layer and step.
+nmt/reversible/kept.py, which also narrows the kept final state where that is exact), and the
+buffer is back where this run found it (same heads, no words of this run left). Otherwise
+`ReversalError` names the run, layer and step.
 """
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ from torch import Tensor
 from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
+from nmt.reversible.grad_totals import (accumulate, add_projection_grads, add_weight_grads,
+                                       grads_of, projection_weights)
 from nmt.reversible.kept import KeptStates
-from nmt.reversible.gated import float32_math
-from nmt.reversible.readout import (SINK_BLOCK_BYTES, PendingTotal, TensorGradSink,
-                                   WeightGradSink, read_chunk, tensor_grad_sink, weight_grad_sink)
+from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
+                                   tensor_grad_sink, weight_grad_sink)
 
 CHECK_END_OF_BACKWARD = True  # the exactness check after every reversal (off only to time it)
 
@@ -158,10 +160,10 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                     outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
                 out_grads.append(grad_total)
                 chunk_totals.append(outputs[-1].detach())
-            read_grads = _grad(outputs, out_grads, [tops] + params + extras)
+            read_grads = grads_of(outputs, out_grads, [tops] + params + extras)
         param_part, extra_part = read_grads[1: 1 + len(params)], read_grads[1 + len(params):]
-        _accumulate(param_grads, param_part, foreign=[read_grads[0]] + extra_part + out_grads)
-        _accumulate(extra_grads, extra_part, foreign=[read_grads[0]] + param_part + out_grads)
+        accumulate(param_grads, param_part, foreign=[read_grads[0]] + extra_part + out_grads)
+        accumulate(extra_grads, extra_part, foreign=[read_grads[0]] + param_part + out_grads)
         top_grads = read_grads[0]
         # what was accumulated goes now, not when the next chunk reassigns it: at most one
         # chunk's gradient of a parameter lives beside its running total
@@ -174,16 +176,16 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         # autograd; its weights' x columns added by hand into their running totals, in row
         # blocks (autograd would build a zero-filled full weight per Linear per chunk)
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
-        by_hand = _projection_weights(rnn, chunk)
+        by_hand = projection_weights(rnn, chunk)
         with torch.enable_grad():
-            chunk_grads = _grad([chunk.projected], [d_projected], input_slot + params,
+            chunk_grads = grads_of([chunk.projected], [d_projected], input_slot + params,
                                 skip=set(by_hand))
         if input_slot and chunk_grads[0] is not None:
             (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_grads[0]
-        _accumulate(param_grads, chunk_grads[len(input_slot):], foreign=[d_projected])
+        accumulate(param_grads, chunk_grads[len(input_slot):], foreign=[d_projected])
         if by_hand:
-            _add_projection_grads(rnn, chunk, d_projected, param_grads, params)
-        _add_weight_grads(param_grads, params, weight_grads, bias_grads)
+            add_projection_grads(rnn, chunk, d_projected, param_grads, params)
+        add_weight_grads(param_grads, params, weight_grads, bias_grads)
         # this chunk's graph, states and gradients go before the next chunk is reversed
         del chunk, chunk_grads, d_projected, weight_grads, bias_grads, input_slot
     if CHECK_END_OF_BACKWARD:
@@ -200,7 +202,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     del extra_sink
     if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
-            _accumulate(param_grads, _grad([plan.inputs.embedding(plan.inputs.inputs)],
+            accumulate(param_grads, grads_of([plan.inputs.embedding(plan.inputs.inputs)],
                                            [embedded_grad], params), foreign=[embedded_grad])
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
     return _flatten(grads), input_grad, param_grads, extra_grads, total
@@ -315,104 +317,6 @@ class _ReversibleRun(torch.autograd.Function):
             ctx.pending.fill(total)
         raw = [input_grad] if plan.inputs.embedding is None else []
         return (None, None, None, *init_grads, *raw, *param_grads, *extra_grads)
-
-
-def _grad(outputs, out_grads, wrt, skip=frozenset()):
-    """torch.autograd.grad over the outputs that carry a graph; None for unreachable inputs and
-    for those whose id is in `skip` (autograd then does not compute their branch)."""
-    pairs = [(o, g) for o, g in zip(outputs, out_grads) if o.requires_grad]
-    needs = [i for i, tensor in enumerate(wrt) if tensor.requires_grad and id(tensor) not in skip]
-    result: List[Optional[Tensor]] = [None] * len(wrt)
-    if not pairs or not needs:
-        return result
-    found = torch.autograd.grad([o for o, _ in pairs], [wrt[i] for i in needs],
-                                [g for _, g in pairs], allow_unused=True)
-    for i, g in zip(needs, found):
-        result[i] = g
-    return result
-
-
-def _accumulate(totals: List[Optional[Tensor]], new: Sequence[Optional[Tensor]],
-                foreign: Sequence[Optional[Tensor]] = ()) -> None:
-    """totals[i] += new[i], in place into one buffer per slot. The first gradient of a slot
-    becomes that buffer when nothing else can see its storage (autograd.grad's fresh results);
-    one that may alias (another slot's gradient, a gradient fed in: `foreign`, or a view of a
-    larger storage) is copied, as a later add_ must not write into anything else."""
-    seen: dict = {}
-    for g in list(new) + list(foreign):
-        if g is not None:
-            key = g.untyped_storage().data_ptr()
-            seen[key] = seen.get(key, 0) + 1
-    for i, g in enumerate(new):
-        if g is not None:
-            if totals[i] is None:
-                totals[i] = g if _owned(g, seen) else g.clone()
-            else:
-                totals[i].add_(g)
-
-
-def _owned(g: Tensor, seen: dict) -> bool:
-    """Whether `g` alone covers its whole storage, and nothing else counted in `seen` shares it."""
-    return (seen.get(g.untyped_storage().data_ptr(), 0) == 1 and g.is_contiguous()
-            and g.storage_offset() == 0
-            and g.numel() * g.element_size() == g.untyped_storage().nbytes())
-
-
-def _add_rows(total: Tensor, grad: Tensor, x: Tensor) -> None:
-    """total += grad.t() @ x, a block of output rows at a time (no full-size term beside the
-    running total). Row blocks of grad.t() @ x are the rows of the whole product (each element
-    the same reduction), as in WeightGradSink."""
-    rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
-    for first in range(0, total.shape[0], rows):
-        total[first: first + rows] += grad[:, first: first + rows].t().mm(x)
-
-
-def _running_total(param_grads: List[Optional[Tensor]], i: int, weight: Tensor) -> Tensor:
-    if param_grads[i] is None:
-        param_grads[i] = torch.zeros_like(weight)
-    return param_grads[i]
-
-
-def _projection_weights(rnn, chunk) -> List[int]:
-    """ids of the first layer's input Linears' weights whose x columns `_add_projection_grads`
-    computes by hand (all of them, when the chunk carries its inputs and they need grad)."""
-    if chunk.inputs is None:
-        return []
-    return [id(layer.weight) for layer in rnn.cells[0].input_layers() if layer.weight.requires_grad]
-
-
-def _add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Optional[Tensor]],
-                          params: List[Tensor]) -> None:
-    """Add the gradient of the x columns of the first layer's input Linears (the chunk's
-    `project_input`: x @ cat(W[:, :input]).t()) into their running totals, per Linear and in row
-    blocks: autograd's product for that weight, d.t() @ x, cut into its rows."""
-    cell = rnn.cells[0]
-    index = {id(param): i for i, param in enumerate(params)}
-    with float32_math(d_projected.device):
-        flat = chunk.inputs.detach().float().reshape(-1, cell.input_size)
-        d_flat = d_projected.reshape(-1, d_projected.shape[-1])
-        first = 0
-        for layer in cell.input_layers():
-            width = layer.out_features
-            if layer.weight.requires_grad and id(layer.weight) in index:
-                total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
-                _add_rows(total[:, : cell.input_size], d_flat[:, first: first + width], flat)
-            first += width
-
-
-def _add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
-                      weight_grads: DeferredWeightGrads, bias_grads: list) -> None:
-    """Add the chunk's recorded weight gradients into the columns they belong to, in row blocks
-    (no full-size product beside the running total), and the per-step bias gradients."""
-    index = {id(param): i for i, param in enumerate(params)}
-    for layer, first, inputs, grad in weight_grads.pairs():
-        total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
-        _add_rows(total[:, first:], grad, inputs)
-    for bias, grad in bias_grads:
-        i = index[id(bias)]
-        if param_grads[i] is None:
-            param_grads[i] = torch.zeros_like(bias)
-        param_grads[i] += grad
 
 
 def _flatten(layers) -> List[Tensor]:

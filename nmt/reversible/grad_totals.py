@@ -1,0 +1,112 @@
+"""Running gradient totals of a reversible backward: each parameter's (and each whole-sequence
+input's) gradient is one buffer that every chunk adds into in place, in row blocks, so no
+full-size term per chunk ever lives beside it (the product's row blocks are the rows of the whole
+product: the same values as autograd's)."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from nmt.reversible.deferred import DeferredWeightGrads
+from nmt.reversible.gated import float32_math
+from nmt.reversible.readout import SINK_BLOCK_BYTES
+
+
+def grads_of(outputs, out_grads, wrt, skip=frozenset()):
+    """torch.autograd.grad over the outputs that carry a graph; None for unreachable inputs and
+    for those whose id is in `skip` (autograd then does not compute their branch)."""
+    pairs = [(o, g) for o, g in zip(outputs, out_grads) if o.requires_grad]
+    needs = [i for i, tensor in enumerate(wrt) if tensor.requires_grad and id(tensor) not in skip]
+    result: List[Optional[Tensor]] = [None] * len(wrt)
+    if not pairs or not needs:
+        return result
+    found = torch.autograd.grad([o for o, _ in pairs], [wrt[i] for i in needs],
+                                [g for _, g in pairs], allow_unused=True)
+    for i, g in zip(needs, found):
+        result[i] = g
+    return result
+
+
+def accumulate(totals: List[Optional[Tensor]], new: Sequence[Optional[Tensor]],
+                foreign: Sequence[Optional[Tensor]] = ()) -> None:
+    """totals[i] += new[i], in place into one buffer per slot. The first gradient of a slot
+    becomes that buffer when nothing else can see its storage (autograd.grad's fresh results);
+    one that may alias (another slot's gradient, a gradient fed in: `foreign`, or a view of a
+    larger storage) is copied, as a later add_ must not write into anything else."""
+    seen: dict = {}
+    for g in list(new) + list(foreign):
+        if g is not None:
+            key = g.untyped_storage().data_ptr()
+            seen[key] = seen.get(key, 0) + 1
+    for i, g in enumerate(new):
+        if g is not None:
+            if totals[i] is None:
+                totals[i] = g if _owned(g, seen) else g.clone()
+            else:
+                totals[i].add_(g)
+
+
+def _owned(g: Tensor, seen: dict) -> bool:
+    """Whether `g` alone covers its whole storage, and nothing else counted in `seen` shares it."""
+    return (seen.get(g.untyped_storage().data_ptr(), 0) == 1 and g.is_contiguous()
+            and g.storage_offset() == 0
+            and g.numel() * g.element_size() == g.untyped_storage().nbytes())
+
+
+def _add_rows(total: Tensor, grad: Tensor, x: Tensor) -> None:
+    """total += grad.t() @ x, a block of output rows at a time (no full-size term beside the
+    running total). Row blocks of grad.t() @ x are the rows of the whole product (each element
+    the same reduction), as in WeightGradSink."""
+    rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
+    for first in range(0, total.shape[0], rows):
+        total[first: first + rows] += grad[:, first: first + rows].t().mm(x)
+
+
+def _running_total(param_grads: List[Optional[Tensor]], i: int, weight: Tensor) -> Tensor:
+    if param_grads[i] is None:
+        param_grads[i] = torch.zeros_like(weight)
+    return param_grads[i]
+
+
+def projection_weights(rnn, chunk) -> List[int]:
+    """ids of the first layer's input Linears' weights whose x columns `add_projection_grads`
+    computes by hand (all of them, when the chunk carries its inputs and they need grad)."""
+    if chunk.inputs is None:
+        return []
+    return [id(layer.weight) for layer in rnn.cells[0].input_layers() if layer.weight.requires_grad]
+
+
+def add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Optional[Tensor]],
+                          params: List[Tensor]) -> None:
+    """Add the gradient of the x columns of the first layer's input Linears (the chunk's
+    `project_input`: x @ cat(W[:, :input]).t()) into their running totals, per Linear and in row
+    blocks: autograd's product for that weight, d.t() @ x, cut into its rows."""
+    cell = rnn.cells[0]
+    index = {id(param): i for i, param in enumerate(params)}
+    with float32_math(d_projected.device):
+        flat = chunk.inputs.detach().float().reshape(-1, cell.input_size)
+        d_flat = d_projected.reshape(-1, d_projected.shape[-1])
+        first = 0
+        for layer in cell.input_layers():
+            width = layer.out_features
+            if layer.weight.requires_grad and id(layer.weight) in index:
+                total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
+                _add_rows(total[:, : cell.input_size], d_flat[:, first: first + width], flat)
+            first += width
+
+
+def add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
+                      weight_grads: DeferredWeightGrads, bias_grads: list) -> None:
+    """Add the chunk's recorded weight gradients into the columns they belong to, in row blocks
+    (no full-size product beside the running total), and the per-step bias gradients."""
+    index = {id(param): i for i, param in enumerate(params)}
+    for layer, first, inputs, grad in weight_grads.pairs():
+        total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
+        _add_rows(total[:, first:], grad, inputs)
+    for bias, grad in bias_grads:
+        i = index[id(bias)]
+        if param_grads[i] is None:
+            param_grads[i] = torch.zeros_like(bias)
+        param_grads[i] += grad
