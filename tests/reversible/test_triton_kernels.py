@@ -5,37 +5,17 @@ exactly, and their backward step gives autograd's gradients.
 On a GPU: REVNMT_TRITON_TEST_DEVICE=cuda TRITON_INTERPRET=0 runs the same tests compiled, on CUDA
 tensors, plus the one claim only a GPU can show (activations inside the kernels equal torch's).
 """
-import os
-
-DEVICE_NAME = os.environ.get("REVNMT_TRITON_TEST_DEVICE", "cpu")
-if DEVICE_NAME == "cpu":
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: CPU tensors work
-
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
+from reversible.triton_setup import (BATCH, CELLS, DEVICE, R, RUNNABLE, STORED,  # first: triton
+                                     InformationBuffer, assert_same_buffer, setup_cell, fused, tl, triton,
+                                     triton_kernels)
 
-from nmt.reversible import fused, triton_jit, triton_kernels  # noqa: E402
-from nmt.reversible.buffer import InformationBuffer  # noqa: E402
-from nmt.reversible.cells import RevGRUCell, RevLSTMCell  # noqa: E402
-from nmt.reversible.fixed_point import FORGET_RADIX, forget_gate, from_fixed  # noqa: E402
+from nmt.reversible import triton_jit
+from nmt.reversible.fixed_point import forget_gate, from_fixed
 
-import triton.language as tl  # noqa: E402
-
-DEVICE = torch.device(DEVICE_NAME)
-if (DEVICE.type == "cpu" and triton_kernels.interpreting()
-        and type(tl.standard.cumsum).__name__ != "InterpretedFunction"):
-    raise RuntimeError("triton was imported before TRITON_INTERPRET=1 was set, so its own "
-                       "library would not run under the interpreter: set TRITON_INTERPRET=1 in "
-                       "the environment of the run")
-pytestmark = pytest.mark.skipif(
-    not (triton_kernels.interpreting() if DEVICE.type == "cpu" else torch.cuda.is_available()),
-    reason="Triton needs TRITON_INTERPRET=1 for CPU tensors, or a GPU")
-
-R = FORGET_RADIX
-BATCH, INPUT, HIDDEN, STORED = 8, 7, 301, 4  # odd hidden: halves of 151 and 150 units
-CELLS = {"revgru": RevGRUCell, "revlstm": RevLSTMCell}
+pytestmark = RUNNABLE
 
 
 @triton.jit
@@ -99,40 +79,6 @@ def test_raw_half_steps_match_the_buffer(width, magnitude):
     assert int(stack.pushed) == reference.pushed_words() > 0
 
 
-def _setup(name, max_forget_bits, *, seed=0, steps=3, random_heads=True):
-    """A cell with forgetful gates, a tensor-path buffer and a word stack with the same heads,
-    a state, inputs and padding masks (time, batch)."""
-    torch.manual_seed(seed)
-    cell = CELLS[name](INPUT, HIDDEN, max_forget_bits=max_forget_bits).to(DEVICE)
-    with torch.no_grad():  # forget gates mostly small: many bits per step, words spill early
-        for layer in cell.gates:
-            layer.bias[: cell.half_sizes[0]] -= 1.5
-    generator = torch.Generator().manual_seed(seed)
-    shape = (BATCH, cell.half_sizes[0])
-    buffer = InformationBuffer(shape, native=False, device=DEVICE)
-    stack = fused.word_stack_for(cell, BATCH, device=DEVICE)
-    if random_heads:
-        heads = torch.randint(2**R, 2**(R + 16), shape, generator=generator).to(torch.int32)
-        heads = heads.to(DEVICE)
-        buffer.head.copy_(heads)
-        stack.head.copy_(heads)
-    state = tuple(torch.randint(-2**23, 2**23, (BATCH, size), generator=generator).to(DEVICE)
-                  for size in cell.half_sizes * (cell.state_parts // 2))
-    lengths = torch.tensor([steps, steps - 1, steps, 1, steps - 2, steps, 2, steps])
-    masks = (torch.arange(steps).view(-1, 1) < lengths.view(1, -1)).to(DEVICE)
-    with torch.no_grad():
-        projected = cell.project_input(
-            torch.randn(steps, BATCH, INPUT, generator=generator).to(DEVICE))
-    return cell, buffer, stack, state, projected, masks
-
-
-def _same_buffer(stack, buffer):
-    assert torch.equal(stack.head, buffer.head)
-    assert torch.equal(stack.stacked(), buffer.words())
-    assert int(stack.pushed) == buffer.pushed_words()
-    assert torch.equal(stack.hist, buffer._gates[""])
-
-
 @pytest.mark.parametrize("precision", [32, 16])
 @pytest.mark.parametrize("max_forget_bits", [1, 3, None])
 @pytest.mark.parametrize("name", ["revgru", "revlstm"])
@@ -167,7 +113,7 @@ def test_activated_kernels_match_the_tensor_path_on_cuda(name, max_forget_bits, 
 
 
 def _check_steps_and_reversal(name, max_forget_bits, precision, activate=False):
-    cell, buffer, stack, state, projected, masks = _setup(name, max_forget_bits)
+    cell, buffer, stack, state, projected, masks = setup_cell(name, max_forget_bits)
     states, fused_state, values = [state], state, None
     with torch.no_grad():
         for t in range(projected.shape[0]):
@@ -180,7 +126,7 @@ def _check_steps_and_reversal(name, max_forget_bits, precision, activate=False):
                                              precision=precision, activate=activate)
             for ours, theirs in zip(fused_state + values, ref_state + ref_values):
                 assert torch.equal(ours, theirs)
-            _same_buffer(stack, buffer)
+            assert_same_buffer(stack, buffer)
             states.append(ref_state)
         assert buffer.pushed_words() > 0
         for t in reversed(range(projected.shape[0])):
@@ -199,7 +145,7 @@ def _check_steps_and_reversal(name, max_forget_bits, precision, activate=False):
 
 @pytest.mark.parametrize("name", ["revgru", "revlstm"])
 def test_multi_step_forward_then_reverse_ends_at_the_initial_buffer(name):
-    cell, _, stack, state, projected, masks = _setup(name, None, steps=6, random_heads=False)
+    cell, _, stack, state, projected, masks = setup_cell(name, None, steps=6, random_heads=False)
     final, values, kept = fused.run_fused_steps(cell, projected, state, stack, masks,
                                                 stored_units=STORED)
     assert int(stack.top) > 0
@@ -226,7 +172,7 @@ def _autograd_reference(cell, projected, state, mask, weights, precision):
 @pytest.mark.parametrize("max_forget_bits", [1, 3, None])
 @pytest.mark.parametrize("name", ["revgru", "revlstm"])
 def test_fused_backward_matches_autograd(name, max_forget_bits):
-    cell, _, stack, state, projected, masks = _setup(name, max_forget_bits, random_heads=False)
+    cell, _, stack, state, projected, masks = setup_cell(name, max_forget_bits, random_heads=False)
     mask = masks[1]  # some rows padded
     assert not mask.all()
     generator = torch.Generator().manual_seed(3)
@@ -247,55 +193,6 @@ def test_fused_backward_matches_autograd(name, max_forget_bits):
         torch.testing.assert_close(piece.t().mm(inp), theirs, rtol=1e-4, atol=1e-6)
 
 
-def test_a_prepared_chunk_never_reads_the_height():
-    """prepare(worst case of a chunk) up front: the chunk's steps then never synchronise."""
-    from nmt.reversible.launch_count import OpCounter
-
-    cell, buffer, _, state, projected, masks = _setup("revlstm", None)
-    stack = fused.word_stack_for(cell, BATCH, device=DEVICE)
-    stack.prepare(projected.shape[0] * 4 * BATCH * cell.half_sizes[0])
-    counter = OpCounter()
-    with counter:
-        final, values, _ = fused.run_fused_steps(cell, projected, state, stack, masks)
-    assert counter.sync == [] and int(stack.top) > 0
-    fused.reverse_fused_steps(cell, projected, final, stack, masks, values=values)
-    assert stack.is_initial()
-
-
-def test_word_stack_grows_and_keeps_its_words():
-    """A stack of capacity 1 grows (reading its height once per growth) and keeps the words."""
-    cell, buffer, _, state, projected, masks = _setup("revgru", None)
-    stack = fused.word_stack_for(cell, BATCH, capacity=1, device=DEVICE)
-    stack.head.copy_(buffer.head)
-    with torch.no_grad():
-        for t in range(2):
-            ref, _ = cell.step(projected[t], state, tuple(from_fixed(p) for p in state), buffer,
-                               masks[t])
-            state, _ = fused.step(cell, projected[t], state, stack, masks[t])
-            assert all(torch.equal(a, b) for a, b in zip(state, ref))
-    assert torch.equal(stack.stacked(), buffer.words()) and buffer.pushed_words() > 1
-
-
-@pytest.mark.parametrize("name", ["revgru", "revlstm"])
-def test_fused_time_step_never_synchronises_and_counts_its_launches(name):
-    """Forward, reverse and backward on the fused path: no op reads a device value on the host;
-    at most 41 launches per time step (aten compute ops plus Triton kernels; the element-wise
-    work is one kernel per half-step and direction)."""
-    from nmt.reversible.launch_count import count_fused_time_step
-
-    cell = CELLS[name](32, 64).to(DEVICE)
-    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2, device=DEVICE)
-    assert counts["sync_per_time_step"] == 0
-    assert counts["buffer_initial"]
-    kernels = sum(counts[phase]["kernels"] for phase in ("forward", "reverse", "backward"))
-    assert kernels == (8 if name == "revgru" else 10)
-    assert counts["launches_per_time_step"] <= 41
-    counts = count_fused_time_step(cell, 8, stored_units=STORED, steps=2, activate=True,
-                                   device=DEVICE)
-    assert counts["sync_per_time_step"] == 0 and counts["buffer_initial"]
-    assert counts["launches_per_time_step"] <= 24
-
-
 @pytest.mark.parametrize("precision", [32, 16])
 @pytest.mark.parametrize("name", ["revgru", "revlstm"])
 def test_activations_in_the_kernels_equal_the_kernels_fed_their_activations(name, precision,
@@ -303,7 +200,7 @@ def test_activations_in_the_kernels_equal_the_kernels_fed_their_activations(name
     """activate=True (sigmoid and tanh inside the kernels) gives, bit for bit, what the plain
     kernels give when torch's sigmoid and tanh are replaced by the kernels' formula: states,
     views, heads, words, the reversal and the backward step."""
-    cell, _, stack, state, projected, masks = _setup(name, 3, steps=3)
+    cell, _, stack, state, projected, masks = setup_cell(name, 3, steps=3)
     plain = triton_kernels.WordStack(tuple(stack.head.shape), device=DEVICE)
     plain.head.copy_(stack.head)
     activated_state, plain_state = state, state
@@ -358,7 +255,7 @@ def test_activations_in_the_kernels_equal_the_kernels_fed_their_activations(name
 
 @pytest.mark.parametrize("name", ["revgru", "revlstm"])
 def test_activated_steps_reverse_to_the_initial_buffer(name):
-    cell, _, stack, state, projected, masks = _setup(name, None, steps=5, random_heads=False)
+    cell, _, stack, state, projected, masks = setup_cell(name, None, steps=5, random_heads=False)
     final, values, kept = fused.run_fused_steps(cell, projected, state, stack, masks,
                                                 stored_units=STORED, precision=16, activate=True)
     assert int(stack.top) > 0
@@ -366,46 +263,6 @@ def test_activated_steps_reverse_to_the_initial_buffer(name):
                                         values=values, activate=True)
     assert all(torch.equal(a, b) for a, b in zip(back, state))
     assert stack.is_initial()
-
-
-def test_op_counter_sees_a_host_synchronisation():
-    from nmt.reversible.launch_count import OpCounter
-
-    counter = OpCounter()
-    with counter:
-        x = torch.arange(6)
-        int(x.sum())
-        torch.masked_select(x, x > 2)
-    assert len(counter.sync) == 2
-
-
-def test_words_and_gates_are_counted_per_tag_as_the_buffer_counts_them():
-    cell, buffer, stack, state, projected, masks = _setup("revlstm", 3)
-    fused_state = state
-    with torch.no_grad():
-        for t, tag in enumerate(["encoder", "decoder", "encoder"]):
-            state, _ = cell.step(projected[t], state, tuple(from_fixed(p) for p in state), buffer,
-                                 masks[t], tag=tag)
-            fused_state, _ = fused.step(cell, projected[t], fused_state, stack, masks[t], tag=tag)
-    for tag in ("encoder", "decoder", None):
-        assert stack.pushed_words(tag) == buffer.pushed_words(tag)
-        assert stack.optimal_bits(tag) == buffer.optimal_bits(tag)
-    assert stack.pushed_words("encoder") > 0
-
-
-@pytest.mark.parametrize("staged", [False, True])
-def test_a_pop_below_the_bottom_is_flagged_on_the_device(staged, monkeypatch):
-    """One reverse step too many: no host check inside the step; `check` raises afterwards."""
-    monkeypatch.setattr(triton_kernels, "_MAX_BLOCK", 64)
-    monkeypatch.setattr(triton_kernels, "_SINGLE_PROGRAM_LIMIT", 0 if staged else 10**9)
-    cell, _, stack, state, projected, masks = _setup("revgru", None, random_heads=False)
-    after, values = fused.step(cell, projected[0], state, stack, masks[0])
-    before, values = fused.reverse(cell, projected[0], after, stack, masks[0], values=values)
-    stack.check()
-    assert stack.is_initial()
-    fused.reverse(cell, projected[1], before, stack, masks[1], values=values)
-    with pytest.raises(RuntimeError, match="more words than the stack held"):
-        stack.check()
 
 
 @pytest.mark.parametrize("hidden, batch, stored", [(2, 1, 0), (5, 3, 3), (4, 2, 1)])
@@ -430,7 +287,7 @@ def test_small_and_edge_shapes_match_the_tensor_path(name, hidden, batch, stored
     out, values = fused.step(cell, projected, state, stack, mask, stored_units=stored,
                              precision=16)
     assert all(torch.equal(a, b) for a, b in zip(out, ref))
-    _same_buffer(stack, buffer)
+    assert_same_buffer(stack, buffer)
     back, _ = fused.reverse(cell, projected, out, stack, mask, values=values,
                             restored=state[0][:, :stored] if stored else None)
     assert all(torch.equal(a, b) for a, b in zip(back, state))
