@@ -298,7 +298,8 @@ def print_report(report: dict) -> None:
           f" (encoder {format_bytes(plain['encoder_rnn_saved_bytes'])}, decoder "
           f"{format_bytes(plain['decoder_rnn_saved_bytes'])}); reversible keeps "
           f"{format_bytes(rev['recurrent_kept_bytes'])}: "
-          f"{report['measured_recurrent_ratio']:.1f}x less")
+          f"{report['measured_recurrent_ratio']:.1f}x less, held between forward and backward "
+          f"only (the backward's working set is in the step peak below)")
     print(f"  measured, whole step: plain autograd peak {format_bytes(plain['step_total_bytes'])}; "
           f"reversible autograd peak {format_bytes(rev['autograd_saved_peak_bytes'])} + kept "
           f"{format_bytes(rev['recurrent_kept_bytes'])}")
