@@ -19,7 +19,7 @@ state come back from the kernels, so a loop that keeps them never calls `from_fi
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -224,30 +224,42 @@ def backward_step(cell: ReversibleCell, tape: list, grads: Sequence[Tensor],
     return d, d_projected, inputs
 
 
+def _call(phase: Optional[Callable], name: str, thunk: Callable):
+    """thunk(), or phase(name, thunk) when a caller measures the phases (see launch_count)."""
+    return thunk() if phase is None else phase(name, thunk)
+
+
 def run_fused_steps(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
-                    masks: Optional[Tensor] = None, *, stored_units: int = 0,
-                    precision: int = 32, activate: bool = False
-                    ) -> Tuple[State, State, List[Tensor]]:
-    """Forward over `projected` (time, batch, P) with masks (time, batch) bool. Returns (final
-    state, its float views, the stored units of h1 at each step (before it), for `restored`)."""
-    values = None
+                    masks: Optional[Tensor] = None, *, values: Optional[State] = None,
+                    stored_units: int = 0, precision: int = 32, activate: bool = False,
+                    phase: Optional[Callable] = None) -> Tuple[State, State, List[Tensor]]:
+    """Forward over `projected` (time, batch, P) with masks (time, batch). Returns (final state,
+    its float views, the stored units of h1 at each step (before it), for `restored`)."""
     kept = []
     for t in range(projected.shape[0]):
         if stored_units:
             kept.append(state[0][:, :stored_units])
-        state, values = step(cell, projected[t], state, stack,
-                             None if masks is None else masks[t], values=values,
-                             stored_units=stored_units, precision=precision, activate=activate)
+        state, values = _call(phase, "forward", lambda: step(
+            cell, projected[t], state, stack, None if masks is None else masks[t], values=values,
+            stored_units=stored_units, precision=precision, activate=activate))
     return state, values, kept
 
 
 def reverse_fused_steps(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
                         masks: Optional[Tensor] = None, *, kept: Sequence[Tensor] = (),
-                        values: Optional[State] = None, activate: bool = False
-                        ) -> Tuple[State, State]:
-    """Undo `run_fused_steps`, last step first; `kept` is what it returned."""
+                        values: Optional[State] = None, grads: Optional[Sequence[Tensor]] = None,
+                        activate: bool = False, phase: Optional[Callable] = None
+                        ) -> Tuple[State, State, Optional[List[Tensor]]]:
+    """Undo `run_fused_steps`, last step first (`kept` is what it returned). With `grads` (d loss /
+    d the final float views), each step is backpropagated right after it is reversed, from its
+    tape. Returns (initial state, its float views, d loss / d them or None)."""
     for t in reversed(range(projected.shape[0])):
-        state, values = reverse(cell, projected[t], state, stack,
-                                None if masks is None else masks[t], values=values,
-                                restored=kept[t] if kept else None, activate=activate)
-    return state, values
+        mask = None if masks is None else masks[t]
+        tape = None if grads is None else []
+        state, values = _call(phase, "reverse", lambda: reverse(
+            cell, projected[t], state, stack, mask, values=values,
+            restored=kept[t] if kept else None, tape=tape, activate=activate))
+        if grads is not None:
+            grads, _, _ = _call(phase, "backward", lambda: backward_step(
+                cell, tape, grads, mask, activate=activate))
+    return state, values, grads

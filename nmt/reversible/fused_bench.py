@@ -28,16 +28,10 @@ def _fused_training(cell, projected, masks, *, activate: bool):
     stack = fused.word_stack_for(cell, batch, device=projected.device,
                                  capacity=steps * batch * cell.half_sizes[0] * cell.state_parts)
     state = cell.initial_state(batch, device=projected.device)
-    values = None
-    for t in range(steps):
-        state, values = fused.step(cell, projected[t], state, stack, masks[t], values=values,
-                                   activate=activate)
-    grads = [torch.ones_like(v) for v in values]
-    for t in reversed(range(steps)):
-        tape: list = []
-        state, values = fused.reverse(cell, projected[t], state, stack, masks[t], values=values,
-                                      tape=tape, activate=activate)
-        grads, _, _ = fused.backward_step(cell, tape, grads, masks[t], activate=activate)
+    state, values, _ = fused.run_fused_steps(cell, projected, state, stack, masks,
+                                             activate=activate)
+    fused.reverse_fused_steps(cell, projected, state, stack, masks, values=values,
+                              grads=[torch.ones_like(v) for v in values], activate=activate)
     return stack
 
 

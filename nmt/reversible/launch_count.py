@@ -95,20 +95,12 @@ def count_fused_time_step(cell, batch: int, *, stored_units: int = 0, steps: int
         totals["sync"] += len(counter.sync)
         return result
 
-    kept = []
-    for t in range(steps):
-        kept.append(state[0][:, :stored_units] if stored_units else None)
-        state, values = measure("forward", lambda: fused.step(
-            cell, projected[t], state, stack, masks[t], values=values,
-            stored_units=stored_units, activate=activate))
-    grads = tuple(torch.ones_like(v) for v in values)
-    for t in reversed(range(steps)):
-        tape: list = []
-        state, values = measure("reverse", lambda: fused.reverse(
-            cell, projected[t], state, stack, masks[t], values=values, restored=kept[t],
-            tape=tape, activate=activate))
-        grads, _, _ = measure("backward", lambda: fused.backward_step(cell, tape, grads, masks[t],
-                                                                      activate=activate))
+    state, values, kept = fused.run_fused_steps(
+        cell, projected, state, stack, masks, values=values, stored_units=stored_units,
+        activate=activate, phase=measure)
+    fused.reverse_fused_steps(cell, projected, state, stack, masks, kept=kept, values=values,
+                              grads=tuple(torch.ones_like(v) for v in values), activate=activate,
+                              phase=measure)
     result: Dict[str, object] = {
         phase: {key: value / steps for key, value in totals.items()}
         for phase, totals in phases.items()}

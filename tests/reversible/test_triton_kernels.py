@@ -149,7 +149,7 @@ def test_multi_step_forward_then_reverse_ends_at_the_initial_buffer(name):
     final, values, kept = fused.run_fused_steps(cell, projected, state, stack, masks,
                                                 stored_units=STORED)
     assert int(stack.top) > 0
-    back, _ = fused.reverse_fused_steps(cell, projected, final, stack, masks, kept=kept,
+    back, _, _ = fused.reverse_fused_steps(cell, projected, final, stack, masks, kept=kept,
                                         values=values)
     assert all(torch.equal(a, b) for a, b in zip(back, state))
     assert stack.is_initial()
@@ -259,7 +259,7 @@ def test_activated_steps_reverse_to_the_initial_buffer(name):
     final, values, kept = fused.run_fused_steps(cell, projected, state, stack, masks,
                                                 stored_units=STORED, precision=16, activate=True)
     assert int(stack.top) > 0
-    back, _ = fused.reverse_fused_steps(cell, projected, final, stack, masks, kept=kept,
+    back, _, _ = fused.reverse_fused_steps(cell, projected, final, stack, masks, kept=kept,
                                         values=values, activate=True)
     assert all(torch.equal(a, b) for a, b in zip(back, state))
     assert stack.is_initial()
