@@ -16,6 +16,7 @@ import yaml
 
 from nmt.errors import ConfigError
 from nmt.reversible.fixed_point import MAX_FORGET_CHOICES
+from nmt.reversible.step_kernels import KERNEL_CHOICES
 from nmt.typed_yaml import expand_env  # noqa: F401 - part of this module's API
 from nmt.typed_yaml import choices, parse_dataclass, read_yaml_mapping, type_name
 
@@ -85,6 +86,9 @@ class ReversibleConfig:
     # whose estimated tape + readout fits chunk_mib (nmt.reversible.plan.auto_chunk_steps)
     chunk_steps: str = "16"
     chunk_mib: Optional[float] = None
+    # each step's element-wise part: torch (tensor ops), triton (fused kernels: CUDA, or a CPU
+    # under TRITON_INTERPRET=1), auto (triton on CUDA when importable, else torch)
+    kernels: str = "auto"
 
 
 @dataclass
@@ -315,8 +319,18 @@ def chunk_setting(reversible: ReversibleConfig):
     return int(steps), None
 
 
+def kernel_setting(reversible: ReversibleConfig) -> str:
+    """model.reversible.kernels -> "auto", "triton" or "torch"; ConfigError if invalid."""
+    setting = str(reversible.kernels).strip().lower()
+    if setting not in KERNEL_CHOICES:
+        raise ConfigError(f"model.reversible.kernels: must be one of {', '.join(KERNEL_CHOICES)}, "
+                          f"got {reversible.kernels!r}")
+    return setting
+
+
 def _validate_reversible(reversible: ReversibleConfig) -> None:
     chunk_setting(reversible)
+    kernel_setting(reversible)
 
 
 def _validate_train(train: TrainConfig) -> None:

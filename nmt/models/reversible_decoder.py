@@ -179,14 +179,16 @@ class ReversibleDecoder(ReversiblePart):
                  layers: int = 1, max_forget_bits: Optional[int] = 3, context_size: int,
                  bridge: nn.Module, dropout: float = 0.0, output_dropout: float = 0.0,
                  per_step_dropout: bool = True, tie_embeddings: bool = False,
-                 chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None):
+                 chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None,
+                 kernels: str = "auto"):
         super().__init__()
         # a tied PAD row is also the output layer's: it keeps its init (see Embeddings)
         self.embeddings = Embeddings(vocab_size, embedding_dim, zero_padding=not tie_embeddings)
         rename_embedding_keys(self)
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
                                  max_forget_bits=max_forget_bits,
-                                 chunk_steps=chunk_steps, chunk_bytes=chunk_bytes)
+                                 chunk_steps=chunk_steps, chunk_bytes=chunk_bytes,
+                                 kernels=kernels)
         self.readout = Readout(hidden, context_size, vocab_size)
         if tie_embeddings:
             tie_output(self.readout.output, self.embeddings)

@@ -25,11 +25,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from nmt.errors import ConfigError
 from nmt.models.embeddings import Embeddings, rename_embedding_keys
 from nmt.models.encoders import EncoderOutput, length_mask
 from nmt.reversible import (AttentionStorage, InformationBuffer, MemoryAccount, MemoryMode,
                             ReversibleRNN, count_memory)
 from nmt.reversible.plan import DEFAULT_CHUNK_STEPS
+from nmt.reversible.step_kernels import KernelsUnavailable, make_buffer, use_triton
 
 ENCODER_TAG = "encoder"
 
@@ -126,7 +128,8 @@ class ReversibleEncoder(ReversiblePart):
                  size: Optional[int] = None, precision: int = 32, dropout: float = 0.0,
                  memory_saving: bool = True, buffer_width: Optional[int] = None,
                  per_step_dropout: bool = True,
-                 chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None):
+                 chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None,
+                 kernels: str = "auto"):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         self.use_embeddings = context.startswith("emb")
@@ -136,7 +139,8 @@ class ReversibleEncoder(ReversiblePart):
                    if self.part in ("slice", "proj") else None)
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
                                  max_forget_bits=max_forget_bits, storage=storage,
-                                 chunk_steps=chunk_steps, chunk_bytes=chunk_bytes)
+                                 chunk_steps=chunk_steps, chunk_bytes=chunk_bytes,
+                                 kernels=kernels)
         self.context_kind, self.precision, self.dropout = context, precision, dropout
         self.memory_saving = memory_saving and self.part != "hidden"  # hidden: stores every state
         self.per_step_dropout = per_step_dropout
@@ -147,9 +151,15 @@ class ReversibleEncoder(ReversiblePart):
         self.buffer_width = max(buffer_width or 0, self.rnn.half_size)
 
     def new_buffer(self, batch: int, device) -> InformationBuffer:
-        """The batch's shared buffer; it keeps its words only when a backward pass will follow."""
-        return InformationBuffer((batch, self.buffer_width), device=device,
-                                 keep_words=torch.is_grad_enabled())
+        """The batch's shared buffer; it keeps its words only when a backward pass will follow
+        (then in the fused kernels' word stack where model.reversible.kernels selects them)."""
+        keep = torch.is_grad_enabled()
+        try:
+            fused = keep and use_triton(self.rnn.kernels, device)
+        except KernelsUnavailable as error:
+            raise ConfigError(f"model.reversible.kernels: {error}") from error
+        return make_buffer((batch, self.buffer_width), device=device, keep_words=keep,
+                           fused=fused)
 
     def forward(self, src: Tensor, src_lengths: Tensor, *,
                 mode: Optional[MemoryMode] = None) -> ReversibleEncoderOutput:

@@ -46,6 +46,7 @@ from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.grad_totals import (accumulate, add_projection_grads, add_weight_grads,
                                        grads_of, projection_weights)
 from nmt.reversible.kept import KeptStates
+from nmt.reversible.step_kernels import cell_backward, is_stack_buffer
 from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
                                    tensor_grad_sink, weight_grad_sink)
 
@@ -221,15 +222,16 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
     first_projected = []
     start, states = chunk.start, chunk.states
     projected = chunk.projected.detach().unbind(1)
+    fused_path = is_stack_buffer(plan.buffer)  # the tapes and steps of the buffer's kernels
     for i in reversed(range(chunk.stop - start)):
         if top_grads is not None:
             top = grads[-1]
             top[0] = top[0] + top_grads[:, i, :first_half]
             top[1] = top[1] + top_grads[:, i, first_half:]
         tape = rnn.recompute_tape(states[i], states[i + 1], projected[i],
-                                  layer_dropout=plan.layer_dropout)
+                                  layer_dropout=plan.layer_dropout, fused_path=fused_path)
         grads, d_projected = _backward_step(rnn, tape, grads, plan.step_mask(start + i),
-                                            layer_dropout=plan.layer_dropout,
+                                            layer_dropout=plan.layer_dropout, fused_path=fused_path,
                                             weight_grads=weight_grads, bias_grads=bias_grads)
         first_projected.append(d_projected)
     return grads, torch.stack(first_projected[::-1], dim=1)
@@ -237,7 +239,7 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
 
 def _backward_step(rnn, tape: list, grads: List[List[Tensor]], mask: Optional[Tensor], *,
                    layer_dropout: Optional[Tensor], weight_grads: DeferredWeightGrads,
-                   bias_grads: list):
+                   bias_grads: list, fused_path: bool = False):
     """The gradient of one step of the stack, by hand, from its reversal's `tape`.
 
     grads: per layer, d loss / d each float half after the step. Returns the same before the
@@ -249,7 +251,8 @@ def _backward_step(rnn, tape: list, grads: List[List[Tensor]], mask: Optional[Te
     with torch.no_grad():
         for layer, layer_input, cell_tape in tape:  # top layer first
             cell = rnn.cells[layer]
-            grads[layer], d_projected, inputs = cell.backward_step(cell_tape, grads[layer], mask)
+            grads[layer], d_projected, inputs = cell_backward(cell, cell_tape, grads[layer], mask,
+                                                              fused_path=fused_path)
             pieces = cell.split_projection(d_projected)
             for linear, piece, own_input in zip(cell.input_layers(), pieces, inputs):
                 if layer == 0:  # x columns: by autograd, through the chunk's projection

@@ -208,6 +208,27 @@ def reverse(cell: ReversibleCell, projected: Tensor, state: State, stack: WordSt
         activate=activate))
 
 
+def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after: State) -> list:
+    """The tape `reverse(..., tape=[])` records for the step from `before` to `after` (exact
+    states), recomputed without the stack: the same gate functions of the same float views, so
+    the same tensors bit for bit (as `ReversibleCell.recompute_tape`, in this path's format)."""
+    pieces = cell.split_projection(projected)
+    gru = isinstance(cell, RevGRUCell)
+    tape = []
+    with torch.no_grad(), float32_math(projected.device):
+        for half in (1, 0):  # half 2 is undone first: its gates read the new h1
+            other = from_fixed(after[0] if half == 1 else before[1])
+            previous = from_fixed(before[half])
+            if gru:
+                tape.append((half, other, previous, *_gru_gates(cell, half, pieces, other, False)))
+            else:
+                c = 2 + half
+                tape.append((half, other, previous, from_fixed(before[c]),
+                             torch.tanh(from_fixed(after[c])),
+                             _lstm_gates(cell, half, pieces, other, False)))
+    return tape
+
+
 def backward_step(cell: ReversibleCell, tape: list, grads: Sequence[Tensor],
                   mask: Optional[Tensor], *, activate: bool = False
                   ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:

@@ -97,9 +97,11 @@ class Plan:
     chunk_steps: int = DEFAULT_CHUNK_STEPS
     parameters: List[Tensor] = field(default_factory=list)
     full_steps: int = field(init=False)
+    step_masks: Tensor = field(init=False)  # (T, batch): each step's mask contiguous
 
     def __post_init__(self):
         self.full_steps = _leading_full_steps(self.mask)
+        self.step_masks = self.mask.t().contiguous()  # one copy per run (the kernels need rows)
 
     @property
     def steps(self) -> int:
@@ -108,7 +110,7 @@ class Plan:
     def step_mask(self, t: int) -> Optional[Tensor]:
         """The mask of step t for the cells, or None where every row is real (then the cells
         skip their padding selects, which on a CPU cost as much as the arithmetic they guard)."""
-        return None if t < self.full_steps else self.mask[:, t]
+        return None if t < self.full_steps else self.step_masks[t]
 
     def chunks(self) -> List[Tuple[int, int]]:
         """[start, stop) ranges of at most `chunk_steps` steps, in forward order. Every mode and
@@ -175,3 +177,13 @@ def _leading_full_steps(mask: Tensor) -> int:
     if mask.device.type != "cpu":
         return 0
     return int(mask.all(0).int().cumprod(0).sum())
+
+
+def unique_trainable(tensors: List[Tensor]) -> List[Tensor]:
+    """The tensors that require grad, each once, in order."""
+    seen, out = set(), []
+    for tensor in tensors:
+        if id(tensor) not in seen and tensor.requires_grad:
+            seen.add(id(tensor))
+            out.append(tensor)
+    return out

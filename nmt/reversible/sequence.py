@@ -35,8 +35,10 @@ from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.layout import StateLayout
 from nmt.reversible.plan import (DEFAULT_CHUNK_STEPS, InitialState, MemoryMode, Plan,
                                  ReversedChunk, SequenceOutput, StepInputs, StepResult,
-                                 auto_chunk_steps)
+                                 auto_chunk_steps, unique_trainable)
 from nmt.reversible.readout import read_chunk
+from nmt.reversible.step_kernels import (cell_reverse, cell_step, cell_tape, check_kernels,
+                                         chunk_words, is_stack_buffer, make_buffer, use_triton)
 from nmt.reversible.storage import AttentionStorage, StorageKind, rounded_projection
 from nmt.reversible.validation import check_run
 
@@ -56,13 +58,16 @@ class ReversibleRNN(StateLayout, nn.Module):
             over a chunk; reversible backward holds one chunk's graph at a time), or "auto":
             per run, the largest chunk whose estimated tape and readout fit `chunk_bytes`
             (`auto_chunk_steps`).
+        kernels: "auto", "triton" or "torch": what runs each step's element-wise part
+            (step_kernels.py; the buffers `new_buffer` makes follow it).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None,
                  chunk_steps: Union[int, str] = DEFAULT_CHUNK_STEPS,
-                 chunk_bytes: Optional[int] = None):
+                 chunk_bytes: Optional[int] = None, kernels: str = "auto"):
         super().__init__()
+        self.kernels = check_kernels(kernels)
         if chunk_steps == "auto":
             if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
                 raise ValueError(f"chunk_steps 'auto' needs a positive chunk_bytes, "
@@ -104,9 +109,11 @@ class ReversibleRNN(StateLayout, nn.Module):
 
     def new_buffer(self, batch: int, *, device=None, keep_words: bool = True,
                    device_offsets: Optional[bool] = None) -> InformationBuffer:
-        """A buffer of shape (batch, ceil(H/2)) for both halves, h and c, and every layer."""
-        return InformationBuffer((batch, self.half_size), device=device, keep_words=keep_words,
-                                 device_offsets=device_offsets)
+        """A buffer of shape (batch, ceil(H/2)) for both halves, h and c, and every layer: a
+        StackBuffer where words are kept and `kernels` selects the fused kernels."""
+        return make_buffer((batch, self.half_size), device=device, keep_words=keep_words,
+                           device_offsets=device_offsets,
+                           fused=keep_words and use_triton(self.kernels, device))
 
     # -- one step of the whole stack ------------------------------------------------------------
 
@@ -128,8 +135,8 @@ class ReversibleRNN(StateLayout, nn.Module):
                 layer_input = layer_input * layer_dropout[layer - 1]
             if layer > 0 or projected is None:
                 projected = cell.project_input(layer_input)
-            exact, floats = cell.step(
-                projected, state[layer], values[layer], buffer, mask,
+            exact, floats = cell_step(
+                cell, projected, state[layer], values[layer], buffer, mask,
                 next_state=None if next_state is None else next_state[layer],
                 stored_units=self.stored_slice if top else 0,
                 precision=self.storage.precision if self.storage is not None else 32, tag=tag)
@@ -182,18 +189,19 @@ class ReversibleRNN(StateLayout, nn.Module):
                 else:
                     layer_projected = self.cells[0].project_input(x) if projected is None else projected
                 cell_tape = None if tape is None else []
-                previous[layer] = self.cells[layer].reverse(
-                    layer_projected, state[layer], buffer, mask, restored=restored if top else None,
-                    tape=cell_tape)
+                previous[layer] = cell_reverse(
+                    self.cells[layer], layer_projected, state[layer], buffer, mask,
+                    restored=restored if top else None, tape=cell_tape)
                 if tape is not None:
                     tape.append((layer, below[layer - 1] if layer > 0 else None, cell_tape))
         return previous
 
     def recompute_tape(self, before: List[State], after: List[State], projected: Tensor, *,
-                       layer_dropout: Optional[Tensor] = None) -> list:
+                       layer_dropout: Optional[Tensor] = None, fused_path: bool = False) -> list:
         """The tape `reverse_step(..., tape=[])` records for the step from `before` to `after`
         (exact states per layer; projected: the first layer's projected input of the step),
-        recomputed without the buffer: the same values bit for bit."""
+        recomputed without the buffer: the same values bit for bit (`fused_path`: in the fused
+        kernels' format, see step_kernels.py)."""
         tape = []
         with torch.no_grad():
             below = [from_fixed(torch.cat(after[layer][:2], dim=-1))
@@ -204,7 +212,8 @@ class ReversibleRNN(StateLayout, nn.Module):
                 cell = self.cells[layer]
                 layer_projected = cell.project_input(below[layer - 1]) if layer > 0 else projected
                 tape.append((layer, below[layer - 1] if layer > 0 else None,
-                             cell.recompute_tape(layer_projected, before[layer], after[layer])))
+                             cell_tape(cell, layer_projected, before[layer], after[layer],
+                                       fused_path=fused_path)))
         return tape
 
     # -- the time loop: one forward iterator, one reverse iterator --------------------------------
@@ -218,6 +227,8 @@ class ReversibleRNN(StateLayout, nn.Module):
         carries the chunk's readout. Differentiable when grad is on (reference mode)."""
         reading = extras is not None and plan.readout is not None
         for start, stop in plan.chunks():
+            if is_stack_buffer(plan.buffer):  # room for the chunk's words: no read inside it
+                plan.buffer.prepare(chunk_words(self, plan.mask.shape[0], stop - start))
             x, _ = plan.inputs.chunk(start, stop)
             projected = self.cells[0].project_input(x).unbind(1)
             tops = []
@@ -297,7 +308,7 @@ class ReversibleRNN(StateLayout, nn.Module):
         return Plan(inputs=StepInputs(inputs, embedding, input_dropout), mask=mask, buffer=buffer,
                     tag=tag, readout=readout, num_extras=num_extras, layer_dropout=layer_dropout,
                     chunk_steps=self.chunk_steps_for(mask.shape[0], mask.shape[1], readout),
-                    parameters=_unique(list(self.parameters()) + readout_params
+                    parameters=unique_trainable(list(self.parameters()) + readout_params
                                        + (list(embedding.parameters()) if embedding else [])))
 
     def forward(self, inputs: Tensor, mask: Optional[Tensor] = None, *,
@@ -386,11 +397,3 @@ class ReversibleRNN(StateLayout, nn.Module):
             state, values, stored = self.step(x, state, values, buffer, mask, tag=tag)
         return state, torch.cat(values[-1][:2], dim=-1), stored
 
-
-def _unique(tensors: List[Tensor]) -> List[Tensor]:
-    seen, out = set(), []
-    for tensor in tensors:
-        if id(tensor) not in seen and tensor.requires_grad:
-            seen.add(id(tensor))
-            out.append(tensor)
-    return out

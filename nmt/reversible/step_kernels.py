@@ -1,0 +1,112 @@
+"""Which kernels run the element-wise part of each step: the switch `kernels`.
+
+- "torch": the tensor path (cells.py, gated.py, buffer.py; the C loops of native.py on a CPU).
+- "triton": the fused Triton kernels (fused.py, triton_kernels.py) with the buffer in a device-side
+  word stack (stack_buffer.py). On CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (tests).
+- "auto": "triton" on CUDA tensors when Triton is importable, else "torch".
+
+The choice is made when a run's buffer is made (`make_buffer`: a StackBuffer for the fused path)
+and every step follows its buffer: `cell_step`, `cell_reverse`, `cell_tape` and `cell_backward`
+below are what `ReversibleRNN.run_steps` / `reverse_chunks` and backprop.py call per layer and
+step, the one loop pair for both paths. Matrix products and activations stay in torch on both, so
+the fused path gives the tensor path's integers, losses and gradients bit for bit. The fused path
+has no autograd graph: it serves reversible training and forward runs without gradient; a
+reference (autograd) run keeps the tensor path.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from nmt.reversible.stack_buffer import StackBuffer, is_stack_buffer, make_buffer  # noqa: F401
+
+KERNEL_CHOICES = ("auto", "triton", "torch")
+
+
+class KernelsUnavailable(RuntimeError):
+    """kernels "triton" was asked for where the fused kernels cannot run."""
+
+
+def check_kernels(setting: str) -> str:
+    if setting not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {setting!r}")
+    return setting
+
+
+def use_triton(setting: str, device=None) -> bool:
+    """Whether runs on `device` take the fused kernels under `setting` (raises
+    KernelsUnavailable when "triton" cannot run there)."""
+    from nmt.reversible import triton_kernels
+
+    device = torch.device(device if device is not None else "cpu")
+    if check_kernels(setting) == "torch":
+        return False
+    if setting == "auto":
+        return device.type == "cuda" and triton_kernels.available()
+    if not triton_kernels.available():
+        raise KernelsUnavailable("kernels 'triton': Triton is not importable here "
+                                 "(install triton, or use kernels 'auto' or 'torch')")
+    if device.type == "cpu" and not triton_kernels.interpreting():
+        raise KernelsUnavailable("kernels 'triton' on CPU tensors runs only under Triton's "
+                                 "interpreter (TRITON_INTERPRET=1, for tests); use 'auto' or "
+                                 "'torch' on a CPU")
+    if device.type not in ("cpu", "cuda"):
+        raise KernelsUnavailable(f"kernels 'triton': no fused kernels for {device.type} tensors")
+    return True
+
+
+def _no_graph(*tensors) -> None:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError("the fused kernels (a StackBuffer) run without autograd: a reference "
+                           "run with gradients needs the tensor path (kernels 'torch')")
+
+
+def cell_step(cell, projected: Tensor, state, values, buffer, mask: Optional[Tensor], *,
+              next_state=None, stored_units: int = 0, precision: int = 32, tag: str = ""):
+    """`cell.step` on the buffer's path: returns (state, float views)."""
+    if not is_stack_buffer(buffer):
+        return cell.step(projected, state, values, buffer, mask, next_state=next_state,
+                         stored_units=stored_units, precision=precision, tag=tag)
+    from nmt.reversible import fused
+
+    _no_graph(projected, *values)
+    if next_state is not None:
+        raise ValueError("next_state: not supported by the fused kernels")
+    return fused.step(cell, projected, state, buffer.pushed_step(), mask, values=values,
+                      stored_units=stored_units, precision=precision, tag=tag)
+
+
+def cell_reverse(cell, projected: Tensor, state, buffer, mask: Optional[Tensor], *,
+                 restored: Optional[Tensor] = None, tape: Optional[list] = None):
+    """`cell.reverse` on the buffer's path (a tape in that path's format): the previous state."""
+    if not is_stack_buffer(buffer):
+        return cell.reverse(projected, state, buffer, mask, restored=restored, tape=tape)
+    from nmt.reversible import fused
+
+    return fused.reverse(cell, projected, state, buffer.popped_step(), mask, restored=restored,
+                         tape=tape)[0]
+
+
+def cell_tape(cell, projected: Tensor, before, after, *, fused_path: bool) -> list:
+    """`cell.recompute_tape` in the format of the path's `cell_backward`."""
+    if not fused_path:
+        return cell.recompute_tape(projected, before, after)
+    from nmt.reversible import fused
+
+    return fused.recompute_tape(cell, projected, before, after)
+
+
+def cell_backward(cell, tape: list, grads, mask: Optional[Tensor], *, fused_path: bool):
+    """`cell.backward_step` on the path: (state grads before the step, d projected, inputs)."""
+    if not fused_path:
+        return cell.backward_step(tape, grads, mask)
+    from nmt.reversible import fused
+
+    return fused.backward_step(cell, tape, grads, mask)
+
+
+def chunk_words(rnn, batch: int, steps: int) -> int:
+    """At most how many words `steps` steps of `rnn` push: one per element per forget."""
+    return steps * rnn.num_layers * rnn.state_parts * batch * rnn.half_size
