@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -37,6 +37,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, profile N more steps of each config with "
                              "torch.profiler and print the top operations by self time")
+    parser.add_argument("--count-launches", action="store_true",
+                        help="instead of timing, count one training step's device launches (aten "
+                             "compute ops + Triton kernels) per recurrent time step "
+                             "(nmt/bench/launches.py)")
+    parser.add_argument("--batch-sentences", type=int, metavar="N",
+                        help="batches of the first N training pairs each instead of the token "
+                             "budget's batches")
     parser.add_argument("--profile-rows", type=int, default=15, metavar="R",
                         help="operations listed per profiled config (default 15)")
 
@@ -50,6 +57,7 @@ class Contender:
     step: Callable[[int], None]
     tokens: List[int]  # non-padding target tokens per batch, by round index
     parameters: int
+    count: Optional[Callable[[int], dict]] = None  # launch counts of the step on batch `index`
     cuda_peak_bytes: int = 0
 
 
@@ -61,9 +69,15 @@ def run(args) -> int:
         torch.set_num_threads(positive(args.threads, "--threads"))
     device = bench_device(args.device)
     rounds = args.warmup + args.steps
-    contenders = [prepare(args.config, args.set, rounds=rounds, device=device, label="A")]
+    options = dict(rounds=rounds, device=device, sentences=args.batch_sentences)
+    contenders = [prepare(args.config, args.set, label="A", **options)]
     if args.vs:
-        contenders.append(prepare(args.vs, args.set, rounds=rounds, device=device, label="B"))
+        contenders.append(prepare(args.vs, args.set, label="B", **options))
+    if args.count_launches:
+        report = {"device": str(device), **{c.label: {"config": c.config, **c.count(0)}
+                                            for c in contenders}}
+        print(json.dumps(report) if args.json else json.dumps(report, indent=1))
+        return 0
 
     def at(contender: Contender) -> Callable[[int], None]:
         return lambda index: contender.step(index + args.warmup)
@@ -120,7 +134,7 @@ def profile_steps(contender: Contender, *, steps: int, first: int, device: torch
 
 
 def prepare(path: str, overrides: Sequence[str] = (), *, rounds: int, device: torch.device,
-            label: str) -> Contender:
+            label: str, sentences: Optional[int] = None) -> Contender:
     """Load config, tokenizer and the first `rounds` training batches; build model + optimizer."""
     from nmt.config import load_config
     from nmt.data.batching import collate_pairs, training_sampler
@@ -134,6 +148,9 @@ def prepare(path: str, overrides: Sequence[str] = (), *, rounds: int, device: to
     tokenizer, _ = prepare_tokenizer(config)
     corpus, sampler = training_sampler(config, tokenizer)
     chosen = sampler.batches_for_epoch(0)
+    if sentences is not None:  # the first pairs of the corpus, `sentences` per batch
+        count = positive(sentences, "--batch-sentences")
+        chosen = [[(i * count + j) % len(corpus.src) for j in range(count)] for i in range(rounds)]
     chosen = [chosen[i % len(chosen)] for i in range(rounds)]  # tiny data: wrap around
     batches = [collate_pairs(corpus, ids).to(device) for ids in chosen]
     seed_everything(config.train.seed)
@@ -153,9 +170,13 @@ def prepare(path: str, overrides: Sequence[str] = (), *, rounds: int, device: to
         optimizer.step()
         float(output.loss.detach())  # the trainer logs the loss every step (a device sync)
 
+    def count(index: int) -> dict:
+        from nmt.bench.launches import count_training_step
+        return count_training_step(model, batches[index], label_smoothing=train_cfg.label_smoothing)
+
     return Contender(label=label, config=path, step=step,
                      tokens=[batch.num_tgt_tokens for batch in batches],
-                     parameters=sum(p.numel() for p in model.parameters()))
+                     parameters=sum(p.numel() for p in model.parameters()), count=count)
 
 
 def summarize(contender: Contender, seconds: List[float], warmup: int) -> dict:

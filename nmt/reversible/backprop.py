@@ -6,7 +6,9 @@ last to first:
 
 1. it reverses the chunk's steps exactly (no grad), keeping the chunk's few exact states (the
    gate values are not kept: each step's tape is recomputed from its states just before that
-   step's gradient, so one step's tape lives at a time, not the chunk's);
+   step's gradient, so one step's tape lives at a time, not the chunk's; on the fused kernels'
+   path the reversal's own tapes are kept for the chunk instead, which saves recomputing every
+   gate: fewer launches per step for a chunk's tapes of memory, see step_kernels.py);
 2. it evaluates the chunk's readout (e.g. the decoder's attention, output layer and loss) and
    storage on the chunk's top states, as one leaf, by autograd: the readout is evaluated once,
    with gradient, while its chunk is reversed (the output layer's weight gradient and the
@@ -144,7 +146,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
     state = forward.kept.widened_final()
     for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.kept.reversal_initial(),
-                                    stored=stored, tapes=False, grad=True):
+                                    stored=stored, tapes=is_stack_buffer(plan.buffer), grad=True):
         start, stop, state = chunk.start, chunk.stop, chunk.states[0]
         # the chunk's readout and storage, by autograd, on its top states as one leaf
         tops = torch.stack([from_fixed(torch.cat(after[-1][:2], dim=-1))
@@ -228,8 +230,11 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
             top = grads[-1]
             top[0] = top[0] + top_grads[:, i, :first_half]
             top[1] = top[1] + top_grads[:, i, first_half:]
-        tape = rnn.recompute_tape(states[i], states[i + 1], projected[i],
-                                  layer_dropout=plan.layer_dropout, fused_path=fused_path)
+        tape = chunk.tapes[i] if chunk.tapes is not None else rnn.recompute_tape(
+            states[i], states[i + 1], projected[i], layer_dropout=plan.layer_dropout,
+            fused_path=fused_path)
+        if chunk.tapes is not None:
+            chunk.tapes[i] = None  # one step's tape less held from here on
         grads, d_projected = _backward_step(rnn, tape, grads, plan.step_mask(start + i),
                                             layer_dropout=plan.layer_dropout, fused_path=fused_path,
                                             weight_grads=weight_grads, bias_grads=bias_grads)
