@@ -140,6 +140,8 @@ BAD_VALUES = [
      "model.reversible.chunk_mib: chunk_steps 'auto' needs a positive byte budget"),
     ({"model": {"reversible": {"chunk_mib": 8}}},
      "model.reversible.chunk_mib: only used with chunk_steps 'auto'"),
+    ({"model": {"reversible": {"kernels": "cuda"}}},
+     "model.reversible.kernels: must be one of auto, triton, torch, got 'cuda'"),
 ]
 
 
