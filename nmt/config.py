@@ -88,7 +88,8 @@ class ReversibleConfig:
     chunk_mib: Optional[float] = None
     # each step's element-wise part: torch (tensor ops), triton (fused kernels: CUDA, or a CPU
     # under TRITON_INTERPRET=1), auto (triton on CUDA when importable, else torch)
-    kernels: str = "auto"
+    kernels: str = field(default="auto", metadata=choices(*KERNEL_CHOICES))
+    fused_activations: bool = False  # triton: the kernels apply sigmoid/tanh too (fewer launches)
 
 
 @dataclass
@@ -319,18 +320,8 @@ def chunk_setting(reversible: ReversibleConfig):
     return int(steps), None
 
 
-def kernel_setting(reversible: ReversibleConfig) -> str:
-    """model.reversible.kernels -> "auto", "triton" or "torch"; ConfigError if invalid."""
-    setting = str(reversible.kernels).strip().lower()
-    if setting not in KERNEL_CHOICES:
-        raise ConfigError(f"model.reversible.kernels: must be one of {', '.join(KERNEL_CHOICES)}, "
-                          f"got {reversible.kernels!r}")
-    return setting
-
-
 def _validate_reversible(reversible: ReversibleConfig) -> None:
     chunk_setting(reversible)
-    kernel_setting(reversible)
 
 
 def _validate_train(train: TrainConfig) -> None:

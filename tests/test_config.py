@@ -141,7 +141,7 @@ BAD_VALUES = [
     ({"model": {"reversible": {"chunk_mib": 8}}},
      "model.reversible.chunk_mib: only used with chunk_steps 'auto'"),
     ({"model": {"reversible": {"kernels": "cuda"}}},
-     "model.reversible.kernels: must be one of auto, triton, torch, got 'cuda'"),
+     "model.reversible.kernels: 'cuda' is not one of auto, triton, torch"),
 ]
 
 

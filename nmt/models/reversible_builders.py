@@ -1,7 +1,7 @@
 """Registers the reversible encoder and decoder (cells revgru, revlstm) with build_model."""
 from __future__ import annotations
 
-from nmt.config import REVERSIBLE_CELLS, ReversibleConfig, chunk_setting, kernel_setting
+from nmt.config import REVERSIBLE_CELLS, ReversibleConfig, chunk_setting
 from nmt.errors import ConfigError
 from nmt.models.build import register_decoder, register_encoder
 from nmt.models.decoders import Bridge
@@ -53,4 +53,5 @@ def _chunking(model_cfg) -> dict:
     """model.reversible -> the ReversibleRNN's chunk_steps / chunk_bytes / kernels keywords."""
     reversible = getattr(model_cfg, "reversible", None) or ReversibleConfig()
     steps, budget = chunk_setting(reversible)
-    return {"chunk_steps": steps, "chunk_bytes": budget, "kernels": kernel_setting(reversible)}
+    return {"chunk_steps": steps, "chunk_bytes": budget, "kernels": reversible.kernels,
+            "fused_activations": bool(reversible.fused_activations)}

@@ -224,7 +224,6 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
     first_projected = []
     start, states = chunk.start, chunk.states
     projected = chunk.projected.detach().unbind(1)
-    fused_path = is_stack_buffer(plan.buffer)  # the tapes and steps of the buffer's kernels
     for i in reversed(range(chunk.stop - start)):
         if top_grads is not None:
             top = grads[-1]
@@ -232,11 +231,11 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
             top[1] = top[1] + top_grads[:, i, first_half:]
         tape = chunk.tapes[i] if chunk.tapes is not None else rnn.recompute_tape(
             states[i], states[i + 1], projected[i], layer_dropout=plan.layer_dropout,
-            fused_path=fused_path)
+            buffer=plan.buffer)
         if chunk.tapes is not None:
             chunk.tapes[i] = None  # one step's tape less held from here on
         grads, d_projected = _backward_step(rnn, tape, grads, plan.step_mask(start + i),
-                                            layer_dropout=plan.layer_dropout, fused_path=fused_path,
+                                            layer_dropout=plan.layer_dropout, buffer=plan.buffer,
                                             weight_grads=weight_grads, bias_grads=bias_grads)
         first_projected.append(d_projected)
     return grads, torch.stack(first_projected[::-1], dim=1)
@@ -244,7 +243,7 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
 
 def _backward_step(rnn, tape: list, grads: List[List[Tensor]], mask: Optional[Tensor], *,
                    layer_dropout: Optional[Tensor], weight_grads: DeferredWeightGrads,
-                   bias_grads: list, fused_path: bool = False):
+                   bias_grads: list, buffer=None):
     """The gradient of one step of the stack, by hand, from its reversal's `tape`.
 
     grads: per layer, d loss / d each float half after the step. Returns the same before the
@@ -257,7 +256,7 @@ def _backward_step(rnn, tape: list, grads: List[List[Tensor]], mask: Optional[Te
         for layer, layer_input, cell_tape in tape:  # top layer first
             cell = rnn.cells[layer]
             grads[layer], d_projected, inputs = cell_backward(cell, cell_tape, grads[layer], mask,
-                                                              fused_path=fused_path)
+                                                              buffer=buffer)
             pieces = cell.split_projection(d_projected)
             for linear, piece, own_input in zip(cell.input_layers(), pieces, inputs):
                 if layer == 0:  # x columns: by autograd, through the chunk's projection

@@ -208,10 +208,11 @@ def reverse(cell: ReversibleCell, projected: Tensor, state: State, stack: WordSt
         activate=activate))
 
 
-def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after: State) -> list:
-    """The tape `reverse(..., tape=[])` records for the step from `before` to `after` (exact
-    states), recomputed without the stack: the same gate functions of the same float views, so
-    the same tensors bit for bit (as `ReversibleCell.recompute_tape`, in this path's format)."""
+def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after: State, *,
+                   activate: bool = False) -> list:
+    """The tape `reverse(..., tape=[], activate=activate)` records for the step from `before` to
+    `after` (exact states), recomputed without the stack: the same gate functions of the same
+    float views, so the same tensors bit for bit (as `ReversibleCell.recompute_tape`)."""
     pieces = cell.split_projection(projected)
     gru = isinstance(cell, RevGRUCell)
     tape = []
@@ -220,12 +221,14 @@ def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after
             other = from_fixed(after[0] if half == 1 else before[1])
             previous = from_fixed(before[half])
             if gru:
-                tape.append((half, other, previous, *_gru_gates(cell, half, pieces, other, False)))
+                tape.append((half, other, previous,
+                             *_gru_gates(cell, half, pieces, other, activate)))
             else:
                 c = 2 + half
+                cell_after = from_fixed(after[c])  # activate: the kernels take c' itself
                 tape.append((half, other, previous, from_fixed(before[c]),
-                             torch.tanh(from_fixed(after[c])),
-                             _lstm_gates(cell, half, pieces, other, False)))
+                             cell_after if activate else torch.tanh(cell_after),
+                             _lstm_gates(cell, half, pieces, other, activate)))
     return tape
 
 

@@ -58,16 +58,17 @@ class ReversibleRNN(StateLayout, nn.Module):
             over a chunk; reversible backward holds one chunk's graph at a time), or "auto":
             per run, the largest chunk whose estimated tape and readout fit `chunk_bytes`
             (`auto_chunk_steps`).
-        kernels: "auto", "triton" or "torch": what runs each step's element-wise part
-            (step_kernels.py; the buffers `new_buffer` makes follow it).
+        kernels: "auto", "triton" or "torch": what runs each step's element-wise part, and
+            fused_activations: the fused kernels apply sigmoid / tanh (step_kernels.py).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None,
                  chunk_steps: Union[int, str] = DEFAULT_CHUNK_STEPS,
-                 chunk_bytes: Optional[int] = None, kernels: str = "auto"):
+                 chunk_bytes: Optional[int] = None, kernels: str = "auto",
+                 fused_activations: bool = False):
         super().__init__()
-        self.kernels = check_kernels(kernels)
+        self.kernels, self.fused_activations = check_kernels(kernels), fused_activations
         if chunk_steps == "auto":
             if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
                 raise ValueError(f"chunk_steps 'auto' needs a positive chunk_bytes, "
@@ -112,7 +113,7 @@ class ReversibleRNN(StateLayout, nn.Module):
         """A buffer of shape (batch, ceil(H/2)) for both halves, h and c, and every layer: a
         StackBuffer where words are kept and `kernels` selects the fused kernels."""
         return make_buffer((batch, self.half_size), device=device, keep_words=keep_words,
-                           device_offsets=device_offsets,
+                           device_offsets=device_offsets, activate=self.fused_activations,
                            fused=keep_words and use_triton(self.kernels, device))
 
     # -- one step of the whole stack ------------------------------------------------------------
@@ -197,11 +198,11 @@ class ReversibleRNN(StateLayout, nn.Module):
         return previous
 
     def recompute_tape(self, before: List[State], after: List[State], projected: Tensor, *,
-                       layer_dropout: Optional[Tensor] = None, fused_path: bool = False) -> list:
+                       layer_dropout: Optional[Tensor] = None, buffer=None) -> list:
         """The tape `reverse_step(..., tape=[])` records for the step from `before` to `after`
         (exact states per layer; projected: the first layer's projected input of the step),
-        recomputed without the buffer: the same values bit for bit (`fused_path`: in the fused
-        kernels' format, see step_kernels.py)."""
+        recomputed without the buffer: the same values bit for bit (in the format of `buffer`'s
+        kernels, see step_kernels.py; its words are not read)."""
         tape = []
         with torch.no_grad():
             below = [from_fixed(torch.cat(after[layer][:2], dim=-1))
@@ -213,7 +214,7 @@ class ReversibleRNN(StateLayout, nn.Module):
                 layer_projected = cell.project_input(below[layer - 1]) if layer > 0 else projected
                 tape.append((layer, below[layer - 1] if layer > 0 else None,
                              cell_tape(cell, layer_projected, before[layer], after[layer],
-                                       fused_path=fused_path)))
+                                       buffer=buffer)))
         return tape
 
     # -- the time loop: one forward iterator, one reverse iterator --------------------------------

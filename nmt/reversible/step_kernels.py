@@ -3,6 +3,9 @@
 - "torch": the tensor path (cells.py, gated.py, buffer.py; the C loops of native.py on a CPU).
 - "triton": the fused Triton kernels (fused.py, triton_kernels.py) with the buffer in a device-side
   word stack (stack_buffer.py). On CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (tests).
+  With `fused_activations` (the StackBuffer's `activate`) the kernels also apply sigmoid and tanh
+  (their own formula, the same in forward, reverse and backward: reversal stays exact, but values
+  are no longer the tensor path's bit for bit) and fewer ops run per step.
 - "auto": "triton" on CUDA tensors when Triton is importable, else "torch".
 
 The choice is made when a run's buffer is made (`make_buffer`: a StackBuffer for the fused path)
@@ -75,7 +78,8 @@ def cell_step(cell, projected: Tensor, state, values, buffer, mask: Optional[Ten
     if next_state is not None:
         raise ValueError("next_state: not supported by the fused kernels")
     return fused.step(cell, projected, state, buffer.pushed_step(), mask, values=values,
-                      stored_units=stored_units, precision=precision, tag=tag)
+                      stored_units=stored_units, precision=precision, activate=buffer.activate,
+                      tag=tag)
 
 
 def cell_reverse(cell, projected: Tensor, state, buffer, mask: Optional[Tensor], *,
@@ -86,25 +90,26 @@ def cell_reverse(cell, projected: Tensor, state, buffer, mask: Optional[Tensor],
     from nmt.reversible import fused
 
     return fused.reverse(cell, projected, state, buffer.popped_step(), mask, restored=restored,
-                         tape=tape)[0]
+                         tape=tape, activate=buffer.activate)[0]
 
 
-def cell_tape(cell, projected: Tensor, before, after, *, fused_path: bool) -> list:
-    """`cell.recompute_tape` in the format of the path's `cell_backward`."""
-    if not fused_path:
+def cell_tape(cell, projected: Tensor, before, after, *, buffer=None) -> list:
+    """`cell.recompute_tape` in the format of the `cell_backward` of `buffer`'s path."""
+    if not is_stack_buffer(buffer):
         return cell.recompute_tape(projected, before, after)
     from nmt.reversible import fused
 
-    return fused.recompute_tape(cell, projected, before, after)
+    return fused.recompute_tape(cell, projected, before, after, activate=buffer.activate)
 
 
-def cell_backward(cell, tape: list, grads, mask: Optional[Tensor], *, fused_path: bool):
-    """`cell.backward_step` on the path: (state grads before the step, d projected, inputs)."""
-    if not fused_path:
+def cell_backward(cell, tape: list, grads, mask: Optional[Tensor], *, buffer=None):
+    """`cell.backward_step` on `buffer`'s path: (state grads before the step, d projected, the
+    inputs of the recurrent products), from a tape of that path."""
+    if not is_stack_buffer(buffer):
         return cell.backward_step(tape, grads, mask)
     from nmt.reversible import fused
 
-    return fused.backward_step(cell, tape, grads, mask)
+    return fused.backward_step(cell, tape, grads, mask, activate=buffer.activate)
 
 
 def chunk_words(rnn, batch: int, steps: int) -> int:

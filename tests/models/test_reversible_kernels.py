@@ -35,7 +35,7 @@ CASES = [("revgru", 3, 1, "emb+slice"), ("revgru", 1, 2, "emb+proj"),
          ("revlstm", 2, 1, "emb+slice"), ("revlstm", 5, 2, "emb")]
 
 
-def _model(cell, k, layers, context, kernels):
+def _model(cell, k, layers, context, kernels, activate=False):
     torch.manual_seed(0)
     cfg = tiny_model_config(
         embedding_dim=12, dropout=0.2, init_uniform=0.3,
@@ -45,7 +45,8 @@ def _model(cell, k, layers, context, kernels):
                  "max_forget_bits": k},
         attention={"context": context, "size": 4 if context != "emb" else None,
                    "precision": 16},
-        reversible=ReversibleConfig(chunk_steps="3", kernels=kernels))
+        reversible=ReversibleConfig(chunk_steps="3", kernels=kernels,
+                                    fused_activations=activate))
     model = build_model(cfg, 23, 23)
     model.train()
     return model
@@ -76,6 +77,30 @@ def test_fused_training_step_matches_tensor_path(cell, k, layers, context, make_
         if ours.grad is not None:
             torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert buffers[0].is_initial() and buffers[0].pushed_words() > 0
+
+
+@pytest.mark.parametrize("cell,k,layers,context", CASES[:3])
+def test_fused_activations_reverse_exactly_with_close_gradients(cell, k, layers, context,
+                                                                make_batch):
+    """With the activations in the kernels (their own sigmoid / tanh: numpy's exp under the
+    interpreter), forward and reverse still agree: the run reverses exactly (backward's end check
+    passes, the buffer is back at its start) and loss and gradients match the tensor path's to
+    float tolerance (losses to 1e-5; gradients to 1e-3 of their largest entry, see below)."""
+    batch = make_batch(src_lengths=[6, 4, 2], tgt_lengths=[5, 7, 3], seed=2)
+    expected = _training_step(torch_model := _model(cell, k, layers, context, "torch"), batch)
+    fused_model = _model(cell, k, layers, context, "triton", activate=True)
+    buffers = []
+    original = fused_model.encoder.new_buffer
+    fused_model.encoder.new_buffer = lambda *a: buffers.append(original(*a)) or buffers[-1]
+    got = _training_step(fused_model, batch)
+    assert buffers[0].activate and buffers[0].is_initial()
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    for (name, ours), theirs in zip(fused_model.named_parameters(), torch_model.parameters()):
+        if ours.grad is not None:  # relative to the gradient's scale: a last-bit difference of
+            # a sigmoid can move a quantised gate numerator by one (2**-10 of the gate) or flip a
+            # 16-bit stored unit's rounding, which moves nearby gradient entries by ~1e-3
+            scale = float(theirs.grad.abs().max())
+            assert float((ours.grad - theirs.grad).abs().max()) <= 1e-3 * scale + 1e-6, name
 
 
 def test_no_host_synchronisation_inside_a_chunk(make_batch, monkeypatch):
@@ -115,9 +140,9 @@ def test_the_detector_sees_a_sync(monkeypatch):
 
 
 def test_kernels_setting_is_checked(make_batch, monkeypatch):
+    from nmt.config import config_from_dict
     with pytest.raises(ConfigError, match="model.reversible.kernels"):
-        from nmt.config import kernel_setting
-        kernel_setting(ReversibleConfig(kernels="cuda"))
+        config_from_dict({"model": {"reversible": {"kernels": "cuda"}}})
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # forced triton on a CPU without the interpreter
     model = _model("revgru", 3, 1, "emb+slice", "triton")
     with pytest.raises(ConfigError, match="model.reversible.kernels: .*TRITON_INTERPRET"):
