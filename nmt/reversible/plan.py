@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from nmt.reversible.accounting import MemoryAccount
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.cells import State, Values
+from nmt.reversible.fixed_point import to_fixed
 from nmt.reversible.readout import PendingTotal
 
 DEFAULT_CHUNK_STEPS = 16
@@ -187,3 +188,22 @@ def unique_trainable(tensors: List[Tensor]) -> List[Tensor]:
             seen.add(id(tensor))
             out.append(tensor)
     return out
+
+
+def stored_slices(units: int, start: int, stop: int, stored: Optional[Tensor]) -> Optional[Tensor]:
+    """The exact slice units (`units` of the top h1, 0: none) stored after steps
+    max(start - 1, 0) .. stop - 2 of storage (batch, T, units): one conversion per chunk."""
+    if not units or stop == 1:
+        return None
+    return to_fixed(stored[:, max(start - 1, 0): stop - 1].float())
+
+
+def restored_slice(units: int, t: int, start: int, kept: Optional[Tensor],
+                   initial_state) -> Optional[Tensor]:
+    """The exact slice units of the top h1 before step t of a chunk from `start` (`kept`: its
+    `stored_slices`; step 0: the initial state's)."""
+    if not units:
+        return None
+    if t == 0:
+        return initial_state[-1][0][:, :units]
+    return kept[:, t - 1 - max(start - 1, 0)]

@@ -35,7 +35,8 @@ from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.layout import StateLayout
 from nmt.reversible.plan import (DEFAULT_CHUNK_STEPS, InitialState, MemoryMode, Plan,
                                  ReversedChunk, SequenceOutput, StepInputs, StepResult,
-                                 auto_chunk_steps, unique_trainable)
+                                 auto_chunk_steps, restored_slice, stored_slices,
+                                 unique_trainable)
 from nmt.reversible.readout import read_chunk
 from nmt.reversible.step_kernels import (cell_reverse, cell_step, cell_tape, check_kernels,
                                          chunk_words, is_stack_buffer, make_buffer, use_triton)
@@ -143,7 +144,8 @@ class ReversibleRNN(StateLayout, nn.Module):
                 precision=self.storage.precision if self.storage is not None else 32, tag=tag)
             new_state.append(exact)
             new_values.append(floats)
-            layer_input = torch.cat(floats[:2], dim=-1)
+            if not top:
+                layer_input = torch.cat(floats[:2], dim=-1)
         return new_state, new_values, self.stored_value(new_values[-1], mask)
 
     def stored_value(self, top_values: Values, mask: Optional[Tensor]) -> Optional[Tensor]:
@@ -262,12 +264,14 @@ class ReversibleRNN(StateLayout, nn.Module):
             states, chunk_tapes = [state], []
             with torch.no_grad():
                 steps = projected.detach().unbind(1)
+                kept = stored_slices(self.stored_slice, start, stop, stored)
                 for t in reversed(range(start, stop)):
                     tape = [] if tapes else None
                     try:
                         state = self.reverse_step(
                             None, state, plan.buffer, plan.step_mask(t),
-                            restored=self._restored_slice(t, stored, initial_state),
+                            restored=restored_slice(self.stored_slice, t, start, kept,
+                                                    initial_state),
                             layer_dropout=plan.layer_dropout, projected=steps[t - start], tape=tape)
                     except RuntimeError as error:  # e.g. more words popped than pushed
                         failure = ReversalError(f"reversing {plan.tag or 'the run'} failed at "
@@ -278,16 +282,6 @@ class ReversibleRNN(StateLayout, nn.Module):
                     chunk_tapes.append(tape)
             yield ReversedChunk(start, stop, states[::-1], chunk_tapes[::-1] if tapes else None,
                                 projected, x_leaf, x)
-
-    def _restored_slice(self, t: int, stored: Optional[Tensor],
-                        initial_state: List[State]) -> Optional[Tensor]:
-        """The exact stored units of the top h1 before step t (from storage, or the initial state)."""
-        units = self.stored_slice
-        if not units:
-            return None
-        if t == 0:
-            return initial_state[-1][0][:, :units]
-        return to_fixed(stored[:, t - 1].float())
 
     # -- whole sequences ------------------------------------------------------------------------
 

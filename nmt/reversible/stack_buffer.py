@@ -37,6 +37,9 @@ class StackBuffer:
                                word_bits=word_bits)
         self._steps = 0  # cell steps pushed and not yet undone
         self.activate = activate  # the kernels apply sigmoid / tanh themselves (fused.py)
+        # the float views the kernels returned with each state a reverse step restored, by the
+        # id of its first part: the next reverse step of that state reads them (no conversion)
+        self.views: dict = {}
 
     @property
     def head(self) -> Tensor:

@@ -89,8 +89,15 @@ def cell_reverse(cell, projected: Tensor, state, buffer, mask: Optional[Tensor],
         return cell.reverse(projected, state, buffer, mask, restored=restored, tape=tape)
     from nmt.reversible import fused
 
-    return fused.reverse(cell, projected, state, buffer.popped_step(), mask, restored=restored,
-                         tape=tape, activate=buffer.activate)[0]
+    views = buffer.views.pop(id(state[0]), None)  # this state's float views, if a reverse step
+    known = views is not None and all(a is b for a, b in zip(views[0], state))  # returned them
+    if len(buffer.views) > 64:  # left over from abandoned reversals
+        buffer.views.clear()
+    exact, floats = fused.reverse(cell, projected, state, buffer.popped_step(), mask,
+                                  values=views[1] if known else None, restored=restored,
+                                  tape=tape, activate=buffer.activate)
+    buffer.views[id(exact[0])] = (exact, floats)
+    return exact
 
 
 def cell_tape(cell, projected: Tensor, before, after, *, buffer=None) -> list:
