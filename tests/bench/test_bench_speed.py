@@ -116,3 +116,33 @@ def test_set_overrides_both_configs(configs, capsys):
     assert report["A"]["parameters"] == report["B"]["parameters"]
     bad = nmt("bench", "speed", "--config", str(gru), "--set", "model.hiden=3")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "(--set model.hiden)" in bad.stderr
+
+
+def test_count_launches_per_time_step_on_both_kernel_paths(configs, tmp_path, capsys):
+    """--count-launches: aten compute ops + Triton launches of one forward + backward, divided by
+    the batch's padded source + target lengths; the fused path (under the interpreter) has fewer."""
+    pytest.importorskip("triton")
+    from nmt.reversible import triton_kernels
+
+    _, _, values = configs
+    rev = json.loads(json.dumps(values))
+    rev["model"]["encoder"].update(cell="revgru", bidirectional=False)
+    rev["model"]["decoder"].update(cell="revgru", input_feeding=False)
+    rev["model"]["attention"] = {"context": "emb+slice", "size": 2, "precision": 32}
+    path = write_config(tmp_path, rev, "rev.yaml")
+    reports = {}
+    for kernels in ("torch", "triton") if triton_kernels.interpreting() else ("torch",):
+        report = bench(capsys, "--config", str(path), "--set", f"model.reversible.kernels={kernels}",
+                       "--steps", "1", "--count-launches", "--batch-sentences", "3",
+                       "--device", "cpu", "--json")
+        figures = reports[kernels] = report["A"]
+        assert figures["fused"] == (kernels == "triton")
+        assert figures["batch_sentences"] == 3
+        assert figures["time_steps"] == figures["src_steps"] + figures["tgt_steps"]
+        phases = figures["phases"]
+        total = sum(p["aten_compute"] + p["triton_launches"] for p in phases.values())
+        assert figures["launches_per_time_step"] == pytest.approx(total / figures["time_steps"])
+        assert (phases["backward"]["triton_launches"] > 0) == (kernels == "triton")
+    if "triton" in reports:
+        assert (reports["triton"]["launches_per_time_step"]
+                < reports["torch"]["launches_per_time_step"])
