@@ -151,3 +151,12 @@ def test_kernels_setting_is_checked(make_batch, monkeypatch):
     assert auto.encoder.rnn.kernels == "auto"
     assert not isinstance(auto.encoder.new_buffer(2, torch.device("cpu")), StackBuffer)
     assert os.environ["TRITON_INTERPRET"] == "0"
+
+
+def test_forced_triton_without_triton_is_a_config_error(make_batch, monkeypatch):
+    monkeypatch.setattr(triton_kernels, "triton", None)  # as if Triton were not installed
+    model = _model("revgru", 3, 1, "emb+slice", "triton")
+    with pytest.raises(ConfigError, match="model.reversible.kernels: .*Triton is not importable"):
+        _training_step(model, make_batch(src_lengths=[3], tgt_lengths=[3]))
+    auto = _model("revgru", 3, 1, "emb+slice", "auto")  # auto falls back to the tensor path
+    _training_step(auto, make_batch(src_lengths=[3], tgt_lengths=[3]))
