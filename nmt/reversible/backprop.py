@@ -149,8 +149,8 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                                     stored=stored, tapes=is_stack_buffer(plan.buffer), grad=True):
         start, stop, state = chunk.start, chunk.stop, chunk.states[0]
         # the chunk's readout and storage, by autograd, on its top states as one leaf
-        tops = from_fixed(torch.stack([torch.cat(after[-1][:2], dim=-1)  # one conversion
-                                       for after in chunk.states[1:]], dim=1)).requires_grad_()
+        tops = from_fixed(torch.cat([torch.stack([after[-1][half] for after in chunk.states[1:]],
+                                                 dim=1) for half in (0, 1)], dim=-1)).requires_grad_()
         outputs, out_grads = [], []
         with torch.enable_grad():
             if storing:
