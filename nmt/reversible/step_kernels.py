@@ -41,13 +41,13 @@ def check_kernels(setting: str) -> str:
 def use_triton(setting: str, device=None) -> bool:
     """Whether runs on `device` take the fused kernels under `setting` (raises
     KernelsUnavailable when "triton" cannot run there)."""
+    device = torch.device(device if device is not None else "cpu")
+    if check_kernels(setting) == "torch" or (setting == "auto" and device.type != "cuda"):
+        return False  # (without importing Triton)
     from nmt.reversible import triton_kernels
 
-    device = torch.device(device if device is not None else "cpu")
-    if check_kernels(setting) == "torch":
-        return False
     if setting == "auto":
-        return device.type == "cuda" and triton_kernels.available()
+        return triton_kernels.available()
     if not triton_kernels.available():
         raise KernelsUnavailable("kernels 'triton': Triton is not importable here "
                                  "(install triton, or use kernels 'auto' or 'torch')")

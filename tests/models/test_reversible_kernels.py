@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not triton_kernels.interpreting(),
                                 reason="kernels 'triton' on CPU tensors needs TRITON_INTERPRET=1")
 
 CASES = [("revgru", 3, 1, "emb+slice"), ("revgru", 1, 2, "emb+proj"),
-         ("revlstm", 2, 1, "emb+slice"), ("revlstm", 5, 2, "emb")]
+         ("revlstm", 2, 1, "emb+slice"), ("revlstm", 5, 2, "emb"), ("revgru", None, 1, "emb+slice")]
 
 
 def _model(cell, k, layers, context, kernels, activate=False):
