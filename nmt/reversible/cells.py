@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from nmt.reversible import native_steps
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.fixed_point import check_max_forget_bits, forget_gate, from_fixed
 from nmt.reversible.gated import (  # noqa: F401 (round_to_storage, STORAGE_PRECISIONS: re-exported)
@@ -354,6 +355,13 @@ class RevLSTMCell(ReversibleCell):
         with torch.no_grad():
             for half, other, previous, previous_cell, tanh_cell, g in tape:  # half 2 first
                 c = 2 + half
+                fused = native_steps.lstm_backward(d[half], d[c], mask, previous, previous_cell,
+                                                   tanh_cell, g)  # the same values, in one pass
+                if fused is not None:
+                    d[half], d[c], d_gates = fused
+                    d[1 - half] = d[1 - half] + d_gates.mm(self.hidden_weight(self.gates[half]))
+                    pieces[half], inputs[half] = d_gates, other
+                    continue
                 grad_h = d[half]
                 live_h = on_real(real, grad_h, 0.0)
                 d[half] = on_real(real, grad_h * g.p_q, grad_h)

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from nmt.reversible import native_steps
+
 HIDDEN_RADIX = 23  # fractional bits of the fixed-point state
 FORGET_RADIX = 10  # forget gates are multiples of 2**-FORGET_RADIX
 WORD_BITS = 16  # width of the words the information buffer spills
@@ -90,6 +92,10 @@ def forget_gate(logits: Tensor, max_forget_bits: Optional[int],
     scale = float(2**forget_radix)
     floor = n_min / scale
     sigmoid = torch.sigmoid(logits)
+    fused = native_steps.quantize(sigmoid, n_min=n_min, forget_radix=forget_radix,
+                                  with_slope=with_slope)  # the same values in one C pass
+    if fused is not None:
+        return fused if with_slope else fused[:2]
     z = (1.0 - floor) * sigmoid + floor
     numerator = torch.round(z.detach() * scale).clamp_(n_min, 2**forget_radix)  # whole floats
     n = numerator.to(torch.int64)
