@@ -271,3 +271,9 @@ void revnmt_lstm_backward(int64_t rows, int64_t cols, const uint8_t *restrict re
         }
     }
 }
+
+/* fixed_point.from_fixed: the float32 value h / 2**23 of `count` contiguous int64 (the int64 is
+ * rounded to float32, then scaled by an exact power of two, as the tensor code's product). */
+void revnmt_from_fixed(const int64_t *restrict h, int64_t count, float *restrict out) {
+    for (int64_t k = 0; k < count; k++) out[k] = (float)h[k] * (1.0f / HIDDEN_SCALE);
+}

@@ -73,7 +73,8 @@ class ReversibleCell(nn.Module):
 
     def split_projection(self, projected: Tensor) -> Tuple[Tensor, ...]:
         """(batch, P) -> one piece per Linear of `input_layers`."""
-        return projected.split([layer.out_features for layer in self.input_layers()], dim=-1)
+        return projected.split_with_sizes([layer.out_features for layer in self.input_layers()],
+                                          dim=-1)  # (split_with_sizes: no Python wrapper)
 
     def own_product(self, layer: nn.Linear, projected: Tensor, other: Tensor) -> Tensor:
         """Pre-activation of `layer`: its projected x share plus W_h @ other (one fused product)."""
@@ -211,7 +212,7 @@ class RevGRUCell(ReversibleCell):
         own = self.half_sizes[half]
         with float32_math(other.device):
             logits = self.own_product(self.gates[half], projected[2 * half], other)
-            forget, reset = logits.split([own, logits.shape[1] - own], dim=-1)  # split: its
+            forget, reset = logits.split_with_sizes([own, logits.shape[1] - own], -1)  # its
             gate = forget_gate(forget, self.max_forget_bits,  # backward is one cat, not two fills
                                with_slope=with_slope)
             reset = torch.sigmoid(reset)
@@ -301,7 +302,7 @@ class RevLSTMCell(ReversibleCell):
         own = self.half_sizes[half]
         with float32_math(other.device):
             gates = self.own_product(self.gates[half], projected[half], other)
-            forget, inp, out, keep, cand = gates.split(own, -1)
+            forget, inp, out, keep, cand = gates.split_with_sizes([own] * 5, -1)
             f = forget_gate(forget, self.max_forget_bits, with_slope=with_slope)
             p = forget_gate(keep, self.max_forget_bits, with_slope=with_slope)
             inp, cand = torch.sigmoid(inp), torch.tanh(cand)

@@ -59,6 +59,9 @@ class Kernels:
         self.lstm_backward = library.revnmt_lstm_backward
         self.lstm_backward.restype = None
         self.lstm_backward.argtypes = [int64, int64, *[pointer] * 16]
+        self.from_fixed = library.revnmt_from_fixed
+        self.from_fixed.restype = None
+        self.from_fixed.argtypes = [pointer, int64, pointer]
         self.gated_unforget = library.revnmt_gated_unforget
         self.gated_unforget.restype = int64
         self.gated_unforget.argtypes = [pointer, pointer, pointer, pointer, int64, pointer, int64,

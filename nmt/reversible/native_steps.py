@@ -29,7 +29,22 @@ _NULL = None  # a NULL pointer for ctypes
 
 def _plain(*tensors: Tensor) -> bool:
     """CPU tensors outside any gradient graph."""
-    return all(t.device.type == "cpu" and not t.requires_grad for t in tensors)
+    for t in tensors:
+        if t.requires_grad or not t.is_cpu:
+            return False
+    return True
+
+
+def from_fixed(h: Tensor) -> Optional[Tensor]:
+    """fixed_point.from_fixed of a contiguous CPU int64 tensor, or None (tensor code)."""
+    if h.dtype != torch.int64 or not h.is_cpu or not h.is_contiguous():
+        return None
+    library = kernels()
+    if library is None:
+        return None
+    out = torch.empty(h.shape, dtype=torch.float32)
+    library.from_fixed(h.data_ptr(), h.numel(), out.data_ptr())
+    return out
 
 
 def quantize(sigmoid: Tensor, *, n_min: int, forget_radix: int,

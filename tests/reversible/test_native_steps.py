@@ -112,3 +112,16 @@ def test_a_reversible_run_is_bit_identical_with_and_without_fused_steps(cell, te
         reference = run()
     for a, b in zip(fused, reference):
         assert torch.equal(a, b)
+
+
+def test_from_fixed_matches_the_tensor_code(tensor_code):
+    generator = torch.Generator().manual_seed(9)
+    h = torch.cat([torch.randint(-2**40, 2**40, (300,), generator=generator),
+                   torch.randint(-2**25, 2**25, (300,), generator=generator),
+                   torch.tensor([0, 1, -1, 2**24 + 1, -(2**24 + 1), 2**53 + 1, -2**62, 3])])
+    for x in (h, h.view(-1, 8), h.view(-1, 8)[:, 2:]):  # the last: tensor code (not contiguous)
+        fast = from_fixed(x)
+        with tensor_code:
+            reference = from_fixed(x)
+        assert fast.dtype == reference.dtype == torch.float32 and torch.equal(fast, reference)
+    assert native_steps.from_fixed(h) is not None
