@@ -277,3 +277,43 @@ void revnmt_lstm_backward(int64_t rows, int64_t cols, const uint8_t *restrict re
 void revnmt_from_fixed(const int64_t *restrict h, int64_t count, float *restrict out) {
     for (int64_t k = 0; k < count; k++) out[k] = (float)h[k] * (1.0f / HIDDEN_SCALE);
 }
+
+/* RevGRUCell.backward_step for one half, up to its first product (rows x own, contiguous; real:
+ * one byte per row or NULL): d_h (the gradient before the step), d_candidate, and d_logits'
+ * first own columns (its rows are own + other_cols wide). */
+void revnmt_gru_backward_a(int64_t rows, int64_t own, int64_t other_cols,
+                           const uint8_t *restrict real, const float *restrict grad,
+                           const float *restrict z_q, const float *restrict cand,
+                           const float *restrict previous, const float *restrict slope,
+                           float *restrict d_h, float *restrict d_candidate,
+                           float *restrict d_logits) {
+    for (int64_t i = 0; i < rows; i++) {
+        int live = real ? real[i] != 0 : 1;
+        float *dl = d_logits + i * (own + other_cols);
+        for (int64_t j = 0; j < own; j++) {
+            int64_t k = i * own + j;
+            float g = grad[k], live_g = live ? g : 0.0f, z = z_q[k], c = cand[k];
+            d_h[k] = live ? g * z : g;
+            d_candidate[k] = (live_g * (1.0f - z)) * (1.0f - c * c);
+            dl[j] = (live_g * (previous[k] - c)) * slope[k];
+        }
+    }
+}
+
+/* The rest, given d_reset_other = d_candidate @ W (rows x other_cols, as other, reset, d_other):
+ * d_logits' last other_cols columns, and partial = d_other + d_reset_other reset (to which the
+ * caller adds d_logits @ W_gates). */
+void revnmt_gru_backward_b(int64_t rows, int64_t own, int64_t other_cols,
+                           const float *restrict d_reset_other, const float *restrict other,
+                           const float *restrict reset, const float *restrict d_other,
+                           float *restrict d_logits, float *restrict partial) {
+    for (int64_t i = 0; i < rows; i++) {
+        float *dl = d_logits + i * (own + other_cols) + own;
+        for (int64_t j = 0; j < other_cols; j++) {
+            int64_t k = i * other_cols + j;
+            float dro = d_reset_other[k], r = reset[k];
+            dl[j] = ((dro * other[k]) * r) * (1.0f - r);
+            partial[k] = d_other[k] + dro * r;
+        }
+    }
+}

@@ -62,6 +62,12 @@ class Kernels:
         self.from_fixed = library.revnmt_from_fixed
         self.from_fixed.restype = None
         self.from_fixed.argtypes = [pointer, int64, pointer]
+        self.gru_backward_a = library.revnmt_gru_backward_a
+        self.gru_backward_a.restype = None
+        self.gru_backward_a.argtypes = [int64, int64, int64, *[pointer] * 9]
+        self.gru_backward_b = library.revnmt_gru_backward_b
+        self.gru_backward_b.restype = None
+        self.gru_backward_b.argtypes = [int64, int64, int64, *[pointer] * 6]
         self.gated_unforget = library.revnmt_gated_unforget
         self.gated_unforget.restype = int64
         self.gated_unforget.argtypes = [pointer, pointer, pointer, pointer, int64, pointer, int64,

@@ -165,3 +165,39 @@ def lstm_backward(grad_h: Tensor, grad_c: Tensor, mask: Optional[Tensor], previo
     library.lstm_backward(rows, cols, real_ptr, *[t.data_ptr() for t in floats], d_h.data_ptr(),
                           d_c.data_ptr(), d_gates.data_ptr())
     return d_h, d_c, d_gates
+
+
+def _floats(shape, *tensors: Optional[Tensor]) -> bool:
+    """float32 CPU tensors of `shape` outside any gradient graph."""
+    for t in tensors:
+        if t is None or t.shape != shape or t.dtype != torch.float32:
+            return False
+    return _plain(*tensors)
+
+
+def gru_backward(grad: Tensor, mask: Optional[Tensor], gates, previous: Tensor, other: Tensor,
+                 d_other: Tensor, candidate_weight: Tensor, gate_weight: Tensor
+                 ) -> Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """RevGRUCell.backward_step for one half: (d h_i, d h_j, d_logits, d_candidate), the products
+    by W_h (`candidate_weight`, `gate_weight`) in torch as the tensor code does them; or None."""
+    library = kernels()
+    if (library is None or grad.dim() != 2 or other.dim() != 2
+            or not _floats(grad.shape, grad, gates.z_q, gates.candidate, previous, gates.slope)
+            or not _floats(other.shape, other, gates.reset, d_other)):
+        return None
+    grad, z_q, candidate, previous, slope = (t.contiguous() for t in (
+        grad, gates.z_q, gates.candidate, previous, gates.slope))
+    (rows, own), other_cols = grad.shape, other.shape[1]
+    real, real_ptr = _rows(mask, rows)
+    d_h, d_candidate = torch.empty_like(grad), torch.empty_like(grad)
+    d_logits = torch.empty(rows, own + other_cols)
+    library.gru_backward_a(rows, own, other_cols, real_ptr, grad.data_ptr(), z_q.data_ptr(),
+                           candidate.data_ptr(), previous.data_ptr(), slope.data_ptr(),
+                           d_h.data_ptr(), d_candidate.data_ptr(), d_logits.data_ptr())
+    d_reset_other = d_candidate.mm(candidate_weight).contiguous()
+    other, reset, d_other = other.contiguous(), gates.reset.contiguous(), d_other.contiguous()
+    partial = torch.empty_like(d_other)
+    library.gru_backward_b(rows, own, other_cols, d_reset_other.data_ptr(), other.data_ptr(),
+                           reset.data_ptr(), d_other.data_ptr(), d_logits.data_ptr(),
+                           partial.data_ptr())
+    return d_h, partial + d_logits.mm(gate_weight), d_logits, d_candidate
