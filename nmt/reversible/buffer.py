@@ -105,11 +105,7 @@ class InformationBuffer:
 
     def unforget(self, h: Tensor, n: Tensor) -> Tensor:
         """The exact inverse of `forget` (pops the words the matching forward step pushed)."""
-        if not self.keep_words:
-            raise RuntimeError("this buffer dropped its words (keep_words=False); it cannot reverse")
-        if self._steps == 0:
-            raise RuntimeError("information buffer is empty: more reverse steps than forward steps")
-        head = self._head_view(h)
+        head = self._reversible_head(h)
         if self._native_fits(h, n):
             return self._native_unforget(h, n, head)
         radix, word = self.forget_radix, self.word_bits
@@ -121,22 +117,45 @@ class InformationBuffer:
         head.copy_(torch.where(refill, (state << word) | self._pop(refill), state))
         return out
 
+    def fused_forget(self, h: Tensor, n: Tensor, run, *, tag: str = ""):
+        """`forget` done by a fused C step (native_steps.py): run(head, words, hist) -> (result,
+        words written) with this buffer's bookkeeping; None where the C kernels do not apply."""
+        head = self._head_view(h)
+        return self._native_forget(h, n, head, tag, run) if self._native_fits(h, n) else None
+
+    def fused_unforget(self, h: Tensor, n: Tensor, run):
+        """`unforget` by a fused C step: run(head, words, top) -> (result, new top); or None."""
+        head = self._reversible_head(h)
+        if not self._native_fits(h, n):
+            return None
+        out, self._height = run(head, self._words, self._height)
+        self._steps -= 1
+        return out
+
+    def _reversible_head(self, h: Tensor) -> Tensor:
+        if not self.keep_words:
+            raise RuntimeError("this buffer dropped its words (keep_words=False); it cannot reverse")
+        if self._steps == 0:
+            raise RuntimeError("information buffer is empty: more reverse steps than forward steps")
+        return self._head_view(h)
+
     def _native_fits(self, h: Tensor, n: Tensor) -> bool:
         """The C kernels take 2-D int64 h and n of one shape (anything else: the tensor code)."""
         return (self._native is not None and h.dim() == 2 and n.shape == h.shape
                 and n.dtype == torch.int64 and n.device.type == "cpu")
 
-    def _native_forget(self, h: Tensor, n: Tensor, head: Tensor, tag: str) -> Tensor:
-        """`forget` by the C kernels: same outputs, heads, words and counts."""
+    def _native_forget(self, h: Tensor, n: Tensor, head: Tensor, tag: str, run=None):
+        """`forget` by the C kernels (or a fused step `run`): same outputs, heads, words, counts."""
         if self.keep_words:
             self._reserve(h.numel())  # the worst case; the exact height is known right after
             words = self._words[self._height:]
         else:  # the words go to a scratch area and are dropped
             words = self._scratch_words(h.numel() + 1)
         try:
-            out, count = self._native.forget(h.contiguous(), n.contiguous(), head, words,
-                                             self._gate_counts(tag, n.device),
-                                             word_bits=self.word_bits, forget_radix=self.forget_radix)
+            hist = self._gate_counts(tag, n.device)
+            out, count = (run(head, words, hist) if run is not None else self._native.forget(
+                h.contiguous(), n.contiguous(), head, words, hist, word_bits=self.word_bits,
+                forget_radix=self.forget_radix))
             if self.keep_words:
                 self._steps += 1
                 self._height += count

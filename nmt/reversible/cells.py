@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from nmt.reversible import native_steps
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.fixed_point import check_max_forget_bits, forget_gate, from_fixed
 from nmt.reversible.gated import (  # noqa: F401 (round_to_storage, STORAGE_PRECISIONS: re-exported)
@@ -72,7 +73,8 @@ class ReversibleCell(nn.Module):
 
     def split_projection(self, projected: Tensor) -> Tuple[Tensor, ...]:
         """(batch, P) -> one piece per Linear of `input_layers`."""
-        return projected.split([layer.out_features for layer in self.input_layers()], dim=-1)
+        return projected.split_with_sizes([layer.out_features for layer in self.input_layers()],
+                                          dim=-1)  # (split_with_sizes: no Python wrapper)
 
     def own_product(self, layer: nn.Linear, projected: Tensor, other: Tensor) -> Tensor:
         """Pre-activation of `layer`: its projected x share plus W_h @ other (one fused product)."""
@@ -210,7 +212,7 @@ class RevGRUCell(ReversibleCell):
         own = self.half_sizes[half]
         with float32_math(other.device):
             logits = self.own_product(self.gates[half], projected[2 * half], other)
-            forget, reset = logits.split([own, logits.shape[1] - own], dim=-1)  # split: its
+            forget, reset = logits.split_with_sizes([own, logits.shape[1] - own], -1)  # its
             gate = forget_gate(forget, self.max_forget_bits,  # backward is one cat, not two fills
                                with_slope=with_slope)
             reset = torch.sigmoid(reset)
@@ -246,19 +248,29 @@ class RevGRUCell(ReversibleCell):
         inputs: List[Optional[Tensor]] = [None] * 4
         with torch.no_grad():
             for half, other, previous, gates in tape:  # half 2 first: it read the new h1
-                grad = d[half]
-                live = on_real(real, grad, 0.0)
-                d[half] = on_real(real, grad * gates.z_q, grad)
-                d_candidate = live * (1.0 - gates.z_q) * (1.0 - gates.candidate * gates.candidate)
-                d_reset_other = d_candidate.mm(self.hidden_weight(self.candidates[half]))
-                d_logits = torch.cat([live * (previous - gates.candidate) * gates.slope,
-                                      d_reset_other * other * gates.reset * (1.0 - gates.reset)],
-                                     dim=-1)
-                d[1 - half] = (d[1 - half] + d_reset_other * gates.reset
-                               + d_logits.mm(self.hidden_weight(self.gates[half])))
+                fused = native_steps.gru_backward(  # the same values, elementwise work in C
+                    d[half], mask, gates, previous, other, d[1 - half],
+                    self.hidden_weight(self.candidates[half]), self.hidden_weight(self.gates[half]))
+                if fused is not None:
+                    d[half], d[1 - half], d_logits, d_candidate = fused
+                else:
+                    d[half], d[1 - half], d_logits, d_candidate = self._backward_half(
+                        half, d, real, other, previous, gates)
                 pieces[2 * half], pieces[2 * half + 1] = d_logits, d_candidate
                 inputs[2 * half], inputs[2 * half + 1] = other, gates.reset * other
         return d, torch.cat(pieces, dim=-1), inputs
+
+    def _backward_half(self, half, d, real, other, previous, gates):
+        """backward_step's tensor code for one half: (d h_i, d h_j, d_logits, d_candidate)."""
+        grad = d[half]
+        live = on_real(real, grad, 0.0)
+        d_candidate = live * (1.0 - gates.z_q) * (1.0 - gates.candidate * gates.candidate)
+        d_reset_other = d_candidate.mm(self.hidden_weight(self.candidates[half]))
+        d_logits = torch.cat([live * (previous - gates.candidate) * gates.slope,
+                              d_reset_other * other * gates.reset * (1.0 - gates.reset)], dim=-1)
+        return (on_real(real, grad * gates.z_q, grad),
+                d[1 - half] + d_reset_other * gates.reset
+                + d_logits.mm(self.hidden_weight(self.gates[half])), d_logits, d_candidate)
 
 
 class _LSTMGates(NamedTuple):
@@ -300,7 +312,7 @@ class RevLSTMCell(ReversibleCell):
         own = self.half_sizes[half]
         with float32_math(other.device):
             gates = self.own_product(self.gates[half], projected[half], other)
-            forget, inp, out, keep, cand = gates.split(own, -1)
+            forget, inp, out, keep, cand = gates.split_with_sizes([own] * 5, -1)
             f = forget_gate(forget, self.max_forget_bits, with_slope=with_slope)
             p = forget_gate(keep, self.max_forget_bits, with_slope=with_slope)
             inp, cand = torch.sigmoid(inp), torch.tanh(cand)
@@ -354,6 +366,13 @@ class RevLSTMCell(ReversibleCell):
         with torch.no_grad():
             for half, other, previous, previous_cell, tanh_cell, g in tape:  # half 2 first
                 c = 2 + half
+                fused = native_steps.lstm_backward(d[half], d[c], mask, previous, previous_cell,
+                                                   tanh_cell, g)  # the same values, in one pass
+                if fused is not None:
+                    d[half], d[c], d_gates = fused
+                    d[1 - half] = d[1 - half] + d_gates.mm(self.hidden_weight(self.gates[half]))
+                    pieces[half], inputs[half] = d_gates, other
+                    continue
                 grad_h = d[half]
                 live_h = on_real(real, grad_h, 0.0)
                 d[half] = on_real(real, grad_h * g.p_q, grad_h)

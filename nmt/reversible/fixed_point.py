@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from nmt.reversible import native_steps
+
 HIDDEN_RADIX = 23  # fractional bits of the fixed-point state
 FORGET_RADIX = 10  # forget gates are multiples of 2**-FORGET_RADIX
 WORD_BITS = 16  # width of the words the information buffer spills
@@ -50,7 +52,11 @@ def to_fixed(x: Tensor) -> Tensor:
 def from_fixed(h: Tensor) -> Tensor:
     """The float32 value of a fixed-point tensor (no gradient). One multiplication, converting as
     it goes (the power-of-two scale is exact, so the result is h's value rounded to float32
-    whatever the default dtype; `.to` is then a no-op)."""
+    whatever the default dtype; `.to` is then a no-op). On a CPU, in one C pass (the same
+    values: native_steps.py)."""
+    fused = native_steps.from_fixed(h)
+    if fused is not None:
+        return fused
     return torch.mul(h, 1.0 / _HIDDEN_SCALE).to(torch.float32)
 
 
@@ -90,6 +96,10 @@ def forget_gate(logits: Tensor, max_forget_bits: Optional[int],
     scale = float(2**forget_radix)
     floor = n_min / scale
     sigmoid = torch.sigmoid(logits)
+    fused = native_steps.quantize(sigmoid, n_min=n_min, forget_radix=forget_radix,
+                                  with_slope=with_slope)  # the same values in one C pass
+    if fused is not None:
+        return fused if with_slope else fused[:2]
     z = (1.0 - floor) * sigmoid + floor
     numerator = torch.round(z.detach() * scale).clamp_(n_min, 2**forget_radix)  # whole floats
     n = numerator.to(torch.int64)

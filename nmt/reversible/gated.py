@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from nmt.reversible import native_steps
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.fixed_point import (FORGET_RADIX, from_fixed, scaled_update, straight_through,
                                         to_fixed)
@@ -83,6 +84,11 @@ def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor,
     buffer is not touched and that result is used (recomputing a step for its gradient).
     Returns (exact, float view whose gradient flows to z * value + update).
     """
+    if next_exact is None and buffer is not None:  # no graph, on a CPU: one fused C step
+        fused = native_steps.gated_forget(buffer, h, value, z_q, n, update, mask=mask,
+                                          stored_units=stored_units, precision=precision, tag=tag)
+        if fused is not None:
+            return fused
     real = real_rows(mask)
     surrogate = None
     if value.requires_grad or z_q.requires_grad or update.requires_grad or stored_units:
@@ -100,6 +106,9 @@ def gated_step(h: Tensor, value: Tensor, z_q: Tensor, n: Tensor, update: Tensor,
 def undo_step(h_next: Tensor, n: Tensor, update: Tensor, *, buffer: InformationBuffer,
               mask: Optional[Tensor], restored: Optional[Tensor] = None) -> Tensor:
     """The exact inverse of `gated_step`; `restored` (batch, k) int64 gives the stored units."""
+    fused = native_steps.gated_unforget(buffer, h_next, n, update, mask=mask, restored=restored)
+    if fused is not None:
+        return fused
     real = real_rows(mask)
     stored_units = 0 if restored is None else restored.shape[1]
     n_applied, step = _effective(n, update, real, stored_units)

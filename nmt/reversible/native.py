@@ -27,7 +27,10 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("buffer_kernels.c")
-FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
+# -ffp-contract=off: the fused gate steps do each float operation as the tensor code does
+# (no fused multiply-adds); -lm: rint, where the compiler does not inline it
+FLAGS = ("-O3", "-march=native", "-std=c99", "-ffp-contract=off", "-shared", "-fPIC")
+LIBRARIES = ("-lm",)
 _UNSET = object()
 _library = _UNSET
 
@@ -45,6 +48,31 @@ class Kernels:
         self._unforget.restype = int64
         self._unforget.argtypes = [pointer, pointer, pointer, int64, int64, int64, c_int, c_int,
                                    int64, pointer, int64, pointer]
+        self.quantize = library.revnmt_quantize
+        self.quantize.restype = None
+        self.quantize.argtypes = [pointer, int64, *[ctypes.c_float] * 6, pointer, pointer, pointer]
+        self.gated_forget = library.revnmt_gated_forget
+        self.gated_forget.restype = int64
+        self.gated_forget.argtypes = [pointer, pointer, pointer, pointer, int64, pointer, pointer,
+                                      pointer, int64, int64, int64, c_int, c_int, pointer, pointer,
+                                      pointer, pointer]
+        self.lstm_backward = library.revnmt_lstm_backward
+        self.lstm_backward.restype = None
+        self.lstm_backward.argtypes = [int64, int64, *[pointer] * 16]
+        self.from_fixed = library.revnmt_from_fixed
+        self.from_fixed.restype = None
+        self.from_fixed.argtypes = [pointer, int64, pointer]
+        self.gru_backward_a = library.revnmt_gru_backward_a
+        self.gru_backward_a.restype = None
+        self.gru_backward_a.argtypes = [int64, int64, int64, *[pointer] * 9]
+        self.gru_backward_b = library.revnmt_gru_backward_b
+        self.gru_backward_b.restype = None
+        self.gru_backward_b.argtypes = [int64, int64, int64, *[pointer] * 6]
+        self.gated_unforget = library.revnmt_gated_unforget
+        self.gated_unforget.restype = int64
+        self.gated_unforget.argtypes = [pointer, pointer, pointer, pointer, int64, pointer, int64,
+                                        pointer, int64, int64, int64, c_int, c_int, int64, pointer,
+                                        int64, pointer]
 
     def forget(self, h: Tensor, n: Tensor, head: Tensor, words: Tensor, hist: Tensor, *,
                word_bits: int, forget_radix: int) -> Tuple[Tensor, int]:
@@ -99,7 +127,7 @@ def _build() -> Path:
     if not compiler:
         raise OSError("no C compiler found (set CC)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + repr((compiler, FLAGS, _cpu_signature())).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + repr((compiler, FLAGS, LIBRARIES, _cpu_signature())).encode()).hexdigest()[:16]
     target = _cache_dir() / f"buffer_kernels-{key}.so"
     if target.exists():
         return target
@@ -107,7 +135,7 @@ def _build() -> Path:
     handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE)],
+        result = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE), *LIBRARIES],
                                 capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise OSError(f"{compiler} failed: {result.stderr.strip()[:500]}")

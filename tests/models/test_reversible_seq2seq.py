@@ -305,14 +305,21 @@ def test_verify_reversal_of_the_whole_model(multi30k, monkeypatch, cell):
     model = _model(tokenizer, cell, "emb+slice", 2)
     check = reversal_check_for(model)
     assert check(batch) is None
-    original = InformationBuffer.unforget
+    original, original_fused = InformationBuffer.unforget, InformationBuffer.fused_unforget
 
     def corrupted(self, h, n):  # one flipped low bit on the way back
         out = original(self, h, n)
         out[0, 0] ^= 1
         return out
 
+    def corrupted_fused(self, h, n, run):  # the same in the fused CPU step (native_steps.py)
+        out = original_fused(self, h, n, run)
+        if out is not None:
+            out[0, 0] ^= 1
+        return out
+
     monkeypatch.setattr(InformationBuffer, "unforget", corrupted)
+    monkeypatch.setattr(InformationBuffer, "fused_unforget", corrupted_fused)
     assert check(batch).startswith("decoder")
 
 
