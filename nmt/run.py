@@ -170,7 +170,10 @@ def prepare_run(config: Config, *, force: bool = False,
 
 
 # Keys added after checkpoints were written, with the behaviour those checkpoints trained with.
-LEGACY_VALUES = {"model.readout_dropout": "sequence"}
+LEGACY_VALUES = {"model.readout_dropout": "sequence", "model.reversible.kernels": "auto",
+                 "model.reversible.fused_activations": False}
+# How a step is computed, not what is trained: a run may resume on another device or kernel path.
+EXECUTION_KEYS = ("data.dir", "data.eval_batch_size", "model.reversible.kernels")
 
 
 def check_resume_compatible(saved: dict, config: Config, path) -> None:
@@ -179,7 +182,7 @@ def check_resume_compatible(saved: dict, config: Config, path) -> None:
     for section in ("model", "data"):
         differing = _differing_keys(saved.get(section, {}), current[section], section)
         differing = [(key, old, new) for key, old, new in differing
-                     if key not in ("data.dir", "data.eval_batch_size")]
+                     if key not in EXECUTION_KEYS]
         if differing:
             listed = ", ".join(f"{key} (checkpoint: {old!r}, config: {new!r})"
                                for key, old, new in differing)
