@@ -24,11 +24,12 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from nmt.reversible.buffer_mark import BufferMark, departure, head_fingerprint
 from nmt.reversible.fixed_point import FORGET_RADIX, WORD_BITS
 from nmt.reversible.native import kernels
 
@@ -269,22 +270,15 @@ class InformationBuffer:
         return (self._steps == 0 and self._read_height() == 0
                 and bool((self.head == self.lower).all()))
 
-    def mark(self) -> "BufferMark":
+    def mark(self) -> BufferMark:
         """Where the buffer stands now, in O(1) memory: a run's exact reversal returns it here."""
         height = self._height.clone() if isinstance(self._height, Tensor) else self._height
-        return BufferMark(self._steps, height, _head_fingerprint(self.head))
+        return BufferMark(self._steps, height, head_fingerprint(self.head))
 
-    def departure_from(self, mark: "BufferMark") -> Optional[str]:
+    def departure_from(self, mark: BufferMark) -> Optional[str]:
         """None when the buffer is back at `mark` (same heads, same stack height, no forward
         step left undone), else what differs (one waiting read of the stack height)."""
-        if self._steps != mark.steps:
-            return f"has {self._steps - mark.steps} forward steps more than before the run"
-        words = self._read_height() - int(mark.height)
-        if words:
-            return f"has {words} words more than before the run on its stack"
-        if not torch.equal(_head_fingerprint(self.head), mark.heads):
-            return "has heads that differ from those before the run"
-        return None
+        return departure(mark, self._steps, self._read_height, self.head)
 
     def reset_counts(self) -> None:
         """Start counting pushed words and optimal bits afresh (e.g. per training step)."""
@@ -370,20 +364,6 @@ class InformationBuffer:
         if tag is None:
             return list(counts.values()) or [0]
         return [counts[tag]] if tag in counts else [0]
-
-
-class BufferMark(NamedTuple):
-    steps: int  # forward steps not yet reversed
-    height: Union[int, Tensor]  # words on the stack
-    heads: Tensor  # a 64-bit fingerprint of the heads (0-dim int64)
-
-
-def _head_fingerprint(head: Tensor) -> Tensor:
-    """sum_i head_i * w_i with fixed odd 64-bit weights (int64 arithmetic wraps): any one
-    changed head changes it, and nothing is drawn from a random generator."""
-    index = torch.arange(head.numel(), dtype=torch.int64, device=head.device)
-    weights = (index * 6364136223846793005 + 1442695040888963407) | 1
-    return (head.reshape(-1).to(torch.int64) * weights).sum()
 
 
 def _check_settings(word_bits: int, forget_radix: int) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-import torch
 from torch import Tensor
 
-from nmt.reversible.buffer import BufferMark, InformationBuffer, _head_fingerprint
+from nmt.reversible.buffer import InformationBuffer
+from nmt.reversible.buffer_mark import BufferMark, departure, head_fingerprint
 from nmt.reversible.fixed_point import FORGET_RADIX, WORD_BITS
 from nmt.reversible.word_stack import WordStack
 
@@ -95,21 +95,14 @@ class StackBuffer:
         return self._steps == 0 and self.stack.is_initial() and not int(self.stack.error)
 
     def mark(self) -> BufferMark:
-        return BufferMark(self._steps, self.stack.top.clone(), _head_fingerprint(self.head))
+        return BufferMark(self._steps, self.stack.top.clone(), head_fingerprint(self.head))
 
     def departure_from(self, mark: BufferMark) -> Optional[str]:
         """As InformationBuffer.departure_from, and a pop below the stack's bottom (reported by
         the kernels on the device) is a departure too."""
         if int(self.stack.error):
             return "was asked for more words than its stack held"
-        if self._steps != mark.steps:
-            return f"has {self._steps - mark.steps} forward steps more than before the run"
-        words = int(self.stack.top) - int(mark.height)
-        if words:
-            return f"has {words} words more than before the run on its stack"
-        if not torch.equal(_head_fingerprint(self.head), mark.heads):
-            return "has heads that differ from those before the run"
-        return None
+        return departure(mark, self._steps, lambda: int(self.stack.top), self.head)
 
     def reset_counts(self) -> None:
         self.stack._counters = {}
