@@ -43,8 +43,8 @@ from torch import Tensor
 from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
-from nmt.reversible.grad_totals import (accumulate, add_projection_grads, add_weight_grads,
-                                       grads_of, projection_weights)
+from nmt.reversible.grad_totals import (accumulate, add_embedding_grads, add_projection_grads,
+                                       add_weight_grads, grads_of, projection_weights)
 from nmt.reversible.kept import KeptStates
 from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
                                    tensor_grad_sink, weight_grad_sink)
@@ -172,6 +172,10 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grads, d_projected = _backprop_steps(rnn, plan, chunk, grads, top_grads,
                                              weight_grads, bias_grads)
         del top_grads
+        # the projection's graph, rebuilt (the same values) only now: it holds its stacked input
+        # weight (P x input), which must not live while the steps stack the next layer's
+        with torch.enable_grad():
+            chunk = chunk._replace(projected=rnn.cells[0].project_input(chunk.inputs))
         # the first layer's input projection of the chunk: its inputs' and biases' gradients by
         # autograd; its weights' x columns added by hand into their running totals, in row
         # blocks (autograd would build a zero-filled full weight per Linear per chunk)
@@ -200,7 +204,8 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         if total is not None:
             extra_grads[i] = total if extra_grads[i] is None else extra_grads[i].add_(total)
     del extra_sink
-    if embedded_grad is not None:  # one embedding backward for all steps
+    if embedded_grad is not None and not add_embedding_grads(  # one for all steps
+            plan.inputs.embedding, plan.inputs.inputs, embedded_grad, param_grads, params):
         with torch.enable_grad():
             accumulate(param_grads, grads_of([plan.inputs.embedding(plan.inputs.inputs)],
                                            [embedded_grad], params), foreign=[embedded_grad])

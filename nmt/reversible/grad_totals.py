@@ -110,3 +110,42 @@ def add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
         if param_grads[i] is None:
             param_grads[i] = torch.zeros_like(bias)
         param_grads[i] += grad
+
+
+def add_embedding_grads(embedding, ids: Tensor, embedded_grad: Tensor,
+                        param_grads: List[Optional[Tensor]], params: List[Tensor]) -> bool:
+    """Add the gradient of a plain `nn.Embedding` lookup of `ids` (batch, T), given d loss / d
+    the looked-up rows `embedded_grad` (batch, T, dim), into the table's running total, in
+    blocks of table rows, without recomputing the lookup and without a dense table-sized
+    gradient beside a running total that already exists. Returns False (nothing done) for any
+    other module or option; the caller then backpropagates through the module by autograd.
+
+    Each block is the kernel autograd runs (`embedding_dense_backward`) over the positions whose
+    id falls in the block (the others go to one spare row, dropped): every row of the table
+    gradient is the same sum, in the same order, as in the whole-table call, so the totals equal
+    adding the whole-table gradient (checked bit for bit on CPU by the tests)."""
+    weight = getattr(embedding, "weight", None)
+    if (type(embedding) is not torch.nn.Embedding or embedding.sparse
+            or embedding.max_norm is not None or embedding.scale_grad_by_freq
+            or weight is None or not weight.requires_grad):
+        return False
+    index = {id(param): i for i, param in enumerate(params)}
+    if id(weight) not in index:
+        return False
+    i = index[id(weight)]
+    padding = -1 if embedding.padding_idx is None else embedding.padding_idx
+    dense = torch.ops.aten.embedding_dense_backward
+    with torch.no_grad():
+        if param_grads[i] is None:  # the whole-table gradient becomes the running total
+            param_grads[i] = dense(embedded_grad, ids, weight.shape[0], padding, False)
+            return True
+        total = param_grads[i]
+        flat = ids.reshape(-1)
+        rows = max(1, SINK_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size()))
+        for first in range(0, weight.shape[0], rows):
+            count = min(rows, weight.shape[0] - first)
+            outside = (flat < first) | (flat >= first + count) | (flat == padding)
+            local = torch.where(outside, torch.full_like(flat, count), flat - first)
+            block = dense(embedded_grad, local.view_as(ids), count + 1, -1, False)
+            total[first: first + count] += block[:count]
+    return True

@@ -165,7 +165,7 @@ class ReversedChunk(NamedTuple):
     stop: int
     states: List[List[State]]  # exact state before each step start .. stop - 1, then after stop - 1
     tapes: Optional[list]  # per step, what its gradient needs (with tapes=True)
-    projected: Tensor  # (batch, C, P) first-layer input projections (a graph back to x_leaf)
+    projected: Tensor  # (batch, C, P) first-layer input projections (values, no graph)
     x_leaf: Optional[Tensor]  # the chunk's inputs as a grad leaf (with grad=True)
     inputs: Optional[Tensor] = None  # (batch, C, input): the x that `projected` was computed from
 
