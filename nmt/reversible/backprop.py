@@ -44,7 +44,8 @@ from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.grad_totals import (accumulate, add_embedding_grads, add_projection_grads,
-                                       add_weight_grads, grads_of, projection_weights)
+                                       add_weight_grads, grads_of, projection_weights,
+                                       table_weight_index)
 from nmt.reversible.kept import KeptStates
 from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
                                    tensor_grad_sink, weight_grad_sink)
@@ -127,7 +128,10 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     raw = plan.inputs.inputs if plan.inputs.embedding is None else None
     input_grad = torch.zeros_like(raw) if raw is not None and raw.requires_grad else None
     embedded_grad = None  # (batch, T, input): gradients of the looked-up embeddings
+    table = None  # or: their table's gradient is added chunk by chunk (a plain nn.Embedding)
     if plan.inputs.embedding is not None and plan.inputs.embedding_trainable:
+        table = table_weight_index(plan.inputs.embedding, params)
+    if plan.inputs.embedding is not None and plan.inputs.embedding_trainable and table is None:
         embedded_grad = torch.zeros(*plan.inputs.inputs.shape, rnn.input_size,
                                     device=plan.inputs.inputs.device)
     extras = [extra.detach().requires_grad_(extra.requires_grad) for extra in extras]
@@ -184,7 +188,11 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         with torch.enable_grad():
             chunk_grads = grads_of([chunk.projected], [d_projected], input_slot + params,
                                 skip=set(by_hand))
-        if input_slot and chunk_grads[0] is not None:
+        if input_slot and chunk_grads[0] is not None and table is not None:
+            # into the running total of the table (the output layer's, when tied to it)
+            add_embedding_grads(plan.inputs.embedding, plan.inputs.inputs[:, start:stop],
+                                chunk_grads[0], _table_total(sink, param_grads, params, table))
+        elif input_slot and chunk_grads[0] is not None:
             (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_grads[0]
         accumulate(param_grads, chunk_grads[len(input_slot):], foreign=[d_projected])
         if by_hand:
@@ -204,13 +212,23 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         if total is not None:
             extra_grads[i] = total if extra_grads[i] is None else extra_grads[i].add_(total)
     del extra_sink
-    if embedded_grad is not None and not add_embedding_grads(  # one for all steps
-            plan.inputs.embedding, plan.inputs.inputs, embedded_grad, param_grads, params):
+    if embedded_grad is not None:  # one embedding backward for all steps
         with torch.enable_grad():
             accumulate(param_grads, grads_of([plan.inputs.embedding(plan.inputs.inputs)],
                                            [embedded_grad], params), foreign=[embedded_grad])
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
     return _flatten(grads), input_grad, param_grads, extra_grads, total
+
+
+def _table_total(sink: WeightGradSink, param_grads: List[Optional[Tensor]], params, i: int):
+    """The running total of params[i]'s gradient: the readout sink's if it has one, else
+    param_grads[i] (made on first use)."""
+    total = sink.total(params[i])
+    if total is None:
+        if param_grads[i] is None:
+            param_grads[i] = torch.zeros_like(params[i])
+        total = param_grads[i]
+    return total
 
 
 def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],

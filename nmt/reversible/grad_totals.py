@@ -112,40 +112,32 @@ def add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
         param_grads[i] += grad
 
 
-def add_embedding_grads(embedding, ids: Tensor, embedded_grad: Tensor,
-                        param_grads: List[Optional[Tensor]], params: List[Tensor]) -> bool:
-    """Add the gradient of a plain `nn.Embedding` lookup of `ids` (batch, T), given d loss / d
-    the looked-up rows `embedded_grad` (batch, T, dim), into the table's running total, in
-    blocks of table rows, without recomputing the lookup and without a dense table-sized
-    gradient beside a running total that already exists. Returns False (nothing done) for any
-    other module or option; the caller then backpropagates through the module by autograd.
 
-    Each block is the kernel autograd runs (`embedding_dense_backward`) over the positions whose
-    id falls in the block (the others go to one spare row, dropped): every row of the table
-    gradient is the same sum, in the same order, as in the whole-table call, so the totals equal
-    adding the whole-table gradient (checked bit for bit on CPU by the tests)."""
+def table_weight_index(embedding, params: List[Tensor]) -> Optional[int]:
+    """The index in `params` of a plain `nn.Embedding`'s table whose gradient
+    `add_embedding_grads` can add chunk by chunk (dense, no max_norm, no frequency scaling,
+    trainable), or None: the caller then backpropagates through the module by autograd."""
     weight = getattr(embedding, "weight", None)
     if (type(embedding) is not torch.nn.Embedding or embedding.sparse
             or embedding.max_norm is not None or embedding.scale_grad_by_freq
             or weight is None or not weight.requires_grad):
-        return False
-    index = {id(param): i for i, param in enumerate(params)}
-    if id(weight) not in index:
-        return False
-    i = index[id(weight)]
-    padding = -1 if embedding.padding_idx is None else embedding.padding_idx
-    dense = torch.ops.aten.embedding_dense_backward
+        return None
+    return next((i for i, param in enumerate(params) if param is weight), None)
+
+
+def add_embedding_grads(embedding, ids: Tensor, embedded_grad: Tensor, total: Tensor) -> None:
+    """Add the gradient of a plain `nn.Embedding` lookup of `ids` (batch, C) into `total`, a
+    running total of its table's gradient, given d loss / d the looked-up rows `embedded_grad`
+    (batch, C, dim): no lookup again, no (batch, T, dim) gradient kept for the whole run, no
+    table-sized term beside the total. Only the rows the ids touch are computed: the kernel
+    autograd runs (`embedding_dense_backward`) over the chunk's distinct ids (each row the same
+    sum, in the same order, as in a whole-table call), then added into its row."""
     with torch.no_grad():
-        if param_grads[i] is None:  # the whole-table gradient becomes the running total
-            param_grads[i] = dense(embedded_grad, ids, weight.shape[0], padding, False)
-            return True
-        total = param_grads[i]
-        flat = ids.reshape(-1)
-        rows = max(1, SINK_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size()))
-        for first in range(0, weight.shape[0], rows):
-            count = min(rows, weight.shape[0] - first)
-            outside = (flat < first) | (flat >= first + count) | (flat == padding)
-            local = torch.where(outside, torch.full_like(flat, count), flat - first)
-            block = dense(embedded_grad, local.view_as(ids), count + 1, -1, False)
-            total[first: first + count] += block[:count]
-    return True
+        rows, local = torch.unique(ids.reshape(-1), return_inverse=True)
+        padding = -1  # the padding row gets nothing (its local index among the rows)
+        if embedding.padding_idx is not None:
+            found = (rows == embedding.padding_idx).nonzero()
+            padding = int(found[0, 0]) if found.numel() else -1
+        block = torch.ops.aten.embedding_dense_backward(
+            embedded_grad, local.view_as(ids), rows.numel(), padding, False)
+        total.index_add_(0, rows, block)
