@@ -44,8 +44,8 @@ from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
 from nmt.reversible.grad_totals import (accumulate, add_embedding_grads, add_projection_grads,
-                                       add_weight_grads, grads_of, projection_weights,
-                                       table_weight_index)
+                                       add_weight_grads, grads_of, projection_grads,
+                                       projection_weights, table_weight_index)
 from nmt.reversible.kept import KeptStates
 from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
                                    tensor_grad_sink, weight_grad_sink)
@@ -176,18 +176,20 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grads, d_projected = _backprop_steps(rnn, plan, chunk, grads, top_grads,
                                              weight_grads, bias_grads)
         del top_grads
-        # the projection's graph, rebuilt (the same values) only now: it holds its stacked input
-        # weight (P x input), which must not live while the steps stack the next layer's
-        with torch.enable_grad():
-            chunk = chunk._replace(projected=rnn.cells[0].project_input(chunk.inputs))
-        # the first layer's input projection of the chunk: its inputs' and biases' gradients by
-        # autograd; its weights' x columns added by hand into their running totals, in row
-        # blocks (autograd would build a zero-filled full weight per Linear per chunk)
+        # the first layer's input projection of the chunk (values: its graph would hold the
+        # stacked input weight (P x input) while the steps stack the next layer's): its inputs'
+        # and biases' gradients as autograd computes them, by hand where the projection is plain
+        # (else by autograd over the projection rebuilt now); its weights' x columns added by
+        # hand into their running totals, in row blocks (autograd would build a zero-filled full
+        # weight per Linear per chunk)
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
         by_hand = projection_weights(rnn, chunk)
-        with torch.enable_grad():
-            chunk_grads = grads_of([chunk.projected], [d_projected], input_slot + params,
-                                skip=set(by_hand))
+        chunk_grads = projection_grads(rnn, chunk, d_projected, input_slot + params)
+        if chunk_grads is None:
+            with torch.enable_grad():
+                chunk = chunk._replace(projected=rnn.cells[0].project_input(chunk.inputs))
+                chunk_grads = grads_of([chunk.projected], [d_projected], input_slot + params,
+                                       skip=set(by_hand))
         if input_slot and chunk_grads[0] is not None and table is not None:
             # into the running total of the table (the output layer's, when tied to it)
             add_embedding_grads(plan.inputs.embedding, plan.inputs.inputs[:, start:stop],

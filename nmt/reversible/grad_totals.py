@@ -78,6 +78,37 @@ def projection_weights(rnn, chunk) -> List[int]:
     return [id(layer.weight) for layer in rnn.cells[0].input_layers() if layer.weight.requires_grad]
 
 
+def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor]):
+    """What autograd returns over the chunk's first-layer projection `project_input(x)` =
+    x @ cat(W[:, :input]).t() + cat(b), given d_projected (batch, C, P), for `wrt` (the chunk's
+    x_leaf first if it has one, then parameters), besides the weights (`add_projection_grads`):
+    d x = d_projected @ cat(W[:, :input]) (then by autograd through x's own graph to x_leaf) and
+    each bias's slice of d_projected summed over rows: autograd's products and sums, done by
+    hand so that no graph holds the stacked weight through the chunk's steps. None where the
+    projection is not that (no inputs, inputs not float32, a Linear without bias)."""
+    cell, x = rnn.cells[0], chunk.inputs
+    layers = cell.input_layers()
+    if x is None or x.dtype != torch.float32 or any(layer.bias is None for layer in layers):
+        return None
+    result: List[Optional[Tensor]] = [None] * len(wrt)
+    d_flat = d_projected.reshape(-1, d_projected.shape[-1])
+    if chunk.x_leaf is not None and chunk.x_leaf.requires_grad:
+        with torch.no_grad(), float32_math(x.device):
+            weight = torch.cat([layer.weight[:, : cell.input_size] for layer in layers])
+            d_x = d_flat.mm(weight).view(x.shape)
+            del weight
+        result[0] = d_x if x is chunk.x_leaf else grads_of([x], [d_x], [chunk.x_leaf])[0]
+    index = {id(tensor): i for i, tensor in enumerate(wrt)}
+    if any(id(layer.bias) in index and layer.bias.requires_grad for layer in layers):
+        with torch.no_grad():
+            biases = d_flat.sum(0, keepdim=True).view(-1)  # as autograd's sum_to of addmm's
+            pieces = biases.split([layer.out_features for layer in layers])
+        for layer, piece in zip(layers, pieces):
+            if id(layer.bias) in index and layer.bias.requires_grad:
+                result[index[id(layer.bias)]] = piece
+    return result
+
+
 def add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Optional[Tensor]],
                           params: List[Tensor]) -> None:
     """Add the gradient of the x columns of the first layer's input Linears (the chunk's
