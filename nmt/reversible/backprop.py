@@ -16,8 +16,10 @@ last to first:
    equations differentiated, gradients straight through every rounding), recording the
    recurrent weights' (input, gradient) pairs for one product per chunk, added into the running
    totals in row blocks;
-4. it backpropagates the chunk's first-layer input projection: the inputs' and biases' gradients
-   by autograd, the weights' x columns by hand into their running totals, in row blocks.
+4. it backpropagates the chunk's first-layer input projection by hand (autograd's products):
+   the inputs' gradients (looked-up embeddings: into the table's running total, the rows the
+   chunk's ids touch), the biases', and the weights' x columns into their running totals, in
+   row blocks.
 
 The parameters are inputs of the Function, so their gradients arrive through autograd's normal
 accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's. Forward

@@ -63,8 +63,9 @@ class StepInputs:
 
     def chunk(self, start: int, stop: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """(x (batch, stop - start, input), leaf): with leaf=True the float inputs, or the
-        looked-up embeddings, are cut from their graph as a grad leaf (backward then runs the
-        embedding once for all steps, instead of a dense embedding-table gradient per chunk).
+        looked-up embeddings, are cut from their graph as a grad leaf (backward then adds each
+        chunk's table gradient into one running total, only the rows its ids touch; for an
+        embedding module other than a plain nn.Embedding it runs the module once for all steps).
         Both give the same values."""
         source = None
         if self.embedding is not None:
