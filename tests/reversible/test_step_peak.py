@@ -112,3 +112,29 @@ def test_combine_weight_gradient_is_one_running_total_not_one_per_chunk(monkeypa
         model.training_loss(_batch(3, 9)).loss.backward()
     assert counted.count == 1  # the first chunk's product; later chunks add 8-row blocks
     assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+class _MostLive(LiveBytes):
+    """LiveBytes that also records the most storages of one shape live at once."""
+
+    def __init__(self, shape):
+        super().__init__(record=True)
+        self.shape, self.most = tuple(shape), 0
+
+    def _change(self, delta: int) -> None:
+        super()._change(delta)
+        live = sum(1 for origin in self._origins.values() if origin[2] == self.shape)
+        self.most = max(self.most, live)
+
+
+def test_one_stacked_input_weight_live_at_a_time():
+    """The first layer's chunk projection keeps no graph (which would hold its stacked input
+    weight through the chunk's steps while each step's backward stacks the next layer's)."""
+    model = _model(hidden=32)  # embedding_dim == hidden: both layers' stacked weights (96, 32)
+    cell = model.decoder.rnn.cells[0]
+    shape = (sum(layer.out_features for layer in cell.input_layers()), cell.input_size)
+    assert shape == (sum(layer.out_features for layer in model.decoder.rnn.cells[1].input_layers()),
+                     model.decoder.rnn.cells[1].input_size)
+    with _MostLive(shape) as live:
+        model.training_loss(_batch(3, 9)).loss.backward()
+    assert live.most == 1
