@@ -85,7 +85,11 @@ class Readout(nn.Module):
         (batch, C, H), one per step."""
         queries = h if h.dim() == 3 else h.unsqueeze(1)
         context, weights = self.attention(queries, keys, values, mask=src_mask)
-        attentional = torch.tanh(self.combine(torch.cat([context, queries], dim=-1)))
+        combined = torch.cat([context, queries], dim=-1)
+        # one 2-D product, as self.combine(combined) runs it; in reversible backward its weight
+        # gradient is added into a running total in blocks (nmt.reversible.readout.sink_linear)
+        combined = sink_linear(combined.reshape(-1, combined.shape[-1]), self.combine)
+        attentional = torch.tanh(combined.view(*queries.shape[:-1], -1))
         if dropout is not None:
             attentional = attentional * (dropout.unsqueeze(1) if dropout.dim() == 2 else dropout)
         if h.dim() == 2:

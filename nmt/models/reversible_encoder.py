@@ -203,5 +203,40 @@ class ReversibleEncoder(ReversiblePart):
     def _context_dropout(self, values: Tensor, sequence_mask: Optional[Tensor]) -> Tensor:
         """values (batch, src_len, size): per-position dropout, or the sentence's mask."""
         if self.per_step_dropout:
-            return F.dropout(values, self.dropout, training=self.training)
+            return context_dropout(values, self.dropout, training=self.training)
         return values if sequence_mask is None else values * sequence_mask.unsqueeze(1)
+
+
+def context_dropout(values: Tensor, probability: float, *, training: bool) -> Tensor:
+    """F.dropout(values, probability, training), keeping no mask for backward on a CPU.
+
+    There F.dropout multiplies by a float noise tensor (bernoulli / keep) that autograd keeps
+    until backward: 4 bytes per value of the whole attention context, held from the encoder's
+    forward until the decoder's backward is done. `_RedrawnDropout` keeps the generator's state
+    instead and draws the same noise again in backward (same calls, same state), so values and
+    gradients are bit for bit F.dropout's and the generator ends where F.dropout leaves it.
+    Elsewhere (CUDA: F.dropout's fused kernel keeps a 1-byte mask) F.dropout itself."""
+    if (not training or probability <= 0.0 or probability >= 1.0 or values.device.type != "cpu"
+            or not values.requires_grad):
+        return F.dropout(values, probability, training=training)
+    return _RedrawnDropout.apply(values, probability)
+
+
+def _noise(like: Tensor, probability: float) -> Tensor:
+    """F.dropout's noise on a CPU: bernoulli(keep) / keep, drawn from the default generator."""
+    noise = torch.empty_like(like).bernoulli_(1 - probability)
+    return noise.div_(1 - probability)
+
+
+class _RedrawnDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, probability):
+        ctx.rng_state, ctx.probability = torch.get_rng_state(), probability
+        return values * _noise(values, probability)
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.random.fork_rng(devices=[]):  # the caller's generator state is kept
+            torch.set_rng_state(ctx.rng_state)
+            noise = _noise(grad, ctx.probability)
+        return noise.mul_(grad), None

@@ -18,8 +18,10 @@ last to first:
    equations differentiated, gradients straight through every rounding), recording the
    recurrent weights' (input, gradient) pairs for one product per chunk, added into the running
    totals in row blocks;
-4. it backpropagates the chunk's first-layer input projection: the inputs' and biases' gradients
-   by autograd, the weights' x columns by hand into their running totals, in row blocks.
+4. it backpropagates the chunk's first-layer input projection by hand (autograd's products):
+   the inputs' gradients (looked-up embeddings: into the table's running total, the rows the
+   chunk's ids touch), the biases', and the weights' x columns into their running totals, in
+   row blocks.
 
 The parameters are inputs of the Function, so their gradients arrive through autograd's normal
 accumulation (DDP hooks fire), scaled by the incoming gradients like any other node's. Forward
@@ -45,8 +47,9 @@ from torch import Tensor
 from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
-from nmt.reversible.grad_totals import (accumulate, add_projection_grads, add_weight_grads,
-                                       grads_of, projection_weights)
+from nmt.reversible.grad_totals import (accumulate, add_embedding_grads, add_projection_grads,
+                                       add_weight_grads, grads_of, projection_grads,
+                                       projection_weights, table_weight_index)
 from nmt.reversible.kept import KeptStates
 from nmt.reversible.step_kernels import cell_backward, is_stack_buffer
 from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
@@ -130,7 +133,10 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     raw = plan.inputs.inputs if plan.inputs.embedding is None else None
     input_grad = torch.zeros_like(raw) if raw is not None and raw.requires_grad else None
     embedded_grad = None  # (batch, T, input): gradients of the looked-up embeddings
+    table = None  # or: their table's gradient is added chunk by chunk (a plain nn.Embedding)
     if plan.inputs.embedding is not None and plan.inputs.embedding_trainable:
+        table = table_weight_index(plan.inputs.embedding, params)
+    if plan.inputs.embedding is not None and plan.inputs.embedding_trainable and table is None:
         embedded_grad = torch.zeros(*plan.inputs.inputs.shape, rnn.input_size,
                                     device=plan.inputs.inputs.device)
     extras = [extra.detach().requires_grad_(extra.requires_grad) for extra in extras]
@@ -175,15 +181,25 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grads, d_projected = _backprop_steps(rnn, plan, chunk, grads, top_grads,
                                              weight_grads, bias_grads)
         del top_grads
-        # the first layer's input projection of the chunk: its inputs' and biases' gradients by
-        # autograd; its weights' x columns added by hand into their running totals, in row
-        # blocks (autograd would build a zero-filled full weight per Linear per chunk)
+        # the first layer's input projection of the chunk (values: its graph would hold the
+        # stacked input weight (P x input) while the steps stack the next layer's): its inputs'
+        # and biases' gradients as autograd computes them, by hand where the projection is plain
+        # (else by autograd over the projection rebuilt now); its weights' x columns added by
+        # hand into their running totals, in row blocks (autograd would build a zero-filled full
+        # weight per Linear per chunk)
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
         by_hand = projection_weights(rnn, chunk)
-        with torch.enable_grad():
-            chunk_grads = grads_of([chunk.projected], [d_projected], input_slot + params,
-                                skip=set(by_hand))
-        if input_slot and chunk_grads[0] is not None:
+        chunk_grads = projection_grads(rnn, chunk, d_projected, input_slot + params)
+        if chunk_grads is None:
+            with torch.enable_grad():
+                chunk = chunk._replace(projected=rnn.cells[0].project_input(chunk.inputs))
+                chunk_grads = grads_of([chunk.projected], [d_projected], input_slot + params,
+                                       skip=set(by_hand))
+        if input_slot and chunk_grads[0] is not None and table is not None:
+            # into the running total of the table (the output layer's, when tied to it)
+            add_embedding_grads(plan.inputs.embedding, plan.inputs.inputs[:, start:stop],
+                                chunk_grads[0], _table_total(sink, param_grads, params, table))
+        elif input_slot and chunk_grads[0] is not None:
             (input_grad if input_grad is not None else embedded_grad)[:, start:stop] = chunk_grads[0]
         accumulate(param_grads, chunk_grads[len(input_slot):], foreign=[d_projected])
         if by_hand:
@@ -209,6 +225,17 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                                            [embedded_grad], params), foreign=[embedded_grad])
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
     return _flatten(grads), input_grad, param_grads, extra_grads, total
+
+
+def _table_total(sink: WeightGradSink, param_grads: List[Optional[Tensor]], params, i: int):
+    """The running total of params[i]'s gradient: the readout sink's if it has one, else
+    param_grads[i] (made on first use)."""
+    total = sink.total(params[i])
+    if total is None:
+        if param_grads[i] is None:
+            param_grads[i] = torch.zeros_like(params[i])
+        total = param_grads[i]
+    return total
 
 
 def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],

@@ -78,6 +78,37 @@ def projection_weights(rnn, chunk) -> List[int]:
     return [id(layer.weight) for layer in rnn.cells[0].input_layers() if layer.weight.requires_grad]
 
 
+def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor]):
+    """What autograd returns over the chunk's first-layer projection `project_input(x)` =
+    x @ cat(W[:, :input]).t() + cat(b), given d_projected (batch, C, P), for `wrt` (the chunk's
+    x_leaf first if it has one, then parameters), besides the weights (`add_projection_grads`):
+    d x = d_projected @ cat(W[:, :input]) (then by autograd through x's own graph to x_leaf) and
+    each bias's slice of d_projected summed over rows: autograd's products and sums, done by
+    hand so that no graph holds the stacked weight through the chunk's steps. None where the
+    projection is not that (no inputs, inputs not float32, a Linear without bias)."""
+    cell, x = rnn.cells[0], chunk.inputs
+    layers = cell.input_layers()
+    if x is None or x.dtype != torch.float32 or any(layer.bias is None for layer in layers):
+        return None
+    result: List[Optional[Tensor]] = [None] * len(wrt)
+    d_flat = d_projected.reshape(-1, d_projected.shape[-1])
+    if chunk.x_leaf is not None and chunk.x_leaf.requires_grad:
+        with torch.no_grad(), float32_math(x.device):
+            weight = torch.cat([layer.weight[:, : cell.input_size] for layer in layers])
+            d_x = d_flat.mm(weight).view(x.shape)
+            del weight
+        result[0] = d_x if x is chunk.x_leaf else grads_of([x], [d_x], [chunk.x_leaf])[0]
+    index = {id(tensor): i for i, tensor in enumerate(wrt)}
+    if any(id(layer.bias) in index and layer.bias.requires_grad for layer in layers):
+        with torch.no_grad():
+            biases = d_flat.sum(0, keepdim=True).view(-1)  # as autograd's sum_to of addmm's
+            pieces = biases.split([layer.out_features for layer in layers])
+        for layer, piece in zip(layers, pieces):
+            if id(layer.bias) in index and layer.bias.requires_grad:
+                result[index[id(layer.bias)]] = piece
+    return result
+
+
 def add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Optional[Tensor]],
                           params: List[Tensor]) -> None:
     """Add the gradient of the x columns of the first layer's input Linears (the chunk's
@@ -110,3 +141,34 @@ def add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
         if param_grads[i] is None:
             param_grads[i] = torch.zeros_like(bias)
         param_grads[i] += grad
+
+
+
+def table_weight_index(embedding, params: List[Tensor]) -> Optional[int]:
+    """The index in `params` of a plain `nn.Embedding`'s table whose gradient
+    `add_embedding_grads` can add chunk by chunk (dense, no max_norm, no frequency scaling,
+    trainable), or None: the caller then backpropagates through the module by autograd."""
+    weight = getattr(embedding, "weight", None)
+    if (type(embedding) is not torch.nn.Embedding or embedding.sparse
+            or embedding.max_norm is not None or embedding.scale_grad_by_freq
+            or weight is None or not weight.requires_grad):
+        return None
+    return next((i for i, param in enumerate(params) if param is weight), None)
+
+
+def add_embedding_grads(embedding, ids: Tensor, embedded_grad: Tensor, total: Tensor) -> None:
+    """Add the gradient of a plain `nn.Embedding` lookup of `ids` (batch, C) into `total`, a
+    running total of its table's gradient, given d loss / d the looked-up rows `embedded_grad`
+    (batch, C, dim): no lookup again, no (batch, T, dim) gradient kept for the whole run, no
+    table-sized term beside the total. Only the rows the ids touch are computed: the kernel
+    autograd runs (`embedding_dense_backward`) over the chunk's distinct ids (each row the same
+    sum, in the same order, as in a whole-table call), then added into its row."""
+    with torch.no_grad():
+        rows, local = torch.unique(ids.reshape(-1), return_inverse=True)
+        padding = -1  # the padding row gets nothing (its local index among the rows)
+        if embedding.padding_idx is not None:
+            found = (rows == embedding.padding_idx).nonzero()
+            padding = int(found[0, 0]) if found.numel() else -1
+        block = torch.ops.aten.embedding_dense_backward(
+            embedded_grad, local.view_as(ids), rows.numel(), padding, False)
+        total.index_add_(0, rows, block)

@@ -64,8 +64,9 @@ class StepInputs:
 
     def chunk(self, start: int, stop: int, *, leaf: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
         """(x (batch, stop - start, input), leaf): with leaf=True the float inputs, or the
-        looked-up embeddings, are cut from their graph as a grad leaf (backward then runs the
-        embedding once for all steps, instead of a dense embedding-table gradient per chunk).
+        looked-up embeddings, are cut from their graph as a grad leaf (backward then adds each
+        chunk's table gradient into one running total, only the rows its ids touch; for an
+        embedding module other than a plain nn.Embedding it runs the module once for all steps).
         Both give the same values."""
         source = None
         if self.embedding is not None:
@@ -168,7 +169,7 @@ class ReversedChunk(NamedTuple):
     stop: int
     states: List[List[State]]  # exact state before each step start .. stop - 1, then after stop - 1
     tapes: Optional[list]  # per step, what its gradient needs (with tapes=True)
-    projected: Tensor  # (batch, C, P) first-layer input projections (a graph back to x_leaf)
+    projected: Tensor  # (batch, C, P) first-layer input projections (values, no graph)
     x_leaf: Optional[Tensor]  # the chunk's inputs as a grad leaf (with grad=True)
     inputs: Optional[Tensor] = None  # (batch, C, input): the x that `projected` was computed from
 

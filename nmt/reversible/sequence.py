@@ -255,15 +255,17 @@ class ReversibleRNN(StateLayout, nn.Module):
 
         initial_state: the run's exact initial state and stored: its (batch, T, k) storage (the
         stored slice units are restored from them). tapes: record what each step's gradient
-        needs; grad: compute the chunk's input projection with a graph back to its inputs (the
-        same values). A failing step raises ReversalError naming the run and step."""
+        needs; grad: the chunk's inputs `x` with a graph back to a grad leaf `x_leaf` (the
+        same values; the projection is values only: backward rebuilds its graph from `x`). A
+        failing step raises ReversalError naming the run and step."""
         for start, stop in reversed(plan.chunks()):
             with torch.set_grad_enabled(grad):
                 x, x_leaf = plan.inputs.chunk(start, stop, leaf=grad)
+            with torch.no_grad():  # values: a graph would hold the stacked input weight
                 projected = self.cells[0].project_input(x)  # (batch, C, P)
             states, chunk_tapes = [state], []
             with torch.no_grad():
-                steps = projected.detach().unbind(1)
+                steps = projected.unbind(1)
                 kept = stored_slices(self.stored_slice, start, stop, stored)
                 for t in reversed(range(start, stop)):
                     tape = [] if tapes else None
@@ -280,8 +282,11 @@ class ReversibleRNN(StateLayout, nn.Module):
                         raise failure from error
                     states.append(state)
                     chunk_tapes.append(tape)
-            yield ReversedChunk(start, stop, states[::-1], chunk_tapes[::-1] if tapes else None,
-                                projected, x_leaf, x)
+            # handed over, not kept here: the caller may drop the chunk's graph while it works
+            chunk = [ReversedChunk(start, stop, states[::-1],
+                                   chunk_tapes[::-1] if tapes else None, projected, x_leaf, x)]
+            del projected, x_leaf, x, steps, kept, states, chunk_tapes
+            yield chunk.pop()
 
     # -- whole sequences ------------------------------------------------------------------------
 
