@@ -84,7 +84,7 @@ class ReversibleConfig:
     # steps per chunk of a reversible run: the backward's working set (a chunk's tape and the
     # decoder's readout of its steps) grows with it. An integer, or "auto": the largest chunk
     # whose estimated tape + readout fits chunk_mib (nmt.reversible.plan.auto_chunk_steps)
-    chunk_steps: str = "16"
+    chunk_steps: str = "4"
     chunk_mib: Optional[float] = None
     # each step's element-wise part: torch (tensor ops), triton (fused kernels: CUDA, or a CPU
     # under TRITON_INTERPRET=1), auto (triton on CUDA when importable, else torch)

@@ -16,7 +16,7 @@ from nmt.reversible.cells import State, Values
 from nmt.reversible.fixed_point import to_fixed
 from nmt.reversible.readout import PendingTotal
 
-DEFAULT_CHUNK_STEPS = 16
+DEFAULT_CHUNK_STEPS = 4
 InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
 
 

@@ -36,7 +36,7 @@ def test_config_reaches_both_sides():
     base = {"encoder": {"cell": "revgru"}, "decoder": {"cell": "revgru"},
             "attention": {"context": "emb"}}
     model = build_model(config_from_dict({"model": base}).model, 30, 30)
-    assert model.encoder.rnn.chunk_steps == model.decoder.rnn.chunk_steps == 16  # the default
+    assert model.encoder.rnn.chunk_steps == model.decoder.rnn.chunk_steps == 4  # the default
     config = config_from_dict({"model": {**base, "reversible": {"chunk_steps": "auto",
                                                                 "chunk_mib": 2}}})
     model = build_model(config.model, 30, 30)
