@@ -18,9 +18,10 @@ fragmentation and CUDA's context and workspaces are not in it.
 Batches are synthetic: every source and target has exactly L subwords (EOS included; random ids
 in the config's vocabulary, no data or tokenizer needed). --vary batch searches the number of
 sentences at --length L (default 30); --vary length searches L at --batch N sentences (default
-64, the paper's batch). The search doubles from 1 (batch) or 2 (length) until a probe does not
-fit, then bisects; a probe stops as soon as it passes the budget. Reported per way: the largest
-fitting value, its measured figures, and the first value over budget (= largest + 1 after a
+64, the paper's batch). The search starts at 1 (batch) or 2 (length), jumps to where the line
+through the last two fitting probes meets the budget (doubling before it has two), then closes
+the bracket (by the line, then by bisection); a probe stops as soon as it passes the budget.
+Reported per way: the largest fitting value, its measured figures, and the first value over budget (= largest + 1 after a
 bisection). `--set` applies to both configs, as in `nmt bench speed`.
 """
 from __future__ import annotations
@@ -63,7 +64,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=64,
                         help="sentences per batch with --vary length (default 64)")
     parser.add_argument("--max-value", type=int, default=1 << 16,
-                        help="stop the doubling here (default 65536)")
+                        help="search no further than this (default 65536)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -118,7 +119,8 @@ def run(args) -> int:
             return result
 
         start = time.perf_counter()
-        found = search(probe, first=1 if args.vary == "batch" else 2, cap=args.max_value)
+        found = search(probe, first=1 if args.vary == "batch" else 2, cap=args.max_value,
+                       budget=budget)
         found["seconds"] = round(time.perf_counter() - start, 2)
         report[name] = {key: found.pop("value"), **found}
     for name in ("plain", "checkpointed"):
@@ -157,41 +159,52 @@ def probe_step(build: Callable, train_cfg, *, batch: int, length: int, vocab: in
                                device=device, seed=seed, budget=budget)
 
 
-def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int) -> dict:
-    """The largest value v >= first with probe(v) not None, by doubling then bisection (a fit is
-    assumed monotone in v). Returns value (first - 1 if even `first` does not fit), its figures,
-    the first value over budget (None when the cap was reached) and every probe made."""
-    probes = []
+def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int,
+           budget: Optional[int] = None) -> dict:
+    """The largest value v >= first with probe(v) not None (a fit is assumed monotone in v).
 
-    def fits(value: int) -> Optional[dict]:
+    Without `budget`: doubling, then bisection. With it, the next value is where the line through
+    the last two fitting probes' peak_total_bytes meets the budget (a step's peak is close to
+    affine in the batch) when that lies inside the bracket, else doubling or bisection; after
+    INTERPOLATED_PROBES guesses it only bisects, so a poor line costs probes, never the result: the search ends only on a
+    fitting value next to one over budget (or at the cap). Returns value (first - 1 if even
+    `first` does not fit), its figures, the first value over budget (None when the cap was
+    reached) and every probe made."""
+    probes, fitted = [], []
+    low, high, best, guesses = first - 1, None, None, 0
+    value = first
+    while True:
         result = probe(value)
         probes.append({"value": value, "fits": result is not None,
                        "peak_total_bytes": result["peak_total_bytes"] if result else None})
-        return result
-
-    best_value, best = first - 1, None
-    value = first
-    over = None
-    while True:
-        result = fits(value)
         if result is None:
-            over = value
+            high = value
+        else:
+            low, best = value, result
+            fitted.append((value, result["peak_total_bytes"]))
+        if (high is not None and high - low <= 1) or (high is None and low >= cap):
             break
-        best_value, best = value, result
-        if value >= cap:
-            break
-        value = min(cap, value * 2)
-    if over is not None:
-        low, high = best_value, over
-        while high - low > 1:
-            middle = (low + high) // 2
-            result = fits(middle)
-            if result is None:
-                high = middle
-            else:
-                low, best_value, best = middle, middle, result
-        over = high
-    return {"value": best_value, "at_max": best, "first_over": over, "probes": probes}
+        value = min(cap, 2 * low) if high is None else (low + high) // 2
+        guess = _line_guess(fitted, budget) if guesses < INTERPOLATED_PROBES else None
+        if guess == low:  # the line puts the edge right here: try the neighbour
+            guess += 1
+        if guess is not None and low < guess < (high or cap + 1):  # a guess on the bracket's edge
+            value, guesses = guess, guesses + 1  # would creep: the line is off, halve instead
+        value = max(low + 1, value)
+    return {"value": low, "at_max": best, "first_over": high, "probes": probes}
+
+
+INTERPOLATED_PROBES = 4
+
+
+def _line_guess(fitted: list, budget: Optional[int]) -> Optional[int]:
+    """Where the line through the last two fits reaches `budget` (None without one or a slope)."""
+    if budget is None or len(fitted) < 2:
+        return None
+    (v1, p1), (v2, p2) = fitted[-2:]
+    if p2 <= p1:
+        return None
+    return v2 + int((budget - p2) * (v2 - v1) // (p2 - p1))
 
 
 def print_table(report: dict) -> None:

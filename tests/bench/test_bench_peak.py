@@ -113,6 +113,25 @@ def test_capacity_over_length_and_the_doubling_cap(config_path, capsys):
     assert nothing["value"] == 1 and nothing["first_over"] == 2
 
 
+@pytest.mark.parametrize("peak, on_line", [
+    (lambda v: 10_000 + 37 * v, True),  # affine, as a step's peak nearly is
+    (lambda v: 10_000 + 37 * v + v * v // 50, False),  # convex
+    (lambda v: 10_000 + 3000 * int(v ** 0.5), False)])  # concave, in jumps
+def test_the_budget_guided_search_finds_the_bisection_answer_in_fewer_probes(peak, on_line):
+    budget = 40_000
+    def probe(v, calls):
+        calls.append(v)
+        return {"peak_total_bytes": peak(v)} if peak(v) <= budget else None
+    plain_calls, guided_calls = [], []
+    plain = search(lambda v: probe(v, plain_calls), first=1, cap=1 << 16)
+    guided = search(lambda v: probe(v, guided_calls), first=1, cap=1 << 16, budget=budget)
+    assert guided["value"] == plain["value"] and guided["first_over"] == plain["value"] + 1
+    assert peak(guided["value"]) <= budget < peak(guided["value"] + 1)
+    assert len(guided_calls) <= len(plain_calls) + 2  # a curved peak may cost a probe or two
+    if on_line:  # two probes, the guess, its neighbour
+        assert len(guided_calls) <= 4, guided_calls
+
+
 def test_capacity_text_table_and_a_plain_config_is_refused(tmp_path, config_path, capsys):
     text = _run(capacity, ["--config", str(config_path), "--budget-mib", "1", "--length", "6"],
                 capsys)
