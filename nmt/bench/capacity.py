@@ -165,7 +165,8 @@ def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int,
 
     Without `budget`: doubling, then bisection. With it, the next value is where the line through
     the last two fitting probes' peak_total_bytes meets the budget (a step's peak is close to
-    affine in the batch) when that lies inside the bracket, else doubling or bisection; after
+    affine in the batch; at most MAX_JUMP times the largest fit while no probe is over) when that
+    lies inside the bracket, else doubling or bisection; after
     INTERPOLATED_PROBES guesses it only bisects, so a poor line costs probes, never the result: the search ends only on a
     fitting value next to one over budget (or at the cap). Returns value (first - 1 if even
     `first` does not fit), its figures, the first value over budget (None when the cap was
@@ -188,6 +189,8 @@ def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int,
         guess = _line_guess(fitted, budget) if guesses < INTERPOLATED_PROBES else None
         if guess == low:  # the line puts the edge right here: try the neighbour
             guess += 1
+        if guess is not None and high is None:  # an overshoot is a costly probe: at most 8x
+            guess = min(guess, MAX_JUMP * low)
         if guess is not None and low < guess < (high or cap + 1):  # a guess on the bracket's edge
             value, guesses = guess, guesses + 1  # would creep: the line is off, halve instead
         value = max(low + 1, value)
@@ -195,6 +198,7 @@ def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int,
 
 
 INTERPOLATED_PROBES = 4
+MAX_JUMP = 8  # the largest step up, as a multiple of the largest fit, before a probe is over
 
 
 def _line_guess(fitted: list, budget: Optional[int]) -> Optional[int]:
