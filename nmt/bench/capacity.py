@@ -166,9 +166,9 @@ def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int,
     Without `budget`: doubling, then bisection. With it, the next value is where the line through
     the last two fitting probes' peak_total_bytes meets the budget (a step's peak is close to
     affine in the batch; at most MAX_JUMP times the largest fit while no probe is over) when that
-    lies inside the bracket, else doubling or bisection; after
-    INTERPOLATED_PROBES guesses it only bisects, so a poor line costs probes, never the result: the search ends only on a
-    fitting value next to one over budget (or at the cap). Returns value (first - 1 if even
+    lies inside the bracket, else doubling or bisection; after INTERPOLATED_PROBES guesses inside
+    a bracket it only bisects, so a poor line costs probes, never the result: the search ends
+    only on a fitting value next to one over budget (or at the cap). Returns value (first - 1 if even
     `first` does not fit), its figures, the first value over budget (None when the cap was
     reached) and every probe made."""
     probes, fitted = [], []
@@ -191,8 +191,8 @@ def search(probe: Callable[[int], Optional[dict]], *, first: int, cap: int,
             guess += 1
         if guess is not None and high is None:  # an overshoot is a costly probe: at most 8x
             guess = min(guess, MAX_JUMP * low)
-        if guess is not None and low < guess < (high or cap + 1):  # a guess on the bracket's edge
-            value, guesses = guess, guesses + 1  # would creep: the line is off, halve instead
+        if guess is not None and low < guess < (high or cap + 1):  # else halve: the line is off
+            value, guesses = guess, guesses + (high is not None)  # (on the edge it would creep)
         value = max(low + 1, value)
     return {"value": low, "at_max": best, "first_over": high, "probes": probes}
 
