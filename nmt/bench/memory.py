@@ -41,6 +41,8 @@ from nmt.arguments import add_set_argument, describe
 from nmt.bench.common import SavedBytes, bench_device, format_bytes, positive
 from nmt.errors import UserError
 
+EXECUTION_PREFIX = "model.reversible."  # --set keys that still apply to a --checkpoint's config
+
 TO_PLAIN = {"revgru": "gru", "revlstm": "lstm"}
 HEAD_RULE = ("complete accounting: each side is charged the shared buffer's int32 heads as if it "
              "had its own, its words, stored values and the exact states it keeps for backward; "
@@ -50,7 +52,8 @@ HEAD_RULE = ("complete accounting: each side is charged the shared buffer's int3
 def add_arguments(parser) -> None:
     describe(parser, __doc__)
     parser.add_argument("--config", required=True, help="YAML config of a reversible model")
-    parser.add_argument("--checkpoint", help="use this checkpoint's config, tokenizer and weights")
+    parser.add_argument("--checkpoint", help="use this checkpoint's config, tokenizer and weights "
+                        "(--set model.reversible.* still applies: e.g. the chunk length)")
     add_set_argument(parser, applies_to="--config")
     parser.add_argument("--batches", type=int, default=10, help="training batches (default 10)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -245,7 +248,7 @@ def _zero_counts() -> dict:
 
 def _load(args):
     """(config, tokenizer, state_dict or None) from --config, or from --checkpoint."""
-    from nmt.config import config_from_dict, load_config
+    from nmt.config import apply_overrides, config_from_dict, load_config
     from nmt.run import prepare_tokenizer
 
     config = load_config(args.config, args.set)
@@ -256,7 +259,11 @@ def _load(args):
     from nmt.data.tokenizer import Tokenizer
 
     payload = ckpt.load_checkpoint(args.checkpoint)
-    trained = config_from_dict(payload["config"])
+    values = copy.deepcopy(payload["config"])
+    # how backward runs (chunk length, kernels) may be changed for a trained model; its shape not
+    apply_overrides(values, [item for item in args.set
+                             if item.partition("=")[0].strip().startswith(EXECUTION_PREFIX)])
+    trained = config_from_dict(values)
     trained.data = config.data  # the batches come from --config's data
     tokenizer = Tokenizer.from_bytes(ckpt.tensor_to_bytes(payload["tokenizer"]))
     return trained, tokenizer, payload["model"]

@@ -151,3 +151,22 @@ def test_translate_cli_from_a_reversible_checkpoint(trained_run, small_multi30k,
     translator, _ = load_translator(run_dir / "best.pt", device=torch.device("cpu"), beam_size=1)
     assert translator.translate_texts(lines) == (tmp_path / "out1.de").read_text(
         encoding="utf-8").splitlines()
+
+
+def test_bench_memory_on_a_checkpoint_takes_only_the_reversible_execution_sets(trained_run):
+    """A trained model is measured at another chunk length with --set model.reversible.*; its
+    other model keys stay the checkpoint's (they must match its weights and training)."""
+    import argparse
+
+    from nmt.bench.memory import _load
+    from nmt.checkpoint import load_checkpoint
+
+    path, run_dir = trained_run
+    saved = load_checkpoint(run_dir / "best.pt")["config"]
+    args = argparse.Namespace(config=str(path), checkpoint=str(run_dir / "best.pt"),
+                              set=["model.reversible.chunk_steps=1", "model.dropout=0.45"])
+    config, _, weights = _load(args)
+    assert str(config.model.reversible.chunk_steps) == "1"
+    assert str(saved["model"]["reversible"]["chunk_steps"]) != "1"
+    assert config.model.dropout == saved["model"]["dropout"] != 0.45
+    assert weights is not None
