@@ -12,7 +12,8 @@ The choice is made when a run's buffer is made (`make_buffer`: a StackBuffer for
 and every step follows its buffer: `cell_step`, `cell_reverse`, `cell_tape` and `cell_backward`
 below are what `ReversibleRNN.run_steps` / `reverse_chunks` and backprop.py call per layer and
 step, the one loop pair for both paths. Matrix products and activations stay in torch on both, so
-the fused path gives the tensor path's integers, losses and gradients bit for bit. The fused path
+the fused path gives the tensor path's integers and losses bit for bit, and its gradients to float
+rounding (the fused backward folds the same sums in another order). The fused path
 has no autograd graph: it serves reversible training and forward runs without gradient; a
 reference (autograd) run keeps the tensor path.
 """

@@ -77,6 +77,12 @@ def test_fused_training_step_matches_tensor_path(cell, k, layers, context, make_
         if ours.grad is not None:
             torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert buffers[0].is_initial() and buffers[0].pushed_words() > 0
+    # the counted figures charge the same heads, words, stored values and kept states on both
+    # paths (activation_mib is measured storage: the word stack allocates in its own chunks)
+    counted = {k: v for k, v in got.memory.as_dict().items() if not k.endswith("activation_mib")}
+    assert counted == {k: v for k, v in expected.memory.as_dict().items()
+                       if not k.endswith("activation_mib")}
+    assert len(counted) >= 6 and counted["total_ratio"] > 1
 
 
 @pytest.mark.parametrize("cell,k,layers,context", CASES[:3])
