@@ -127,6 +127,59 @@ if triton is not None:
         n_applied = tl.where(real & (col >= stored), n, 1 << R)
         return live, row, col, h, n, z_q, update, real, n_applied
 
+    @triton.jit
+    def _push_block(h, n_applied, step, offs, live, row, col, head_ptr, head_stride, words_ptr,
+                    capacity, top, stage_ptr, flag_ptr, counts_ptr, pid, STAGED: tl.constexpr,
+                    R: tl.constexpr, W: tl.constexpr):
+        """The forward bijection of a 1-D block of elements (flat indices `offs`, row-major):
+        spill the heads that would overflow (words in element order from `top`, or staged at
+        `offs` with this block's count in counts[pid]), code h's low R bits into the heads and
+        add the rounded update `step`. Returns (new exact values, new top)."""
+        state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
+        spill = (state >= (n_applied << W)) & live
+        word = ((state & ((1 << W) - 1)) - (1 << (W - 1))).to(tl.int16)
+        if STAGED:
+            tl.store(stage_ptr + offs, word, mask=live)
+            tl.store(flag_ptr + offs, spill.to(tl.int8), mask=live)
+            tl.store(counts_ptr + pid, tl.sum(spill.to(tl.int64), 0))
+        else:
+            slot = top + tl.cumsum(spill.to(tl.int32), 0) - 1
+            tl.store(words_ptr + slot, word, mask=spill & (slot < capacity))
+            top += tl.sum(spill.to(tl.int64), 0)
+        state = tl.where(spill, state >> W, state)
+        # the bijection: state < 2**36 is non-negative, so // is floor here
+        state = (state << R) | (h & ((1 << R) - 1))
+        quotient = state // n_applied
+        out = (h >> R) * n_applied + (state - quotient * n_applied) + step
+        tl.store(head_ptr + row * head_stride + col, quotient.to(tl.int32), mask=live)
+        return out, top
+
+    @triton.jit
+    def _pop_block(h_next, n_applied, step, live, row, col, head_ptr, head_stride, words_ptr, top,
+                   error_ptr, counts_ptr, pid, STAGED: tl.constexpr, R: tl.constexpr,
+                   W: tl.constexpr):
+        """The inverse of `_push_block` for one block: h_next minus `step`, decoded from the
+        heads, and the heads refilled from the words on top (STAGED: left before the refill,
+        the refill count in counts[pid]). Returns (previous exact values, new top)."""
+        h = h_next - step
+        quotient = _floor_div(h, n_applied)  # h may be negative
+        state = tl.load(head_ptr + row * head_stride + col, mask=live,
+                        other=1 << R).to(tl.int64) * n_applied + (h - quotient * n_applied)
+        out = (quotient << R) | (state & ((1 << R) - 1))
+        state = state >> R
+        refill = (state < (1 << R)) & live
+        count = tl.sum(refill.to(tl.int64), 0)
+        if STAGED:
+            tl.store(counts_ptr + pid, count)
+        else:
+            slot = top - count + tl.cumsum(refill.to(tl.int32), 0) - 1
+            _flag_underflow(refill, slot, error_ptr)
+            word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
+            state = tl.where(refill, (state << W) | (word + (1 << (W - 1))), state)
+            top -= count
+        tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
+        return out, top
+
     @triton.jit(do_not_specialize=["capacity", "rows", "cols", "stored", "n_min"])
     def _gated_forward_kernel(
             h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr, b_stride, mask_ptr,
@@ -155,24 +208,9 @@ if triton is not None:
                 offs, total, cols, h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr,
                 b_stride, mask_ptr, stored, n_min, MODE, HAS_MASK, R, ACTIVATE, LIBDEVICE)
             step = tl.where(real, _rint(update * (1 << 23)), 0)
-            # spill the heads that would overflow: words in element order from top
-            state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
-            spill = (state >= (n_applied << W)) & live
-            word = ((state & ((1 << W) - 1)) - (1 << (W - 1))).to(tl.int16)
-            if STAGED:
-                tl.store(stage_ptr + offs, word, mask=live)
-                tl.store(flag_ptr + offs, spill.to(tl.int8), mask=live)
-                tl.store(counts_ptr + pid, tl.sum(spill.to(tl.int64), 0))
-            else:
-                slot = top + tl.cumsum(spill.to(tl.int32), 0) - 1
-                tl.store(words_ptr + slot, word, mask=spill & (slot < capacity))
-                top += tl.sum(spill.to(tl.int64), 0)
-            state = tl.where(spill, state >> W, state)
-            # the bijection: state < 2**36 is non-negative, so // is floor here
-            state = (state << R) | (h & ((1 << R) - 1))
-            quotient = state // n_applied
-            out = (h >> R) * n_applied + (state - quotient * n_applied) + step
-            tl.store(head_ptr + row * head_stride + col, quotient.to(tl.int32), mask=live)
+            out, top = _push_block(h, n_applied, step, offs, live, row, col, head_ptr,
+                                   head_stride, words_ptr, capacity, top, stage_ptr, flag_ptr,
+                                   counts_ptr, pid, STAGED, R, W)
             if COUNT:
                 tl.atomic_add(hist_ptr + n_applied, 1, mask=live)
             # stored units: the rounded float update, not the buffer
@@ -268,23 +306,9 @@ if triton is not None:
             live, row, col, h_next, n, z_q, update, real, n_applied = _element(
                 offs, total, cols, h_ptr, h_stride, s_ptr, s_stride, a_ptr, a_stride, b_ptr,
                 b_stride, mask_ptr, stored, n_min, MODE, HAS_MASK, R, ACTIVATE, LIBDEVICE)
-            h = h_next - tl.where(real, _rint(update * (1 << 23)), 0)
-            quotient = _floor_div(h, n_applied)  # h may be negative
-            state = tl.load(head_ptr + row * head_stride + col, mask=live,
-                            other=1 << R).to(tl.int64) * n_applied + (h - quotient * n_applied)
-            out = (quotient << R) | (state & ((1 << R) - 1))
-            state = state >> R
-            refill = (state < (1 << R)) & live
-            count = tl.sum(refill.to(tl.int64), 0)
-            if STAGED:
-                tl.store(counts_ptr + pid, count)
-            else:
-                slot = top - count + tl.cumsum(refill.to(tl.int32), 0) - 1
-                _flag_underflow(refill, slot, error_ptr)
-                word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
-                state = tl.where(refill, (state << W) | (word + (1 << (W - 1))), state)
-                top -= count
-            tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
+            out, top = _pop_block(h_next, n_applied, tl.where(real, _rint(update * (1 << 23)), 0),
+                                  live, row, col, head_ptr, head_stride, words_ptr, top, error_ptr,
+                                  counts_ptr, pid, STAGED, R, W)
             restored = tl.load(restored_ptr + row * restored_stride + col,
                                mask=live & (col < stored), other=0)
             out = tl.where(col < stored, tl.where(real, restored, h_next), out)
