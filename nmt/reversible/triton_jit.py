@@ -128,6 +128,19 @@ if triton is not None:
         return live, row, col, h, n, z_q, update, real, n_applied
 
     @triton.jit
+    def _times_weight_t(a, w_ptr, w_stride, k_size, n_size, KP: tl.constexpr,
+                        NP: tl.constexpr):
+        """a @ W^T for a register block a (RB, KP) (zero past column k_size) and W (n_size,
+        k_size) in memory with row stride w_stride: (RB, NP) float32, zero past column n_size.
+        IEEE float32 products (no TF32), one code path for every kernel that calls it, so a
+        forward kernel and its reverse compute the same pre-activations bit for bit."""
+        k = tl.arange(0, KP)
+        n = tl.arange(0, NP)
+        w = tl.load(w_ptr + n[None, :] * w_stride + k[:, None],
+                    mask=(k[:, None] < k_size) & (n[None, :] < n_size), other=0.0)
+        return tl.dot(a, w, input_precision="ieee")
+
+    @triton.jit
     def _push_block(h, n_applied, step, offs, live, row, col, head_ptr, head_stride, words_ptr,
                     capacity, top, stage_ptr, flag_ptr, counts_ptr, pid, STAGED: tl.constexpr,
                     R: tl.constexpr, W: tl.constexpr):
