@@ -90,6 +90,9 @@ class ReversibleConfig:
     # under TRITON_INTERPRET=1), auto (triton on CUDA when importable, else torch)
     kernels: str = field(default="auto", metadata=choices(*KERNEL_CHOICES))
     fused_activations: bool = False  # triton: the kernels apply sigmoid/tanh too (fewer launches)
+    # triton: the kernels also compute the recurrent (hidden-side) matrix products, so each
+    # half-step and direction is one launch (implies fused_activations)
+    fused_products: bool = False
 
 
 @dataclass

@@ -54,4 +54,5 @@ def _chunking(model_cfg) -> dict:
     reversible = getattr(model_cfg, "reversible", None) or ReversibleConfig()
     steps, budget = chunk_setting(reversible)
     return {"chunk_steps": steps, "chunk_bytes": budget, "kernels": reversible.kernels,
-            "fused_activations": bool(reversible.fused_activations)}
+            "fused_activations": bool(reversible.fused_activations),
+            "fused_products": bool(reversible.fused_products)}

@@ -184,7 +184,8 @@ class ReversibleDecoder(ReversiblePart):
                  bridge: nn.Module, dropout: float = 0.0, output_dropout: float = 0.0,
                  per_step_dropout: bool = True, tie_embeddings: bool = False,
                  chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None,
-                 kernels: str = "auto", fused_activations: bool = False):
+                 kernels: str = "auto", fused_activations: bool = False,
+                 fused_products: bool = False):
         super().__init__()
         # a tied PAD row is also the output layer's: it keeps its init (see Embeddings)
         self.embeddings = Embeddings(vocab_size, embedding_dim, zero_padding=not tie_embeddings)
@@ -192,7 +193,8 @@ class ReversibleDecoder(ReversiblePart):
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
                                  max_forget_bits=max_forget_bits,
                                  chunk_steps=chunk_steps, chunk_bytes=chunk_bytes,
-                                 kernels=kernels, fused_activations=fused_activations)
+                                 kernels=kernels, fused_activations=fused_activations,
+                                 fused_products=fused_products)
         self.readout = Readout(hidden, context_size, vocab_size)
         if tie_embeddings:
             tie_output(self.readout.output, self.embeddings)

@@ -129,7 +129,8 @@ class ReversibleEncoder(ReversiblePart):
                  memory_saving: bool = True, buffer_width: Optional[int] = None,
                  per_step_dropout: bool = True,
                  chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None,
-                 kernels: str = "auto", fused_activations: bool = False):
+                 kernels: str = "auto", fused_activations: bool = False,
+                 fused_products: bool = False):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         self.use_embeddings = context.startswith("emb")
@@ -140,7 +141,8 @@ class ReversibleEncoder(ReversiblePart):
         self.rnn = ReversibleRNN(cell, embedding_dim, hidden, num_layers=layers,
                                  max_forget_bits=max_forget_bits, storage=storage,
                                  chunk_steps=chunk_steps, chunk_bytes=chunk_bytes,
-                                 kernels=kernels, fused_activations=fused_activations)
+                                 kernels=kernels, fused_activations=fused_activations,
+                                 fused_products=fused_products)
         self.context_kind, self.precision, self.dropout = context, precision, dropout
         self.memory_saving = memory_saving and self.part != "hidden"  # hidden: stores every state
         self.per_step_dropout = per_step_dropout
@@ -159,7 +161,8 @@ class ReversibleEncoder(ReversiblePart):
         except KernelsUnavailable as error:
             raise ConfigError(f"model.reversible.kernels: {error}") from error
         return make_buffer((batch, self.buffer_width), device=device, keep_words=keep,
-                           fused=fused, activate=self.rnn.fused_activations)
+                           fused=fused, activate=self.rnn.fused_activations,
+                           products=self.rnn.fused_products)
 
     def forward(self, src: Tensor, src_lengths: Tensor, *,
                 mode: Optional[MemoryMode] = None) -> ReversibleEncoderOutput:

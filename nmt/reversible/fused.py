@@ -174,6 +174,16 @@ def _lstm_backward_half(cell: RevLSTMCell, entry: tuple, d: list, inputs: list, 
 
 # -- dispatch and multi-step drivers ---------------------------------------------------------------
 
+def _product(cell: ReversibleCell, name: str) -> Callable:
+    """The fused-products kernel driver `name` of the cell's kind (triton_gru_products.py /
+    triton_lstm_products.py: the recurrent products inside the kernels)."""
+    if isinstance(cell, RevGRUCell):
+        from nmt.reversible import triton_gru_products as module
+        return getattr(module, "gru_" + name)
+    from nmt.reversible import triton_lstm_products as module
+    return getattr(module, "lstm_" + name)
+
+
 def _run_halves(cell: ReversibleCell, projected: Tensor, state: State, values: Optional[State],
                 order: Tuple[int, int], run_half) -> Tuple[State, State]:
     """run_half(half, pieces, exact, floats) for each half in `order`, on copies of the state
@@ -188,8 +198,15 @@ def _run_halves(cell: ReversibleCell, projected: Tensor, state: State, values: O
 
 def step(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
          mask: Optional[Tensor], *, values: Optional[State] = None, stored_units: int = 0,
-         precision: int = 32, activate: bool = False, tag: str = "") -> Tuple[State, State]:
-    """The cell's `step` (no gradient) on the fused path: returns (state, float views)."""
+         precision: int = 32, activate: bool = False, products: bool = False, tag: str = ""
+         ) -> Tuple[State, State]:
+    """The cell's `step` (no gradient) on the fused path: returns (state, float views).
+    `products`: the kernels compute the recurrent products too (one launch per half)."""
+    if products:
+        return _run_halves(cell, projected, state, values, (0, 1), lambda half, *parts: _product(
+            cell, "forward_half")(cell, half, *parts, stack, mask, n_min=_n_min(cell),
+                                  stored=stored_units if half == 0 else 0, precision=precision,
+                                  tag=tag))
     forward_half = _gru_forward_half if isinstance(cell, RevGRUCell) else _lstm_forward_half
     return _run_halves(cell, projected, state, values, (0, 1), lambda half, *parts: forward_half(
         cell, half, *parts, stack, mask, stored=stored_units if half == 0 else 0,
@@ -199,9 +216,13 @@ def step(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack
 def reverse(cell: ReversibleCell, projected: Tensor, state: State, stack: WordStack,
             mask: Optional[Tensor], *, values: Optional[State] = None,
             restored: Optional[Tensor] = None, tape: Optional[list] = None,
-            activate: bool = False) -> Tuple[State, State]:
+            activate: bool = False, products: bool = False) -> Tuple[State, State]:
     """The cell's `reverse` on the fused path: returns (previous state, its float views); with a
     `tape`, appends what `backward_step` needs."""
+    if products:
+        return _run_halves(cell, projected, state, values, (1, 0), lambda half, *parts: _product(
+            cell, "reverse_half")(cell, half, *parts, stack, mask, n_min=_n_min(cell),
+                                  restored=restored if half == 0 else None, tape=tape))
     reverse_half = _gru_reverse_half if isinstance(cell, RevGRUCell) else _lstm_reverse_half
     return _run_halves(cell, projected, state, values, (1, 0), lambda half, *parts: reverse_half(
         cell, half, *parts, stack, mask, restored=restored if half == 0 else None, tape=tape,
@@ -209,7 +230,7 @@ def reverse(cell: ReversibleCell, projected: Tensor, state: State, stack: WordSt
 
 
 def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after: State, *,
-                   activate: bool = False) -> list:
+                   activate: bool = False, products: bool = False) -> list:
     """The tape `reverse(..., tape=[], activate=activate)` records for the step from `before` to
     `after` (exact states), recomputed without the stack: the same gate functions of the same
     float views, so the same tensors bit for bit (as `ReversibleCell.recompute_tape`)."""
@@ -220,7 +241,13 @@ def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after
         for half in (1, 0):  # half 2 is undone first: its gates read the new h1
             other = from_fixed(after[0] if half == 1 else before[1])
             previous = from_fixed(before[half])
-            if gru:
+            if products and gru:
+                tape.append(_product(cell, "tape_entry")(cell, half, pieces, other, previous))
+            elif products:
+                tape.append(_product(cell, "tape_entry")(
+                    cell, half, pieces, other, previous, from_fixed(before[2 + half]),
+                    from_fixed(after[2 + half])))
+            elif gru:
                 tape.append((half, other, previous,
                              *_gru_gates(cell, half, pieces, other, activate)))
             else:
@@ -233,7 +260,7 @@ def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after
 
 
 def backward_step(cell: ReversibleCell, tape: list, grads: Sequence[Tensor],
-                  mask: Optional[Tensor], *, activate: bool = False
+                  mask: Optional[Tensor], *, activate: bool = False, products: bool = False
                   ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
     """The cell's `backward_step` on the fused path (same returns: state gradients, d projected,
     the inputs of the recurrent products); `activate` as the tape's `reverse` had it."""
@@ -244,7 +271,11 @@ def backward_step(cell: ReversibleCell, tape: list, grads: Sequence[Tensor],
     d_projected, pieces = _d_projected(cell, d[0])
     with torch.no_grad(), float32_math(d[0].device):
         for entry in tape:
-            backward_half(cell, entry, d, inputs, pieces, mask, activate)
+            if products:
+                _product(cell, "backward_half")(cell, entry, d, inputs, pieces, mask,
+                                                n_min=_n_min(cell))
+            else:
+                backward_half(cell, entry, d, inputs, pieces, mask, activate)
     return d, d_projected, inputs
 
 

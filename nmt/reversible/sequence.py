@@ -12,9 +12,8 @@ the reversal checks (checks.py) and the encoder's stored states all run these tw
 mode and every check sees the same chunking, masks and arithmetic: losses are bit-identical and
 gradients agree to float rounding.
 
-Inputs are floats (batch, T, input) or token ids (batch, T) with an embedding module, looked up
-again chunk by chunk in reverse. Masks are (batch, T) bool, True on real steps (a prefix of each
-row). Steps run in chunks of `chunk_steps`: the first layer's input projections of a chunk are one
+Inputs: floats (batch, T, input), or ids (batch, T) with an embedding (looked up again chunk by
+chunk in reverse); masks (batch, T) bool, True on real steps (a prefix of each row). Steps run in chunks of `chunk_steps`: the first layer's input projections of a chunk are one
 matrix product. A readout hook (a loss on the top states, see `read_chunk`) is summed over chunks
 in forward time order; in reversible mode forward evaluates it without a graph for its value and
 backward again, with gradients, while the chunk is reversed (so it must be deterministic).
@@ -59,17 +58,18 @@ class ReversibleRNN(StateLayout, nn.Module):
             over a chunk; reversible backward holds one chunk's graph at a time), or "auto":
             per run, the largest chunk whose estimated tape and readout fit `chunk_bytes`
             (`auto_chunk_steps`).
-        kernels: "auto", "triton" or "torch": what runs each step's element-wise part, and
-            fused_activations: the fused kernels apply sigmoid / tanh (step_kernels.py).
+        kernels ("auto", "triton" or "torch"), fused_activations, fused_products: what runs
+            each step (step_kernels.py).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None,
                  chunk_steps: Union[int, str] = DEFAULT_CHUNK_STEPS,
                  chunk_bytes: Optional[int] = None, kernels: str = "auto",
-                 fused_activations: bool = False):
+                 fused_activations: bool = False, fused_products: bool = False):
         super().__init__()
-        self.kernels, self.fused_activations = check_kernels(kernels), fused_activations
+        self.kernels = check_kernels(kernels)
+        self.fused_activations, self.fused_products = fused_activations, fused_products
         if chunk_steps == "auto":
             if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
                 raise ValueError(f"chunk_steps 'auto' needs a positive chunk_bytes, "
@@ -115,6 +115,7 @@ class ReversibleRNN(StateLayout, nn.Module):
         StackBuffer where words are kept and `kernels` selects the fused kernels."""
         return make_buffer((batch, self.half_size), device=device, keep_words=keep_words,
                            device_offsets=device_offsets, activate=self.fused_activations,
+                           products=self.fused_products,
                            fused=keep_words and use_triton(self.kernels, device))
 
     # -- one step of the whole stack ------------------------------------------------------------

@@ -27,7 +27,8 @@ class StackBuffer:
     device_offsets = True
 
     def __init__(self, shape: Tuple[int, int], *, device=None, word_bits: int = WORD_BITS,
-                 forget_radix: int = FORGET_RADIX, activate: bool = False):
+                 forget_radix: int = FORGET_RADIX, activate: bool = False,
+                 products: bool = False):
         self.shape = tuple(int(size) for size in shape)
         if len(self.shape) != 2 or any(size <= 0 for size in self.shape):
             raise ValueError(f"a StackBuffer's shape is (rows, columns), got {shape}")
@@ -36,7 +37,9 @@ class StackBuffer:
         self.stack = WordStack(self.shape, device=device, forget_radix=forget_radix,
                                word_bits=word_bits)
         self._steps = 0  # cell steps pushed and not yet undone
-        self.activate = activate  # the kernels apply sigmoid / tanh themselves (fused.py)
+        # the kernels apply sigmoid / tanh themselves, and with `products` also compute the
+        # recurrent products (fused.py)
+        self.activate, self.products = activate or products, products
         # the float views the kernels returned with each state a reverse step restored, by the
         # id of its first part: the next reverse step of that state reads them (no conversion)
         self.views: dict = {}
@@ -129,11 +132,11 @@ class StackBuffer:
 
 def make_buffer(shape: Tuple[int, int], *, device=None, keep_words: bool = True,
                 fused: bool = False, device_offsets: Optional[bool] = None,
-                activate: bool = False):
+                activate: bool = False, products: bool = False):
     """A StackBuffer when `fused` and words are kept (`activate`: its steps' kernels apply the
-    activations too), else an InformationBuffer."""
+    activations too; `products`: and the recurrent products), else an InformationBuffer."""
     if fused and keep_words:
-        return StackBuffer(shape, device=device, activate=activate)
+        return StackBuffer(shape, device=device, activate=activate, products=products)
     return InformationBuffer(shape, device=device, keep_words=keep_words,
                              device_offsets=device_offsets)
 

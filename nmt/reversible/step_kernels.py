@@ -80,7 +80,7 @@ def cell_step(cell, projected: Tensor, state, values, buffer, mask: Optional[Ten
         raise ValueError("next_state: not supported by the fused kernels")
     return fused.step(cell, projected, state, buffer.pushed_step(), mask, values=values,
                       stored_units=stored_units, precision=precision, activate=buffer.activate,
-                      tag=tag)
+                      products=buffer.products, tag=tag)
 
 
 def cell_reverse(cell, projected: Tensor, state, buffer, mask: Optional[Tensor], *,
@@ -96,7 +96,8 @@ def cell_reverse(cell, projected: Tensor, state, buffer, mask: Optional[Tensor],
         buffer.views.clear()
     exact, floats = fused.reverse(cell, projected, state, buffer.popped_step(), mask,
                                   values=views[1] if known else None, restored=restored,
-                                  tape=tape, activate=buffer.activate)
+                                  tape=tape, activate=buffer.activate,
+                                  products=buffer.products)
     buffer.views[id(exact[0])] = (exact, floats)
     return exact
 
@@ -107,7 +108,8 @@ def cell_tape(cell, projected: Tensor, before, after, *, buffer=None) -> list:
         return cell.recompute_tape(projected, before, after)
     from nmt.reversible import fused
 
-    return fused.recompute_tape(cell, projected, before, after, activate=buffer.activate)
+    return fused.recompute_tape(cell, projected, before, after, activate=buffer.activate,
+                                products=buffer.products)
 
 
 def cell_backward(cell, tape: list, grads, mask: Optional[Tensor], *, buffer=None):
@@ -117,7 +119,8 @@ def cell_backward(cell, tape: list, grads, mask: Optional[Tensor], *, buffer=Non
         return cell.backward_step(tape, grads, mask)
     from nmt.reversible import fused
 
-    return fused.backward_step(cell, tape, grads, mask, activate=buffer.activate)
+    return fused.backward_step(cell, tape, grads, mask, activate=buffer.activate,
+                               products=buffer.products)
 
 
 def chunk_words(rnn, batch: int, steps: int) -> int:

@@ -103,13 +103,13 @@ def test_resume_names_both_values_and_knows_what_older_checkpoints_trained_with(
 
 
 def test_checkpoints_older_than_the_kernels_setting_resume_and_kernels_may_change(tmp_path):
-    """model.reversible.kernels / fused_activations arrived after some runs started: their
+    """model.reversible.kernels / fused_activations / fused_products arrived after some runs: their
     checkpoints resume under the defaults, and the kernel path (how a step runs) may change."""
     values = toy_config(tmp_path, max_steps=2, valid_every=2)
     train_from_config(config_from_dict(values), progress=False, echo=False)
     for path in step_checkpoints(values["run_dir"]):
         payload = load_checkpoint(path)
-        for key in ("kernels", "fused_activations"):
+        for key in ("kernels", "fused_activations", "fused_products"):
             del payload["config"]["model"]["reversible"][key]
         save_checkpoint(path, payload)
     values["train"]["max_steps"] = 3
