@@ -61,7 +61,7 @@ def _add_rows(total: Tensor, grad: Tensor, x: Tensor) -> None:
     the same reduction), as in WeightGradSink."""
     rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
     for first in range(0, total.shape[0], rows):
-        total[first: first + rows] += grad[:, first: first + rows].t().mm(x)
+        total[first: first + rows].add_(grad[:, first: first + rows].t().mm(x))  # (no copy_)
 
 
 def _running_total(param_grads: List[Optional[Tensor]], i: int, weight: Tensor) -> Tensor:

@@ -72,7 +72,7 @@ class WeightGradSink:
             return
         rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
         for first in range(0, total.shape[0], rows):
-            total[first: first + rows] += grad[:, first: first + rows].t().mm(x)
+            total[first: first + rows].add_(grad[:, first: first + rows].t().mm(x))
 
     def total(self, param: Tensor) -> Optional[Tensor]:
         return self.totals.get(id(param))
@@ -103,7 +103,7 @@ class TensorGradSink:
         rows = max(1, SINK_BLOCK_BYTES // row)
         for first in range(0, total.shape[0], rows):
             term = left[first: first + rows].bmm(right[first: first + rows])
-            total[first: first + rows] += term.transpose(1, 2) if transposed else term
+            total[first: first + rows].add_(term.transpose(1, 2) if transposed else term)
 
     def total(self, tensor: Tensor) -> Optional[Tensor]:
         return self.totals.get(id(tensor))
