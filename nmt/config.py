@@ -93,6 +93,9 @@ class ReversibleConfig:
     # triton: the kernels also compute the recurrent (hidden-side) matrix products, so each
     # half-step and direction is one launch (implies fused_activations)
     fused_products: bool = False
+    # the decoder's readout (attention, output layer, loss) is evaluated this many steps at a
+    # time (null: a whole chunk): bounds its memory while longer chunks launch fewer kernels
+    readout_steps: Optional[int] = None
 
 
 @dataclass
@@ -325,6 +328,9 @@ def chunk_setting(reversible: ReversibleConfig):
 
 def _validate_reversible(reversible: ReversibleConfig) -> None:
     chunk_setting(reversible)
+    if reversible.readout_steps is not None and reversible.readout_steps < 1:
+        raise ConfigError(f"model.reversible.readout_steps: must be a positive integer or null, "
+                          f"got {reversible.readout_steps}")
 
 
 def _validate_train(train: TrainConfig) -> None:

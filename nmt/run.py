@@ -172,7 +172,7 @@ def prepare_run(config: Config, *, force: bool = False,
 # Keys added after checkpoints were written, with the behaviour those checkpoints trained with.
 LEGACY_VALUES = {"model.readout_dropout": "sequence", "model.reversible.kernels": "auto",
                  "model.reversible.fused_activations": False,
-                 "model.reversible.fused_products": False}
+                 "model.reversible.fused_products": False, "model.reversible.readout_steps": None}
 # How a step is computed, not what is trained: a run may resume on another device or kernel path.
 EXECUTION_KEYS = ("data.dir", "data.eval_batch_size", "model.reversible.kernels")
 

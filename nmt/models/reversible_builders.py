@@ -55,4 +55,5 @@ def _chunking(model_cfg) -> dict:
     steps, budget = chunk_setting(reversible)
     return {"chunk_steps": steps, "chunk_bytes": budget, "kernels": reversible.kernels,
             "fused_activations": bool(reversible.fused_activations),
-            "fused_products": bool(reversible.fused_products)}
+            "fused_products": bool(reversible.fused_products),
+            "readout_steps": reversible.readout_steps}

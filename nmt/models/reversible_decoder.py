@@ -185,7 +185,7 @@ class ReversibleDecoder(ReversiblePart):
                  per_step_dropout: bool = True, tie_embeddings: bool = False,
                  chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None,
                  kernels: str = "auto", fused_activations: bool = False,
-                 fused_products: bool = False):
+                 fused_products: bool = False, readout_steps: Optional[int] = None):
         super().__init__()
         # a tied PAD row is also the output layer's: it keeps its init (see Embeddings)
         self.embeddings = Embeddings(vocab_size, embedding_dim, zero_padding=not tie_embeddings)
@@ -194,7 +194,7 @@ class ReversibleDecoder(ReversiblePart):
                                  max_forget_bits=max_forget_bits,
                                  chunk_steps=chunk_steps, chunk_bytes=chunk_bytes,
                                  kernels=kernels, fused_activations=fused_activations,
-                                 fused_products=fused_products)
+                                 fused_products=fused_products, readout_steps=readout_steps)
         self.readout = Readout(hidden, context_size, vocab_size)
         if tie_embeddings:
             tie_output(self.readout.output, self.embeddings)

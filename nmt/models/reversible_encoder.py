@@ -130,7 +130,7 @@ class ReversibleEncoder(ReversiblePart):
                  per_step_dropout: bool = True,
                  chunk_steps=DEFAULT_CHUNK_STEPS, chunk_bytes: Optional[int] = None,
                  kernels: str = "auto", fused_activations: bool = False,
-                 fused_products: bool = False):
+                 fused_products: bool = False, readout_steps: Optional[int] = None):
         super().__init__()
         self.part = None if context == "emb" else context.split("+")[-1]
         self.use_embeddings = context.startswith("emb")
@@ -142,7 +142,7 @@ class ReversibleEncoder(ReversiblePart):
                                  max_forget_bits=max_forget_bits, storage=storage,
                                  chunk_steps=chunk_steps, chunk_bytes=chunk_bytes,
                                  kernels=kernels, fused_activations=fused_activations,
-                                 fused_products=fused_products)
+                                 fused_products=fused_products, readout_steps=readout_steps)
         self.context_kind, self.precision, self.dropout = context, precision, dropout
         self.memory_saving = memory_saving and self.part != "hidden"  # hidden: stores every state
         self.per_step_dropout = per_step_dropout

@@ -154,29 +154,16 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
     for chunk in rnn.reverse_chunks(plan, state, initial_state=forward.kept.reversal_initial(),
                                     stored=stored, tapes=is_stack_buffer(plan.buffer), grad=True):
         start, stop, state = chunk.start, chunk.stop, chunk.states[0]
-        # the chunk's readout and storage, by autograd, on its top states as one leaf
-        tops = from_fixed(torch.cat([torch.stack([after[-1][half] for after in chunk.states[1:]],
-                                                 dim=1) for half in (0, 1)], dim=-1)).requires_grad_()
-        outputs, out_grads = [], []
-        with torch.enable_grad():
-            if storing:
-                outputs.append(rnn.stored_from_top(tops, mask[:, start:stop]))
-                out_grads.append(grad_stored[:, start:stop])
-            if reading:
-                # output-layer weight grads, and the attention keys' and values' grads: added
-                # in place into one running total each, in blocks
-                with weight_grad_sink(sink), tensor_grad_sink(extra_sink):
-                    outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), start, extras))
-                out_grads.append(grad_total)
-                chunk_totals.append(outputs[-1].detach())
-            read_grads = grads_of(outputs, out_grads, [tops] + params + extras)
-        param_part, extra_part = read_grads[1: 1 + len(params)], read_grads[1 + len(params):]
-        accumulate(param_grads, param_part, foreign=[read_grads[0]] + extra_part + out_grads)
-        accumulate(extra_grads, extra_part, foreign=[read_grads[0]] + param_part + out_grads)
-        top_grads = read_grads[0]
-        # what was accumulated goes now, not when the next chunk reassigns it: at most one
-        # chunk's gradient of a parameter lives beside its running total
-        del read_grads, param_part, extra_part, outputs, out_grads, tops
+        # the chunk's readout and storage, by autograd on its top states, block by block (the
+        # plan's readout blocks, last first: one block's graph at a time)
+        block_grads = []
+        for first, last in _readout_blocks(plan, start, stop):
+            block_grads.append(_read_block(rnn, plan, chunk, first, last, storing, grad_stored,
+                                           reading, grad_total, extras, params, sink, extra_sink,
+                                           param_grads, extra_grads, chunk_totals))
+        top_grads = (block_grads[0] if len(block_grads) == 1 or block_grads[0] is None
+                     else torch.cat(block_grads[::-1], dim=1))
+        del block_grads
         weight_grads, bias_grads = DeferredWeightGrads(), []
         grads, d_projected = _backprop_steps(rnn, plan, chunk, grads, top_grads,
                                              weight_grads, bias_grads)
@@ -225,6 +212,40 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                                            [embedded_grad], params), foreign=[embedded_grad])
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
     return _flatten(grads), input_grad, param_grads, extra_grads, total
+
+
+def _readout_blocks(plan, start: int, stop: int):
+    """[first, last) of the chunk's readout blocks, last block first."""
+    stops = plan.readout_stops(start, stop)
+    return list(zip([start] + stops[:-1], stops))[::-1]
+
+
+def _read_block(rnn, plan, chunk, first: int, last: int, storing: bool, grad_stored, reading: bool,
+                grad_total, extras, params, sink, extra_sink, param_grads, extra_grads,
+                block_totals: list) -> Optional[Tensor]:
+    """The readout and storage of steps [first, last) of `chunk`, by autograd, on their top
+    states as one leaf: their gradients into the running totals (the output layer's weight and
+    the attention keys' and values' through the sinks, in blocks), the block's readout onto
+    `block_totals`; returns d loss / d those top states (batch, last - first, H) or None."""
+    mask, offset = plan.mask, chunk.start
+    tops = from_fixed(torch.cat([torch.stack(
+        [after[-1][half] for after in chunk.states[1 + first - offset: 1 + last - offset]],
+        dim=1) for half in (0, 1)], dim=-1)).requires_grad_()
+    outputs, out_grads = [], []
+    with torch.enable_grad():
+        if storing:
+            outputs.append(rnn.stored_from_top(tops, mask[:, first:last]))
+            out_grads.append(grad_stored[:, first:last])
+        if reading:
+            with weight_grad_sink(sink), tensor_grad_sink(extra_sink):
+                outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), first, extras))
+            out_grads.append(grad_total)
+            block_totals.append(outputs[-1].detach())
+        read_grads = grads_of(outputs, out_grads, [tops] + params + extras)
+    param_part, extra_part = read_grads[1: 1 + len(params)], read_grads[1 + len(params):]
+    accumulate(param_grads, param_part, foreign=[read_grads[0]] + extra_part + out_grads)
+    accumulate(extra_grads, extra_part, foreign=[read_grads[0]] + param_part + out_grads)
+    return read_grads[0]
 
 
 def _table_total(sink: WeightGradSink, param_grads: List[Optional[Tensor]], params, i: int):

@@ -34,6 +34,19 @@ def step_bytes(*, batch: int, hidden: int, layers: int, readout_row_bytes: int =
     return batch * (TAPE_BYTES_PER_UNIT * hidden * layers + readout_row_bytes)
 
 
+def check_chunking(chunk_steps, chunk_bytes: Optional[int], readout_steps: Optional[int]) -> None:
+    """ValueError unless chunk_steps is a positive int (or "auto" with a positive chunk_bytes)
+    and readout_steps None or a positive int."""
+    if chunk_steps == "auto":
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise ValueError(f"chunk_steps 'auto' needs a positive chunk_bytes, got {chunk_bytes!r}")
+    elif isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
+        raise ValueError(f"chunk_steps must be a positive integer or 'auto', got {chunk_steps!r}")
+    if readout_steps is not None and (isinstance(readout_steps, bool)
+                                      or not isinstance(readout_steps, int) or readout_steps < 1):
+        raise ValueError(f"readout_steps must be a positive integer or None, got {readout_steps!r}")
+
+
 def auto_chunk_steps(budget_bytes: int, *, batch: int, steps: int, hidden: int, layers: int,
                      readout_row_bytes: int = 0) -> int:
     """The largest chunk (1 .. steps) whose estimated working set (`step_bytes` per step) fits
@@ -97,6 +110,7 @@ class Plan:
     num_extras: int = 0
     layer_dropout: Optional[Tensor] = None  # (layers - 1, batch, H) fixed masks between layers
     chunk_steps: int = DEFAULT_CHUNK_STEPS
+    readout_steps: Optional[int] = None  # steps read at once (None: a whole chunk)
     parameters: List[Tensor] = field(default_factory=list)
     full_steps: int = field(init=False)
     step_masks: Tensor = field(init=False)  # (T, batch): each step's mask contiguous
@@ -119,6 +133,13 @@ class Plan:
         every check uses the same ranges, so the batched input projections agree bit for bit."""
         return [(start, min(start + self.chunk_steps, self.steps))
                 for start in range(0, self.steps, self.chunk_steps)]
+
+    def readout_stops(self, start: int, stop: int) -> List[int]:
+        """The ends of the chunk [start, stop)'s readout blocks (of at most `readout_steps`
+        steps), in forward order: forward and backward read the same blocks, so the readout
+        total is summed alike in every mode."""
+        size = self.readout_steps or (stop - start)
+        return [min(first + size, stop) for first in range(start, stop, size)]
 
 
 @dataclass
@@ -159,7 +180,7 @@ class StepResult(NamedTuple):
     state: List[State]  # exact, after step t
     values: List[Values]  # float views of it (with gradients in reference mode)
     stored: Optional[Tensor]  # (batch, units): what the storage keeps of step t
-    readout: Optional[Tensor]  # the readout of the chunk that step t ends, else None
+    readout: Optional[Tensor]  # the readout of the block (readout_stops) t ends, else None
 
 
 class ReversedChunk(NamedTuple):

@@ -34,7 +34,7 @@ from nmt.reversible.fixed_point import from_fixed, straight_through, to_fixed
 from nmt.reversible.layout import StateLayout
 from nmt.reversible.plan import (DEFAULT_CHUNK_STEPS, InitialState, MemoryMode, Plan,
                                  ReversedChunk, SequenceOutput, StepInputs, StepResult,
-                                 auto_chunk_steps, restored_slice, stored_slices,
+                                 auto_chunk_steps, check_chunking, restored_slice, stored_slices,
                                  unique_trainable)
 from nmt.reversible.readout import read_chunk
 from nmt.reversible.step_kernels import (cell_reverse, cell_step, cell_tape, check_kernels,
@@ -59,25 +59,21 @@ class ReversibleRNN(StateLayout, nn.Module):
             per run, the largest chunk whose estimated tape and readout fit `chunk_bytes`
             (`auto_chunk_steps`).
         kernels ("auto", "triton" or "torch"), fused_activations, fused_products: what runs
-            each step (step_kernels.py).
+            each step (step_kernels.py). readout_steps: steps read at once (None: a chunk).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, *, num_layers: int = 1,
                  max_forget_bits: Optional[int] = 3, storage: Optional[AttentionStorage] = None,
                  chunk_steps: Union[int, str] = DEFAULT_CHUNK_STEPS,
                  chunk_bytes: Optional[int] = None, kernels: str = "auto",
-                 fused_activations: bool = False, fused_products: bool = False):
+                 fused_activations: bool = False, fused_products: bool = False,
+                 readout_steps: Optional[int] = None):
         super().__init__()
         self.kernels = check_kernels(kernels)
         self.fused_activations, self.fused_products = fused_activations, fused_products
-        if chunk_steps == "auto":
-            if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-                raise ValueError(f"chunk_steps 'auto' needs a positive chunk_bytes, "
-                                 f"got {chunk_bytes!r}")
-        elif isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
-            raise ValueError(f"chunk_steps must be a positive integer or 'auto', "
-                             f"got {chunk_steps!r}")
+        check_chunking(chunk_steps, chunk_bytes, readout_steps)
         self.chunk_steps, self.chunk_bytes = chunk_steps, chunk_bytes
+        self.readout_steps = readout_steps
         if cell not in CELLS:
             raise ValueError(f"cell {cell!r} is not one of {', '.join(CELLS)}")
         if num_layers < 1:
@@ -227,15 +223,15 @@ class ReversibleRNN(StateLayout, nn.Module):
         """Run every step of `plan`, chunk by chunk, yielding after each (see StepResult).
 
         The first layer's input projections of a chunk are one product. With `extras` (a
-        sequence, possibly empty) and a readout in the plan, the last step of each chunk also
-        carries the chunk's readout. Differentiable when grad is on (reference mode)."""
+        sequence, possibly empty) and a readout in the plan, the last step of each readout block
+        (plan.readout_stops) also carries its readout. Differentiable when grad is on."""
         reading = extras is not None and plan.readout is not None
         for start, stop in plan.chunks():
             if is_stack_buffer(plan.buffer):  # room for the chunk's words: no read inside it
                 plan.buffer.prepare(chunk_words(self, plan.mask.shape[0], stop - start))
             x, _ = plan.inputs.chunk(start, stop)
             projected = self.cells[0].project_input(x).unbind(1)
-            tops = []
+            tops, stops = [], plan.readout_stops(start, stop)
             for i, t in enumerate(range(start, stop)):
                 state, values, stored = self.step(None, state, values, plan.buffer,
                                                   plan.step_mask(t), tag=plan.tag,
@@ -244,8 +240,8 @@ class ReversibleRNN(StateLayout, nn.Module):
                 total = None
                 if reading:
                     tops.append(torch.cat(values[-1][:2], dim=-1))
-                    if t == stop - 1:
-                        total = read_chunk(plan.readout, tops, start, extras)
+                    if t + 1 in stops:
+                        total, tops = read_chunk(plan.readout, tops, t + 1 - len(tops), extras), []
                 yield StepResult(t, state, values, stored, total)
 
     def reverse_chunks(self, plan: Plan, state: List[State], *, initial_state: List[State],
@@ -309,6 +305,7 @@ class ReversibleRNN(StateLayout, nn.Module):
         return Plan(inputs=StepInputs(inputs, embedding, input_dropout), mask=mask, buffer=buffer,
                     tag=tag, readout=readout, num_extras=num_extras, layer_dropout=layer_dropout,
                     chunk_steps=self.chunk_steps_for(mask.shape[0], mask.shape[1], readout),
+                    readout_steps=self.readout_steps,
                     parameters=unique_trainable(list(self.parameters()) + readout_params
                                        + (list(embedding.parameters()) if embedding else [])))
 
