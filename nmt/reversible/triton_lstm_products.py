@@ -28,24 +28,28 @@ from nmt.reversible.fixed_point import FORGET_RADIX
 from nmt.reversible.triton_kernels import WordStack, _launch, _mask_arg, _row_stride
 
 ROWS_PER_BLOCK = 16  # RB: rows per block of the in-kernel products (tl.dot needs >= 16)
+CHUNK = 32  # at most this many columns of a product's reduced or output side per tl.dot
+
+
+def _width(n: int, limit: int = 1 << 30) -> int:
+    return min(limit, max(16, _tk.triton.next_power_of_2(max(n, 1))))
 
 
 def block_shapes(rows: int, own: int, k_size: int) -> Tuple[int, int, int]:
-    """(RB, CP, KP): rows per block and the padded widths of the own and other halves. Every
-    kernel of a half-step (and the tests' reference) uses these, so products agree bit for bit."""
-    def width(n: int) -> int:
-        return max(16, _tk.triton.next_power_of_2(max(n, 1)))
-    return ROWS_PER_BLOCK, width(own), width(k_size)
+    """(RB, CP, KC): rows per block, the own half's padded width and the other half's chunk per
+    tl.dot (small operands stay in registers on a GPU). Every kernel of a half-step (and the
+    tests' reference) uses these, so the products agree bit for bit."""
+    return ROWS_PER_BLOCK, _width(own), _width(k_size, CHUNK)
 
 
 def _geometry(cell, half: int, other: Tensor):
     own = cell.half_sizes[half]
     weight = cell.hidden_weight(cell.gates[half])
     rows, k_size = other.shape
-    rb, cp, kp = block_shapes(rows, own, k_size)
+    rb, cp, kc = block_shapes(rows, own, k_size)
     blocks = _tk.triton.cdiv(rows, rb)
     staged = rows * own > _tk._SINGLE_PROGRAM_LIMIT and blocks > 1
-    return own, weight, rows, k_size, rb, cp, kp, blocks, staged
+    return own, weight, rows, k_size, rb, cp, kc, blocks, staged
 
 
 def _product_args(piece: Tensor, other: Tensor, weight: Tensor) -> tuple:
@@ -58,7 +62,7 @@ def lstm_forward_half(cell, half: int, pieces, exact: list, floats: list, stack:
     """`fused._lstm_forward_half(..., activate=True)` in one launch (two when staged)."""
     c = 2 + half
     other = floats[1 - half]
-    own, weight, rows, k_size, rb, cp, kp, blocks, staged = _geometry(cell, half, other)
+    own, weight, rows, k_size, rb, cp, kc, blocks, staged = _geometry(cell, half, other)
     hist, pushed = stack.counters(tag) if stack.count else (stack.top, stack.top)
     stack.reserve(2 * rows * own)
     h, c_state = exact[half], exact[c]
@@ -76,7 +80,7 @@ def lstm_forward_half(cell, half: int, pieces, exact: list, floats: list, stack:
             stack.words.numel(), stack.top, hist, pushed, h_out, h_value, c_out, c_value, stage,
             flags, counts, rows, own, k_size, stored, n_min, HAS_MASK=has_mask,
             HALF_STORAGE=precision == 16, COUNT=stack.count, STAGED=staged,
-            R=stack.forget_radix, W=stack.word_bits, RB=rb, CP=cp, KP=kp)
+            R=stack.forget_radix, W=stack.word_bits, RB=rb, CP=cp, KC=kc)
     if staged:
         _launch(_tk._jit._place_words_kernel, (2 * blocks,), stage, flags, counts, 2 * blocks,
                 stack.words, stack.words.numel(), stack.top, pushed, padded, COUNT=stack.count,
@@ -92,7 +96,7 @@ def lstm_reverse_half(cell, half: int, pieces, exact: list, floats: list, stack:
     c before, c' (the kernels take c' itself), the five logit blocks f, i, o, p, g)."""
     c = 2 + half
     other, cell_after = floats[1 - half], floats[c]
-    own, weight, rows, k_size, rb, cp, kp, blocks, staged = _geometry(cell, half, other)
+    own, weight, rows, k_size, rb, cp, kc, blocks, staged = _geometry(cell, half, other)
     h_next, c_next = exact[half], exact[c]
     device = h_next.device
     h_out, c_out = (torch.empty((rows, own), dtype=torch.int64, device=device) for _ in "hc")
@@ -110,7 +114,7 @@ def lstm_reverse_half(cell, half: int, pieces, exact: list, floats: list, stack:
             h_value, c_out, c_value, logits, _row_stride(logits), counts, rows, own, k_size,
             stored, n_min)
     constants = dict(HAS_MASK=has_mask, TAPE=tape is not None, STAGED=staged,
-                     R=stack.forget_radix, W=stack.word_bits, RB=rb, CP=cp, KP=kp)
+                     R=stack.forget_radix, W=stack.word_bits, RB=rb, CP=cp, KC=kc)
     for passes in ((2, 1) if staged else (3,)):
         _launch(_jit._lstm_reverse_kernel, (blocks if staged else 1,), *args, PASSES=passes,
                 **constants)
@@ -128,10 +132,10 @@ def lstm_tape_entry(cell, half: int, pieces, other: Tensor, previous_h: Tensor,
                     previous_c: Tensor, cell_after: Tensor) -> tuple:
     """The tape entry `lstm_reverse_half` appends, recomputed without the stack (one launch, the
     same logits function and block shapes)."""
-    own, weight, rows, k_size, rb, cp, kp, blocks, _ = _geometry(cell, half, other)
+    own, weight, rows, k_size, rb, cp, kc, blocks, _ = _geometry(cell, half, other)
     logits = torch.empty((rows, 5 * own), dtype=torch.float32, device=other.device)
     _launch(_jit._lstm_tape_kernel, (blocks,), *_product_args(pieces[half], other, weight),
-            logits, _row_stride(logits), rows, own, k_size, RB=rb, CP=cp, KP=kp)
+            logits, _row_stride(logits), rows, own, k_size, RB=rb, CP=cp, KC=kc)
     return (half, other, previous_h, previous_c, cell_after, logits.split(own, -1))
 
 
@@ -142,7 +146,7 @@ def lstm_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
     (in the kernel), inputs[half] = other."""
     half, other, previous, previous_cell, cell_after, gates = entry
     c = 2 + half
-    own, weight, rows, k_size, rb, cp, kp, blocks, _ = _geometry(cell, half, other)
+    own, weight, rows, k_size, rb, cp, kc, blocks, _ = _geometry(cell, half, other)
     grad_h, grad_c, d_other = d[half], d[c], d[1 - half]
     d_h, d_c = (torch.empty((rows, own), dtype=torch.float32, device=other.device)
                 for _ in "hc")
@@ -157,15 +161,16 @@ def lstm_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
             _row_stride(previous), previous_cell, _row_stride(previous_cell), mask_t, weight,
             _row_stride(weight), d_other, _row_stride(d_other), d_h, d_c, d_gates,
             _row_stride(d_gates), d_other_out, rows, own, k_size, n_min, HAS_MASK=has_mask,
-            R=FORGET_RADIX, RB=rb, CP=cp, KP=kp)
+            R=FORGET_RADIX, RB=rb, CP=cp, CC=_width(own, CHUNK), KC=kc)
     d[half], d[c], d[1 - half] = d_h, d_c, d_other_out
     inputs[half] = other
 
 
-def compile_variants(cp: int = 128, kp: int = 128) -> list:
+def compile_variants(cp: int = 128) -> list:
     """(kernel, constants) pairs for `triton_kernels.compile_for_gpu`: every kernel of this
-    module, for halves of up to `cp` units and others of up to `kp`."""
-    shapes = dict(RB=ROWS_PER_BLOCK, CP=cp, KP=kp)
+    module, for halves of up to `cp` units (pointer types to add to its _POINTER_TYPES: c_ptr,
+    h_out_ptr, c_out_ptr "*i64")."""
+    shapes = dict(RB=ROWS_PER_BLOCK, CP=cp, KC=CHUNK)
     variants = []
     for staged in (False, True):
         variants.append((_jit._lstm_forward_kernel, dict(
@@ -178,5 +183,5 @@ def compile_variants(cp: int = 128, kp: int = 128) -> list:
         (_jit._refill_rows_kernel, dict(R=10, W=16, BLOCKS=64, RB=ROWS_PER_BLOCK, CP=cp)),
         (_jit._lstm_tape_kernel, dict(shapes)),
         (_jit._lstm_backward_products_kernel, dict(HAS_MASK=True, LIBDEVICE=True, R=10,
-                                                   **shapes))]
+                                                   CC=CHUNK, **shapes))]
     return variants

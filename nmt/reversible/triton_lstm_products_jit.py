@@ -1,7 +1,7 @@
 """The Triton JIT functions behind `triton_lstm_products`: a RevLSTM half-step (c, then h) with
 its hidden-side products computed inside the kernel, one launch per direction. Every kernel gets
 a row block's gate logits from ONE function, `_lstm_logits`, with the same block shapes (RB rows,
-CP / KP columns), so forward, reverse and tape recomputation see the same floats bit for bit.
+CP columns, KC-column chunks of the other half), so forward, reverse and tape recomputation see the same floats bit for bit.
 The buffer arithmetic is triton_jit's (`_push_block`, `_pop_block`, `_gate`, ...). Empty when
 Triton is not importable."""
 from __future__ import annotations
@@ -17,18 +17,22 @@ if triton is not None:
 
     @triton.jit
     def _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride, rb, rows,
-                     own, k_size, gate, RB: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr):
+                     own, k_size, gate, RB: tl.constexpr, CP: tl.constexpr, KC: tl.constexpr):
         """Logits of gate block `gate` for rows rb * RB ...: piece + other @ W_gate^T, (RB, CP)
-        float32 (IEEE products). The one source of pre-activations for every kernel here."""
+        float32, the product summed over chunks of KC columns of `other` (IEEE tl.dot each: a
+        chunk's operands fit in registers). The one source of pre-activations for every kernel
+        here."""
         r = rb * RB + tl.arange(0, RB)[:, None]
-        k = tl.arange(0, KP)[None, :]
+        k = tl.arange(0, KC)[None, :]
         cc = tl.arange(0, CP)[None, :]
-        other = tl.load(other_ptr + r * other_stride + k, mask=(r < rows) & (k < k_size),
-                        other=0.0)
-        x = tl.load(piece_ptr + r * piece_stride + gate * own + cc,
-                    mask=(r < rows) & (cc < own), other=0.0)
-        return x + _times_weight_t(other, w_ptr + gate * own * w_stride, w_stride, k_size, own,
-                                   KP, CP)
+        acc = tl.load(piece_ptr + r * piece_stride + gate * own + cc,
+                      mask=(r < rows) & (cc < own), other=0.0)
+        w_gate = w_ptr + gate * own * w_stride
+        for k0 in range(0, k_size, KC):
+            other = tl.load(other_ptr + r * other_stride + k0 + k,
+                            mask=(r < rows) & (k0 + k < k_size), other=0.0)
+            acc = acc + _times_weight_t(other, w_gate + k0, w_stride, k_size - k0, own, KC, CP)
+        return acc
 
     @triton.jit
     def _grid_of(rb, rows, own, mask_ptr, HAS_MASK: tl.constexpr, RB: tl.constexpr,
@@ -50,23 +54,23 @@ if triton is not None:
     @triton.jit
     def _half_gates(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride, c_val_ptr,
                     rb, rows, own, k_size, CELL: tl.constexpr, LIBDEVICE: tl.constexpr,
-                    RB: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr):
+                    RB: tl.constexpr, CP: tl.constexpr, KC: tl.constexpr):
         """(s logits, a logits, b argument of tanh) of the c update (f, i, g) or the h update
         (p, o, c' float view), and (s, a, b) activated."""
         r = rb * RB + tl.arange(0, RB)[:, None]
         cc = tl.arange(0, CP)[None, :]
         if CELL:
             s_x = _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
-                               rb, rows, own, k_size, 0, RB, CP, KP)
+                               rb, rows, own, k_size, 0, RB, CP, KC)
             a_x = _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
-                               rb, rows, own, k_size, 1, RB, CP, KP)
+                               rb, rows, own, k_size, 1, RB, CP, KC)
             b_x = _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
-                               rb, rows, own, k_size, 4, RB, CP, KP)
+                               rb, rows, own, k_size, 4, RB, CP, KC)
         else:
             s_x = _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
-                               rb, rows, own, k_size, 3, RB, CP, KP)
+                               rb, rows, own, k_size, 3, RB, CP, KC)
             a_x = _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
-                               rb, rows, own, k_size, 2, RB, CP, KP)
+                               rb, rows, own, k_size, 2, RB, CP, KC)
             b_x = tl.load(c_val_ptr + r * own + cc, mask=(r < rows) & (cc < own), other=0.0)
         return (s_x, a_x, b_x, _sigmoid(s_x, LIBDEVICE), _sigmoid(a_x, LIBDEVICE),
                 _tanh(b_x, LIBDEVICE))
@@ -79,13 +83,13 @@ if triton is not None:
                       CELL: tl.constexpr, HAS_MASK: tl.constexpr, HALF_STORAGE: tl.constexpr,
                       COUNT: tl.constexpr, LIBDEVICE: tl.constexpr, STAGED: tl.constexpr,
                       R: tl.constexpr, W: tl.constexpr, RB: tl.constexpr, CP: tl.constexpr,
-                      KP: tl.constexpr):
+                      KC: tl.constexpr):
         """One row block of one update (the c update with CELL, else the h update), as
         `_gated_forward_kernel` does a block (MODE_PRODUCT, ACTIVATE). Returns the new top."""
         r, cc, live, real = _grid_of(rb, rows, own, mask_ptr, HAS_MASK, RB, CP)
         _, _, _, s, a, b = _half_gates(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr,
                                        w_stride, c_val_ptr, rb, rows, own, k_size, CELL,
-                                       LIBDEVICE, RB, CP, KP)
+                                       LIBDEVICE, RB, CP, KC)
         n, z_q = _gate(s, n_min, R)
         update = a * b
         h = tl.load(x_ptr + r * x_stride + cc, mask=live, other=0)
@@ -120,7 +124,7 @@ if triton is not None:
             flag_ptr, counts_ptr, rows, own, k_size, stored, n_min, HAS_MASK: tl.constexpr,
             HALF_STORAGE: tl.constexpr, COUNT: tl.constexpr, LIBDEVICE: tl.constexpr,
             STAGED: tl.constexpr, R: tl.constexpr, W: tl.constexpr, RB: tl.constexpr,
-            CP: tl.constexpr, KP: tl.constexpr):
+            CP: tl.constexpr, KC: tl.constexpr):
         """The c update of every row block, then the h update of every row block (the words of
         c first, row-major, then those of h). STAGED: program pid does row block pid only,
         staging c's words in blocks [0, nb) and h's in [nb, 2 nb) of the staging (padded to
@@ -141,7 +145,7 @@ if triton is not None:
                                 head_stride, words_ptr, capacity, top, hist_ptr, c_out_ptr,
                                 c_value_ptr, stage_ptr, flag_ptr, counts_ptr, rb, rows, own,
                                 k_size, 0, n_min, 0, True, HAS_MASK, HALF_STORAGE, COUNT,
-                                LIBDEVICE, STAGED, R, W, RB, CP, KP)
+                                LIBDEVICE, STAGED, R, W, RB, CP, KC)
         tl.debug_barrier()  # c' float views and heads, written above, are read below
         for rb in range(first, last):
             top = _forward_pass(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr,
@@ -149,7 +153,7 @@ if triton is not None:
                                 head_stride, words_ptr, capacity, top, hist_ptr, h_out_ptr,
                                 h_value_ptr, stage_ptr, flag_ptr, counts_ptr + blocks, rb, rows,
                                 own, k_size, stored, n_min, blocks * (RB * CP), False, HAS_MASK,
-                                HALF_STORAGE, COUNT, LIBDEVICE, STAGED, R, W, RB, CP, KP)
+                                HALF_STORAGE, COUNT, LIBDEVICE, STAGED, R, W, RB, CP, KC)
         if not STAGED:
             tl.store(top_ptr, top)
             if COUNT:
@@ -162,13 +166,13 @@ if triton is not None:
                       tape_ptr, tape_stride, counts_ptr, rb, rows, own, k_size, stored, n_min,
                       CELL: tl.constexpr, HAS_MASK: tl.constexpr, TAPE: tl.constexpr,
                       LIBDEVICE: tl.constexpr, STAGED: tl.constexpr, R: tl.constexpr,
-                      W: tl.constexpr, RB: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr):
+                      W: tl.constexpr, RB: tl.constexpr, CP: tl.constexpr, KC: tl.constexpr):
         """The inverse of `_forward_pass` for one row block; with TAPE, the logits are written
         into the tape's (rows, 5 own) block. Returns the new top."""
         r, cc, live, real = _grid_of(rb, rows, own, mask_ptr, HAS_MASK, RB, CP)
         s_x, a_x, b_x, s, a, b = _half_gates(piece_ptr, piece_stride, other_ptr, other_stride,
                                              w_ptr, w_stride, c_val_ptr, rb, rows, own, k_size,
-                                             CELL, LIBDEVICE, RB, CP, KP)
+                                             CELL, LIBDEVICE, RB, CP, KC)
         n, z_q = _gate(s, n_min, R)
         h_next = tl.load(x_ptr + r * x_stride + cc, mask=live, other=0)
         n_applied = tl.where(real & (cc >= stored), n, 1 << R)
@@ -202,7 +206,7 @@ if triton is not None:
             c_value_ptr, tape_ptr, tape_stride, counts_ptr, rows, own, k_size, stored, n_min,
             HAS_MASK: tl.constexpr, TAPE: tl.constexpr, LIBDEVICE: tl.constexpr,
             STAGED: tl.constexpr, PASSES: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
-            RB: tl.constexpr, CP: tl.constexpr, KP: tl.constexpr):
+            RB: tl.constexpr, CP: tl.constexpr, KC: tl.constexpr):
         """Undo the h update (row blocks last to first), then the c update (PASSES: 3 both, 2 h
         only, 1 c only). STAGED: program pid does row block pid of one pass, leaving its heads
         before their refill and its count in counts[pid] (counts[nb] = top) for
@@ -225,7 +229,7 @@ if triton is not None:
                                     restored_stride, h_out_ptr, h_value_ptr, tape_ptr,
                                     tape_stride, counts_ptr, rb, rows, own, k_size, stored,
                                     n_min, False, HAS_MASK, TAPE, LIBDEVICE, STAGED, R, W, RB,
-                                    CP, KP)
+                                    CP, KC)
         tl.debug_barrier()  # the heads refilled above are decoded below
         if PASSES & 1:
             for back in range(first, last):
@@ -235,7 +239,7 @@ if triton is not None:
                                     head_stride, words_ptr, top, error_ptr, restored_ptr,
                                     restored_stride, c_out_ptr, c_value_ptr, tape_ptr,
                                     tape_stride, counts_ptr, rb, rows, own, k_size, 0, n_min,
-                                    True, HAS_MASK, TAPE, LIBDEVICE, STAGED, R, W, RB, CP, KP)
+                                    True, HAS_MASK, TAPE, LIBDEVICE, STAGED, R, W, RB, CP, KC)
         if not STAGED:
             tl.store(top_ptr, top)
 
@@ -266,7 +270,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=["rows", "own", "k_size"])
     def _lstm_tape_kernel(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
                           tape_ptr, tape_stride, rows, own, k_size, RB: tl.constexpr,
-                          CP: tl.constexpr, KP: tl.constexpr):
+                          CP: tl.constexpr, KC: tl.constexpr):
         """The five logit blocks of row block pid, as the reverse kernel writes them."""
         rb = tl.program_id(0)
         r = rb * RB + tl.arange(0, RB)[:, None]
@@ -274,32 +278,33 @@ if triton is not None:
         live = (r < rows) & (cc < own)
         for gate in tl.static_range(5):
             x = _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
-                             rb, rows, own, k_size, gate, RB, CP, KP)
+                             rb, rows, own, k_size, gate, RB, CP, KC)
             tl.store(tape_ptr + r * tape_stride + gate * own + cc, x, mask=live)
 
     @triton.jit
-    def _times_weight_block(d, w_ptr, w_stride, rows_w, k_size, CP: tl.constexpr,
-                            KP: tl.constexpr):
-        """d @ W for d (RB, CP) (zero past column rows_w) and W (rows_w, k_size) in memory:
-        (RB, KP), IEEE float32 products."""
-        j = tl.arange(0, CP)[:, None]
-        k = tl.arange(0, KP)[None, :]
-        w = tl.load(w_ptr + j * w_stride + k, mask=(j < rows_w) & (k < k_size), other=0.0)
-        return tl.dot(d, w, input_precision="ieee")
-
-    @triton.jit
-    def _d_other(acc, d_f, d_i, d_o, d_p, d_g, w_ptr, w_stride, own, k_size, CP: tl.constexpr,
-                 KP: tl.constexpr):
-        """acc + d_gates @ Wg, one gate block at a time (f, i, o, p, g): the one source of the
-        other half's gradient, for the backward kernel and the tests."""
-        acc = acc + _times_weight_block(d_f, w_ptr, w_stride, own, k_size, CP, KP)
-        acc = acc + _times_weight_block(d_i, w_ptr + own * w_stride, w_stride, own, k_size, CP, KP)
-        acc = acc + _times_weight_block(d_o, w_ptr + 2 * own * w_stride, w_stride, own, k_size,
-                                        CP, KP)
-        acc = acc + _times_weight_block(d_p, w_ptr + 3 * own * w_stride, w_stride, own, k_size,
-                                        CP, KP)
-        return acc + _times_weight_block(d_g, w_ptr + 4 * own * w_stride, w_stride, own, k_size,
-                                         CP, KP)
+    def _d_other(d_other_ptr, d_other_stride, d_ptr, d_stride, w_ptr, w_stride, out_ptr, rb,
+                 rows, own, k_size, RB: tl.constexpr, CC: tl.constexpr, KC: tl.constexpr):
+        """out = d other + d gates @ Wg for rows rb * RB ..., d gates (rows, 5 own) read back
+        from memory in chunks of CC columns (gates f, i, o, p, g in turn), KC output columns at
+        a time (IEEE tl.dot): the one source of the other half's gradient, for the backward
+        kernel and the tests."""
+        r = rb * RB + tl.arange(0, RB)[:, None]
+        j = tl.arange(0, CC)
+        k = tl.arange(0, KC)[None, :]
+        for k0 in range(0, k_size, KC):
+            live_k = (r < rows) & (k0 + k < k_size)
+            acc = tl.load(d_other_ptr + r * d_other_stride + k0 + k, mask=live_k, other=0.0)
+            for jg in range(0, 5 * tl.cdiv(own, CC)):  # chunks of gates f, i, o, p, g in turn
+                gate = jg // tl.cdiv(own, CC)
+                j0 = (jg - gate * tl.cdiv(own, CC)) * CC
+                jj = gate * own + j0 + j
+                live_j = j0 + j < own
+                d = tl.load(d_ptr + r * d_stride + jj[None, :],
+                            mask=(r < rows) & live_j[None, :], other=0.0)
+                w = tl.load(w_ptr + jj[:, None] * w_stride + k0 + k,
+                            mask=live_j[:, None] & (k0 + k < k_size), other=0.0)
+                acc = acc + tl.dot(d, w, input_precision="ieee")
+            tl.store(out_ptr + r * k_size + k0 + k, acc, mask=live_k)
 
     @triton.jit(do_not_specialize=["rows", "own", "k_size", "n_min"])
     def _lstm_backward_products_kernel(
@@ -308,7 +313,7 @@ if triton is not None:
             prev_cell_stride, mask_ptr, w_ptr, w_stride, d_other_ptr, d_other_stride, d_h_ptr,
             d_c_ptr, d_gates_ptr, d_gates_stride, d_other_out_ptr, rows, own, k_size, n_min,
             HAS_MASK: tl.constexpr, LIBDEVICE: tl.constexpr, R: tl.constexpr, RB: tl.constexpr,
-            CP: tl.constexpr, KP: tl.constexpr):
+            CP: tl.constexpr, CC: tl.constexpr, KC: tl.constexpr):
         """`_lstm_backward_kernel` (ACTIVATE) on row block pid, then d other += d gates @ Wg."""
         rb = tl.program_id(0)
         r, cc, live, real = _grid_of(rb, rows, own, mask_ptr, HAS_MASK, RB, CP)
@@ -343,11 +348,6 @@ if triton is not None:
         tl.store(base + 2 * own, d_o, mask=live)
         tl.store(base + 3 * own, d_p, mask=live)
         tl.store(base + 4 * own, d_g, mask=live)
-        r1 = rb * RB + tl.arange(0, RB)[:, None]
-        k = tl.arange(0, KP)[None, :]
-        live_k = (r1 < rows) & (k < k_size)
-        acc = tl.load(d_other_ptr + r1 * d_other_stride + k, mask=live_k, other=0.0)
-        acc = _d_other(acc, tl.where(live, d_f, 0.0), tl.where(live, d_i, 0.0),
-                       tl.where(live, d_o, 0.0), tl.where(live, d_p, 0.0),
-                       tl.where(live, d_g, 0.0), w_ptr, w_stride, own, k_size, CP, KP)
-        tl.store(d_other_out_ptr + r1 * k_size + k, acc, mask=live_k)
+        tl.debug_barrier()  # the d gates stored above are read back (in chunks) below
+        _d_other(d_other_ptr, d_other_stride, d_gates_ptr, d_gates_stride, w_ptr, w_stride,
+                 d_other_out_ptr, rb, rows, own, k_size, RB, CC, KC)

@@ -24,34 +24,22 @@ INPUT, HIDDEN, BATCH, STEPS = 5, 37, 9, 3  # halves of 19 and 18 units
 @triton.jit
 def _reference_logits_kernel(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
                              out_ptr, rows, own, k_size, RB: tl.constexpr, CP: tl.constexpr,
-                             KP: tl.constexpr):
+                             KC: tl.constexpr):
     rb = tl.program_id(0)
     r = rb * RB + tl.arange(0, RB)[:, None]
     cc = tl.arange(0, CP)[None, :]
     for gate in tl.static_range(5):
         x = pjit._lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride,
-                              rb, rows, own, k_size, gate, RB, CP, KP)
+                              rb, rows, own, k_size, gate, RB, CP, KC)
         tl.store(out_ptr + r * (5 * own) + gate * own + cc, x, mask=(r < rows) & (cc < own))
 
 
 @triton.jit
 def _reference_d_other_kernel(acc_ptr, acc_stride, d_ptr, d_stride, w_ptr, w_stride, out_ptr,
-                              rows, own, k_size, RB: tl.constexpr, CP: tl.constexpr,
-                              KP: tl.constexpr):
-    rb = tl.program_id(0)
-    r = rb * RB + tl.arange(0, RB)[:, None]
-    cc = tl.arange(0, CP)[None, :]
-    k = tl.arange(0, KP)[None, :]
-    live, live_k = (r < rows) & (cc < own), (r < rows) & (k < k_size)
-    base = d_ptr + r * d_stride + cc
-    acc = pjit._d_other(tl.load(acc_ptr + r * acc_stride + k, mask=live_k, other=0.0),
-                        tl.load(base, mask=live, other=0.0),
-                        tl.load(base + own, mask=live, other=0.0),
-                        tl.load(base + 2 * own, mask=live, other=0.0),
-                        tl.load(base + 3 * own, mask=live, other=0.0),
-                        tl.load(base + 4 * own, mask=live, other=0.0), w_ptr, w_stride, own,
-                        k_size, CP, KP)
-    tl.store(out_ptr + r * k_size + k, acc, mask=live_k)
+                              rows, own, k_size, RB: tl.constexpr, CC: tl.constexpr,
+                              KC: tl.constexpr):
+    pjit._d_other(acc_ptr, acc_stride, d_ptr, d_stride, w_ptr, w_stride, out_ptr,
+                  tl.program_id(0), rows, own, k_size, RB, CC, KC)
 
 
 @contextlib.contextmanager
@@ -62,21 +50,21 @@ def kernel_products(cell, monkeypatch):
         rows, k_size = other.shape
         own = layer.out_features // 5
         weight = cell.hidden_weight(layer)
-        rb, cp, kp = products.block_shapes(rows, own, k_size)
+        rb, cp, kc = products.block_shapes(rows, own, k_size)
         out = torch.empty((rows, 5 * own), device=other.device)
         _reference_logits_kernel[(triton.cdiv(rows, rb),)](
             piece, piece.stride(0), other, other.stride(0), weight, weight.stride(0), out, rows,
-            own, k_size, RB=rb, CP=cp, KP=kp)
+            own, k_size, RB=rb, CP=cp, KC=kc)
         return out
 
     def addmm(acc, d_gates, weight):
         rows, k_size = acc.shape
         own = d_gates.shape[1] // 5
-        rb, cp, kp = products.block_shapes(rows, own, k_size)
+        rb, cp, kc = products.block_shapes(rows, own, k_size)
         out = torch.empty((rows, k_size), device=acc.device)
         _reference_d_other_kernel[(triton.cdiv(rows, rb),)](
             acc, acc.stride(0), d_gates, d_gates.stride(0), weight, weight.stride(0), out, rows,
-            own, k_size, RB=rb, CP=cp, KP=kp)
+            own, k_size, RB=rb, CC=products._width(own, products.CHUNK), KC=kc)
         return out
 
     with monkeypatch.context() as patch:
@@ -159,7 +147,9 @@ def assert_equal(ours, theirs):
 @pytest.mark.parametrize("max_forget_bits", [1, 3, None])
 def test_products_in_the_kernels_equal_the_driver_bit_for_bit(max_forget_bits, stored, precision,
                                                               monkeypatch):
-    """States, float views, heads, words, gate counts, tapes (also recomputed) and gradients."""
+    """States, float views, heads, words, gate counts, tapes (also recomputed) and gradients;
+    products in chunks of 16 columns (two per gate block and per half)."""
+    monkeypatch.setattr(products, "CHUNK", 16)
     cell, stack, state, projected, masks = setup(max_forget_bits)
     reference = copy_stack(stack)
     values = tuple(from_fixed(part) for part in state)
@@ -239,8 +229,10 @@ def _autograd_reference(cell, projected, state, mask, weights):
     return list(grads[: len(values)]), grads[len(values)], hidden
 
 
+@pytest.mark.parametrize("chunk", [16, 32])
 @pytest.mark.parametrize("max_forget_bits", [1, None])
-def test_backward_matches_autograd(max_forget_bits):
+def test_backward_matches_autograd(max_forget_bits, chunk, monkeypatch):
+    monkeypatch.setattr(products, "CHUNK", chunk)
     cell, stack, state, projected, masks = setup(max_forget_bits, random_heads=False)
     mask = masks[1]
     assert not mask.all()
@@ -315,4 +307,21 @@ def test_staged_row_blocks_equal_one_program_and_reverse_exactly(monkeypatch):
                                          restored=states[t][0][:, :4])
             assert_equal(staged_now[0], states[t])
     assert int(stack.top) == 0
+    stack.check()
+
+
+def test_a_size_past_the_single_program_limit_reverses_exactly():
+    """batch 130 x half 128 (16640 elements > _SINGLE_PROGRAM_LIMIT): staged, one step."""
+    cell, stack, state, projected, masks = setup(None, batch=130, hidden=256, steps=1)
+    assert 130 * cell.half_sizes[0] > triton_kernels._SINGLE_PROGRAM_LIMIT
+    values = tuple(from_fixed(part) for part in state)
+    heads = stack.head.clone()
+    with torch.no_grad():
+        launches = triton_kernels.LAUNCHES[0]
+        after = product_step(cell, projected[0], state, values, stack, masks[0], stored=4)
+        assert triton_kernels.LAUNCHES[0] - launches == 4 and int(stack.top) > 0
+        before = product_reverse(cell, projected[0], *after, stack, masks[0],
+                                 restored=state[0][:, :4])
+    assert_equal(before, (state, values))
+    assert torch.equal(stack.head, heads) and int(stack.top) == 0
     stack.check()
