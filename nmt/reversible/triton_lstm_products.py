@@ -42,6 +42,12 @@ def block_shapes(rows: int, own: int, k_size: int) -> Tuple[int, int, int]:
     return ROWS_PER_BLOCK, _width(own), _width(k_size, CHUNK)
 
 
+def _warps(cp: int) -> int:
+    """Warps per program on a GPU: 8, or 16 past 128 own columns (ptxas -v on sm_90: a few KB
+    of spills at most, see compile_variants)."""
+    return 8 if cp <= 128 else 16
+
+
 def _geometry(cell, half: int, other: Tensor):
     own = cell.half_sizes[half]
     weight = cell.hidden_weight(cell.gates[half])
@@ -80,11 +86,11 @@ def lstm_forward_half(cell, half: int, pieces, exact: list, floats: list, stack:
             stack.words.numel(), stack.top, hist, pushed, h_out, h_value, c_out, c_value, stage,
             flags, counts, rows, own, k_size, stored, n_min, HAS_MASK=has_mask,
             HALF_STORAGE=precision == 16, COUNT=stack.count, STAGED=staged,
-            R=stack.forget_radix, W=stack.word_bits, RB=rb, CP=cp, KC=kc)
+            R=stack.forget_radix, W=stack.word_bits, RB=rb, CP=cp, KC=kc, warps=_warps(cp))
     if staged:
         _launch(_tk._jit._place_words_kernel, (2 * blocks,), stage, flags, counts, 2 * blocks,
                 stack.words, stack.words.numel(), stack.top, pushed, padded, COUNT=stack.count,
-                BLOCKS=_tk.triton.next_power_of_2(2 * blocks), BLOCK=rb * cp)
+                BLOCKS=_tk.triton.next_power_of_2(2 * blocks), BLOCK=rb * cp, warps=_warps(cp))
     exact[half], floats[half], exact[c], floats[c] = h_out, h_value, c_out, c_value
 
 
@@ -117,12 +123,12 @@ def lstm_reverse_half(cell, half: int, pieces, exact: list, floats: list, stack:
                      R=stack.forget_radix, W=stack.word_bits, RB=rb, CP=cp, KC=kc)
     for passes in ((2, 1) if staged else (3,)):
         _launch(_jit._lstm_reverse_kernel, (blocks if staged else 1,), *args, PASSES=passes,
-                **constants)
+                warps=_warps(cp), **constants)
         if staged:
             _launch(_jit._refill_rows_kernel, (blocks,), stack.head, stack.head.stride(0), rows,
                     own, counts, blocks, stack.words, stack.top, stack.error,
                     R=stack.forget_radix, W=stack.word_bits,
-                    BLOCKS=_tk.triton.next_power_of_2(blocks), RB=rb, CP=cp)
+                    BLOCKS=_tk.triton.next_power_of_2(blocks), RB=rb, CP=cp, warps=_warps(cp))
     exact[half], floats[half], exact[c], floats[c] = h_out, h_value, c_out, c_value
     if tape is not None:
         tape.append((half, other, h_value, c_value, cell_after, logits.split(own, -1)))
@@ -135,7 +141,7 @@ def lstm_tape_entry(cell, half: int, pieces, other: Tensor, previous_h: Tensor,
     own, weight, rows, k_size, rb, cp, kc, blocks, _ = _geometry(cell, half, other)
     logits = torch.empty((rows, 5 * own), dtype=torch.float32, device=other.device)
     _launch(_jit._lstm_tape_kernel, (blocks,), *_product_args(pieces[half], other, weight),
-            logits, _row_stride(logits), rows, own, k_size, RB=rb, CP=cp, KC=kc)
+            logits, _row_stride(logits), rows, own, k_size, RB=rb, CP=cp, KC=kc, warps=_warps(cp))
     return (half, other, previous_h, previous_c, cell_after, logits.split(own, -1))
 
 
@@ -161,7 +167,7 @@ def lstm_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
             _row_stride(previous), previous_cell, _row_stride(previous_cell), mask_t, weight,
             _row_stride(weight), d_other, _row_stride(d_other), d_h, d_c, d_gates,
             _row_stride(d_gates), d_other_out, rows, own, k_size, n_min, HAS_MASK=has_mask,
-            R=FORGET_RADIX, RB=rb, CP=cp, CC=_width(own, CHUNK), KC=kc)
+            R=FORGET_RADIX, RB=rb, CP=cp, CC=_width(own, CHUNK), KC=kc, warps=_warps(cp))
     d[half], d[c], d[1 - half] = d_h, d_c, d_other_out
     inputs[half] = other
 

@@ -1,9 +1,9 @@
 """The Triton JIT functions behind `triton_lstm_products`: a RevLSTM half-step (c, then h) with
 its hidden-side products computed inside the kernel, one launch per direction. Every kernel gets
-a row block's gate logits from ONE function, `_lstm_logits`, with the same block shapes (RB rows,
-CP columns, KC-column chunks of the other half), so forward, reverse and tape recomputation see the same floats bit for bit.
-The buffer arithmetic is triton_jit's (`_push_block`, `_pop_block`, `_gate`, ...). Empty when
-Triton is not importable."""
+a row block's gate logits from ONE function, `_lstm_logits`, with the same block shapes (RB
+rows, CP columns, KC-column chunks of the other half), so forward, reverse and tape
+recomputation see the same floats bit for bit. The buffer arithmetic is triton_jit's
+(`_push_block`, `_pop_block`, `_gate`, ...). Empty when Triton is not importable."""
 from __future__ import annotations
 
 from nmt.reversible.triton_jit import tl, triton
@@ -11,9 +11,6 @@ from nmt.reversible.triton_jit import tl, triton
 if triton is not None:
     from nmt.reversible.triton_jit import (
         _flag_underflow, _gate, _pop_block, _push_block, _rint, _sigmoid, _tanh, _times_weight_t)
-
-    # gate blocks of a half's logits, in the order of RevLSTMCell.half_gates
-    F_GATE, I_GATE, O_GATE, P_GATE, G_GATE = 0, 1, 2, 3, 4
 
     @triton.jit
     def _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride, rb, rows,
