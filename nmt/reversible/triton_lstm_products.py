@@ -28,7 +28,7 @@ from nmt.reversible.fixed_point import FORGET_RADIX
 from nmt.reversible.triton_kernels import WordStack, _launch, _mask_arg, _row_stride
 
 ROWS_PER_BLOCK = 16  # RB: rows per block of the in-kernel products (tl.dot needs >= 16)
-CHUNK = 32  # at most this many columns of a product's reduced or output side per tl.dot
+CHUNK = 16  # at most this many columns of a product's reduced or output side per tl.dot
 
 
 def _width(n: int, limit: int = 1 << 30) -> int:
@@ -43,8 +43,8 @@ def block_shapes(rows: int, own: int, k_size: int) -> Tuple[int, int, int]:
 
 
 def _warps(cp: int) -> int:
-    """Warps per program on a GPU: 8, or 16 past 128 own columns (ptxas -v on sm_90: a few KB
-    of spills at most, see compile_variants)."""
+    """Warps per program on a GPU: 8, or 16 past 128 own columns (ptxas -v, sm_90, CHUNK 16: no
+    spills up to 128 but ~136 B in the staged forward; ~2-3 KB at 256)."""
     return 8 if cp <= 128 else 16
 
 
