@@ -32,7 +32,13 @@ except ImportError:
 from nmt.reversible import triton_gru_products_jit as _jit  # noqa: E402
 
 _ROW_BLOCK = 16  # rows per block (tl.dot needs at least 16)
-_WARPS = 4
+_K_CHUNK = 16  # columns of the other half per product: a (16, own) weight tile at a time
+
+
+def launch_warps(op: int) -> int:
+    """Warps per program for a half padded to `op` columns: fewest spills in ptxas -v for
+    sm_90 (hidden 64 .. 512, see compile_variants)."""
+    return 4 if op <= 32 else 8 if op <= 128 else 16
 
 
 def _pad(size: int) -> int:
@@ -40,10 +46,10 @@ def _pad(size: int) -> int:
 
 
 def _geometry(cell, half: int):
-    """(own units, other units, padded own, padded other, RB, BLOCK = RB * padded own)."""
+    """(own units, other units, padded own, KC, RB, BLOCK = RB * padded own)."""
     own, k_size = cell.half_sizes[half], cell.half_sizes[1 - half]
-    op, kp = _pad(own), _pad(k_size)
-    return own, k_size, op, kp, _ROW_BLOCK, _ROW_BLOCK * op
+    op = _pad(own)
+    return own, k_size, op, _K_CHUNK, _ROW_BLOCK, _ROW_BLOCK * op
 
 
 def _weights(cell, half: int):
@@ -63,7 +69,7 @@ def gru_forward_half(cell, half: int, pieces, exact: list, floats: list, stack: 
                      tag: str = "") -> None:
     """Half `half` of `RevGRUCell.step` in one launch (two when staged): sets exact[half] and
     floats[half] as `fused._gru_forward_half(..., activate=True)` does."""
-    own, k_size, op, kp, rb, block = _geometry(cell, half)
+    own, k_size, op, kc, rb, block = _geometry(cell, half)
     h, other = exact[half], floats[1 - half]
     rows = h.shape[0]
     wg, wg_stride, wc, wc_stride = _weights(cell, half)
@@ -82,13 +88,13 @@ def gru_forward_half(cell, half: int, pieces, exact: list, floats: list, stack: 
             stack.head.stride(0), stack.words, stack.words.numel(), stack.top, hist, pushed, out,
             value, stage, flags, counts, rows, own, k_size, stored, n_min, HAS_MASK=has_mask,
             HALF_STORAGE=precision == 16, COUNT=stack.count, STAGED=staged,
-            R=stack.forget_radix, W=stack.word_bits, RB=rb, OP=op, KP=kp, BLOCK=block,
-            warps=_WARPS)
+            R=stack.forget_radix, W=stack.word_bits, RB=rb, OP=op, KC=kc, BLOCK=block,
+            warps=launch_warps(op))
     if staged:
         _launch(triton_jit._place_words_kernel, (blocks,), stage, flags, counts, blocks,
                 stack.words, stack.words.numel(), stack.top, pushed, blocks * block,
                 COUNT=stack.count, BLOCKS=triton.next_power_of_2(blocks), BLOCK=block,
-                warps=_WARPS)
+                warps=_tk._GPU_WARPS)
     exact[half], floats[half] = out, value
 
 
@@ -104,7 +110,7 @@ def gru_reverse_half(cell, half: int, pieces, exact: list, floats: list, stack: 
     """Undo `gru_forward_half` in one launch (two when staged); with a `tape`, append
     (half, other, previous float h_i, forget logits, reset logits, candidate pre-activation),
     the entry of `fused._gru_reverse_half(..., activate=True)`, written by the same launch."""
-    own, k_size, op, kp, rb, block = _geometry(cell, half)
+    own, k_size, op, kc, rb, block = _geometry(cell, half)
     h_next, other = exact[half], floats[1 - half]
     rows = h_next.shape[0]
     wg, wg_stride, wc, wc_stride = _weights(cell, half)
@@ -125,13 +131,13 @@ def gru_reverse_half(cell, half: int, pieces, exact: list, floats: list, stack: 
             stack.head.stride(0), stack.words, stack.top, stack.error, restored_t,
             _row_stride(restored_t), out, value, counts, logits, cand_out, rows, own, k_size,
             stored, n_min, HAS_MASK=has_mask, TAPE=tape is not None, STAGED=staged,
-            R=stack.forget_radix, W=stack.word_bits, RB=rb, OP=op, KP=kp, BLOCK=block,
-            warps=_WARPS)
+            R=stack.forget_radix, W=stack.word_bits, RB=rb, OP=op, KC=kc, BLOCK=block,
+            warps=launch_warps(op))
     if staged:
         _launch(_jit._refill_rows_kernel, (blocks,), stack.head, stack.head.stride(0), rows, own,
                 counts, blocks, stack.words, stack.top, stack.error, R=stack.forget_radix,
                 W=stack.word_bits, BLOCKS=triton.next_power_of_2(blocks), RB=rb, OP=op,
-                BLOCK=block, warps=_WARPS)
+                BLOCK=block, warps=launch_warps(op))
     exact[half], floats[half] = out, value
     if tape is not None:
         tape.append((half, other, value, logits[:, :own], logits[:, own:], cand_out))
@@ -141,14 +147,14 @@ def gru_tape_entry(cell, half: int, pieces, other: Tensor, previous: Tensor) -> 
     """The tape entry `gru_reverse_half` records, recomputed without the stack (one launch,
     row blocks in parallel, the same pre-activation code): other = the other half's float view
     the gates read, previous = the float h_i before the step."""
-    own, k_size, op, kp, rb, _ = _geometry(cell, half)
+    own, k_size, op, kc, rb, _ = _geometry(cell, half)
     rows = other.shape[0]
     wg, wg_stride, wc, wc_stride = _weights(cell, half)
     logits, cand_out = _tape_tensors(rows, own, k_size, other)
     gate, cand = pieces[2 * half], pieces[2 * half + 1]
     _launch(_jit._gru_tape_kernel, (triton.cdiv(rows, rb),), other, _row_stride(other), gate,
             _row_stride(gate), cand, _row_stride(cand), wg, wg_stride, wc, wc_stride, logits,
-            cand_out, rows, own, k_size, RB=rb, OP=op, KP=kp, warps=_WARPS)
+            cand_out, rows, own, k_size, RB=rb, OP=op, KC=kc, warps=launch_warps(op))
     return (half, other, previous, logits[:, :own], logits[:, own:], cand_out)
 
 
@@ -159,7 +165,7 @@ def gru_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
     into pieces[2 half + 1], d[half] (before the step), d[1 - half] += the gates' and the
     candidate's paths, inputs[2 half] = other, inputs[2 half + 1] = r * other."""
     half, other, previous, forget, _, cand = entry
-    own, k_size, op, kp, rb, _ = _geometry(cell, half)
+    own, k_size, op, kc, rb, _ = _geometry(cell, half)
     rows = other.shape[0]
     wg, wg_stride, wc, wc_stride = _weights(cell, half)
     grad, d_other = d[half], d[1 - half]
@@ -173,16 +179,17 @@ def gru_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
             _row_stride(other), d_other, _row_stride(d_other), mask_t, wg, wg_stride, wc,
             wc_stride, d_half, d_logits, _row_stride(d_logits), d_cand, _row_stride(d_cand),
             d_other_out, reset_other, rows, own, k_size, n_min, HAS_MASK=has_mask,
-            R=FORGET_RADIX, RB=rb, OP=op, KP=kp, warps=_WARPS)
+            R=FORGET_RADIX, RB=rb, OP=op, KC=kc, warps=launch_warps(op))
     d[half], d[1 - half] = d_half, d_other_out
     inputs[2 * half], inputs[2 * half + 1] = other, reset_other
 
 
-def compile_variants() -> list:
+def compile_variants(hidden: int = 1024) -> list:
     """(kernel, constexprs) pairs of this module's kernels for `triton_kernels.compile_for_gpu`
-    (hidden 1024: halves of 512 units; RB rows per block)."""
-    rb, op = _ROW_BLOCK, 512
-    common = dict(HAS_MASK=True, LIBDEVICE=True, R=10, RB=rb, OP=op, KP=op)
+    (halves of hidden / 2 units). Compile them with num_warps = launch_warps(constants["OP"]),
+    `_place_words_kernel` with triton_kernels._GPU_WARPS, as the wrappers launch them."""
+    rb, op, kc = _ROW_BLOCK, _pad(hidden // 2), _K_CHUNK
+    common = dict(HAS_MASK=True, LIBDEVICE=True, R=10, RB=rb, OP=op, KC=kc)
     variants = []
     for staged in (False, True):
         variants.append((_jit._gru_forward_kernel, dict(
@@ -191,7 +198,7 @@ def compile_variants() -> list:
             common, TAPE=True, STAGED=staged, W=16, BLOCK=rb * op)))
     variants += [
         (_jit._refill_rows_kernel, dict(R=10, W=16, BLOCKS=64, RB=rb, OP=op, BLOCK=rb * op)),
-        (_jit._gru_tape_kernel, dict(LIBDEVICE=True, RB=rb, OP=op, KP=op)),
+        (_jit._gru_tape_kernel, dict(LIBDEVICE=True, RB=rb, OP=op, KC=kc)),
         (_jit._gru_backward_kernel, dict(common)),
         (triton_jit._place_words_kernel, dict(COUNT=True, BLOCKS=64, BLOCK=rb * op))]
     return variants

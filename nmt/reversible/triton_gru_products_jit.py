@@ -1,12 +1,14 @@
 """The Triton JIT functions behind `triton_gru_products`: RevGRU half-steps that compute their own
 hidden-side matrix products (FlashRNN-style), one launch per half-step and direction.
 
-Every kernel works on row blocks of RB rows, each half's columns padded to a power of two (OP for
-the half's own units, KP for the other half's). `_gru_preactivations` is the one code path of a
-row block's pre-activations: the forward, the reverse and the tape recomputation all call it with
-the same block shapes, so the reverse sees the forward's gates bit for bit. The buffer arithmetic
-is triton_jit's (`_push_block`, `_pop_block`) on the block flattened row-major, so the words land
-in the order of the element-wise kernels. Empty when Triton is not importable."""
+Every kernel works on row blocks of RB rows, the half's own columns padded to a power of two OP;
+the products contract over the other half in chunks of KC columns (`_times_weight_t` on a (KC, OP)
+weight tile at a time: whole weight tiles would not fit in registers past 64 units a half).
+`_gru_preactivations` is the one code path of a row block's pre-activations: the forward, the
+reverse and the tape recomputation all call it with the same block shapes, so the reverse sees the
+forward's gates bit for bit. The buffer arithmetic is triton_jit's (`_push_block`, `_pop_block`)
+on the block flattened row-major, so the words land in the order of the element-wise kernels.
+Empty when Triton is not importable."""
 from __future__ import annotations
 
 try:
@@ -39,38 +41,63 @@ if triton is not None:
                        mask=(row[:, None] < rows) & (col < cols), other=0.0)
 
     @triton.jit
-    def _gru_gate_logits(other, gate_ptr, gate_stride, row, rows, wg_ptr, wg_stride, own, k_size,
-                         OP: tl.constexpr, KP: tl.constexpr):
-        """Forget logits (RB, OP) and reset logits (RB, KP): the gate piece plus other @ Wg^T,
-        Wg (own + k_size, k_size); the two column groups are two products."""
-        forget = _times_weight_t(other, wg_ptr, wg_stride, k_size, own, KP, OP)
-        forget += _load_rows(gate_ptr, gate_stride, row, rows, own, OP)
-        reset = _times_weight_t(other, wg_ptr + own * wg_stride, wg_stride, k_size, k_size, KP, KP)
-        reset += _load_rows(gate_ptr + own, gate_stride, row, rows, k_size, KP)
-        return forget, reset
+    def _times_weight_t_chunks(acc, x_ptr, x_stride, row, rows, x_cols, w_ptr, w_stride, n_size,
+                               KC: tl.constexpr, NP: tl.constexpr):
+        """acc + x[row] @ W^T, W (n_size, x_cols): the contraction in chunks of KC columns of x
+        read from memory, one `_times_weight_t` each (a (KC, NP) weight tile at a time, so the
+        kernels compile without spilling whole weight matrices)."""
+        for k0 in range(0, x_cols, KC):
+            chunk = _load_rows(x_ptr + k0, x_stride, row, rows, x_cols - k0, KC)
+            acc += _times_weight_t(chunk, w_ptr + k0, w_stride, x_cols - k0, n_size, KC, NP)
+        return acc
 
     @triton.jit
-    def _gru_candidate(reset_other, cand_ptr, cand_stride, row, rows, wc_ptr, wc_stride, own,
-                       k_size, OP: tl.constexpr, KP: tl.constexpr):
-        """Candidate pre-activation (RB, OP): its piece plus (r * other) @ Wc^T."""
-        cand = _times_weight_t(reset_other, wc_ptr, wc_stride, k_size, own, KP, OP)
-        return cand + _load_rows(cand_ptr, cand_stride, row, rows, own, OP)
+    def _gru_forget_logits(other_ptr, other_stride, gate_ptr, gate_stride, row, rows, wg_ptr,
+                           wg_stride, own, k_size, KC: tl.constexpr, OP: tl.constexpr):
+        """Forget logits (RB, OP): the gate piece plus other @ Wg[:own]^T."""
+        return _times_weight_t_chunks(_load_rows(gate_ptr, gate_stride, row, rows, own, OP),
+                                      other_ptr, other_stride, row, rows, k_size, wg_ptr,
+                                      wg_stride, own, KC, OP)
+
+    @triton.jit
+    def _gru_reset_logits(c0, other_ptr, other_stride, gate_ptr, gate_stride, row, rows, wg_ptr,
+                          wg_stride, own, k_size, KC: tl.constexpr):
+        """Reset logits of columns c0 .. c0 + KC (RB, KC): piece plus other @ Wg[own + c0:]^T."""
+        piece = _load_rows(gate_ptr + own + c0, gate_stride, row, rows, k_size - c0, KC)
+        return _times_weight_t_chunks(piece, other_ptr, other_stride, row, rows, k_size,
+                                      wg_ptr + (own + c0) * wg_stride, wg_stride, k_size - c0,
+                                      KC, KC)
 
     @triton.jit
     def _gru_preactivations(start, rows, other_ptr, other_stride, gate_ptr, gate_stride, cand_ptr,
-                            cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, own, k_size,
+                            cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, reset_ptr,
+                            reset_stride, own, k_size, TAPE: tl.constexpr,
                             LIBDEVICE: tl.constexpr, RB: tl.constexpr, OP: tl.constexpr,
-                            KP: tl.constexpr):
-        """Rows start .. start + RB: (row indices, forget logits, reset logits, candidate
-        pre-activation). The single code path of forward, reverse and tape."""
+                            KC: tl.constexpr):
+        """Rows start .. start + RB: (row indices, forget logits, candidate pre-activation);
+        TAPE: the reset logits are stored at reset_ptr as they are made, KC columns at a time
+        (each chunk of r * other feeds the candidate product at once). The single code path of
+        forward, reverse and tape."""
         row = start + tl.arange(0, RB)
-        other = _load_rows(other_ptr, other_stride, row, rows, k_size, KP)
-        forget, reset = _gru_gate_logits(other, gate_ptr, gate_stride, row, rows, wg_ptr,
-                                         wg_stride, own, k_size, OP, KP)
-        reset_other = _sigmoid(reset, LIBDEVICE) * other
-        cand = _gru_candidate(reset_other, cand_ptr, cand_stride, row, rows, wc_ptr, wc_stride,
-                              own, k_size, OP, KP)
-        return row, forget, reset, cand
+        forget = _gru_forget_logits(other_ptr, other_stride, gate_ptr, gate_stride, row, rows,
+                                    wg_ptr, wg_stride, own, k_size, KC, OP)
+        cand = _load_rows(cand_ptr, cand_stride, row, rows, own, OP)
+        for c0 in range(0, k_size, KC):
+            reset = _gru_reset_logits(c0, other_ptr, other_stride, gate_ptr, gate_stride, row,
+                                      rows, wg_ptr, wg_stride, own, k_size, KC)
+            reset_other = _sigmoid(reset, LIBDEVICE) * _load_rows(
+                other_ptr + c0, other_stride, row, rows, k_size - c0, KC)
+            cand += _times_weight_t(reset_other, wc_ptr + c0, wc_stride, k_size - c0, own, KC,
+                                    OP)
+            if TAPE:
+                _store_rows(reset_ptr + c0, reset_stride, row, rows, k_size - c0, reset, KC)
+        return row, forget, cand
+
+    @triton.jit
+    def _store_rows(ptr, stride, row, rows, cols, x, CP: tl.constexpr):
+        """Store the (RB, CP) block x at rows `row` of a (rows, cols) matrix."""
+        col = tl.arange(0, CP)[None, :]
+        tl.store(ptr + row[:, None] * stride + col, x, mask=(row[:, None] < rows) & (col < cols))
 
     @triton.jit
     def _gru_elements(row, forget, cand, rows, own, h_ptr, h_stride, mask_ptr, stored, n_min,
@@ -104,7 +131,7 @@ if triton is not None:
             flag_ptr, counts_ptr, rows, own, k_size, stored, n_min, HAS_MASK: tl.constexpr,
             HALF_STORAGE: tl.constexpr, COUNT: tl.constexpr, LIBDEVICE: tl.constexpr,
             STAGED: tl.constexpr, R: tl.constexpr, W: tl.constexpr, RB: tl.constexpr,
-            OP: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
+            OP: tl.constexpr, KC: tl.constexpr, BLOCK: tl.constexpr):
         """`_gated_forward_kernel` (MODE_GRU, ACTIVATE) with its own products. STAGED: one
         program per row block, staging at padded offsets pid * BLOCK + r * OP + c (padding
         flagged 0 here, so `_place_words_kernel` with this BLOCK places the words)."""
@@ -118,10 +145,10 @@ if triton is not None:
         else:
             first, step_size = 0, RB
         for start in range(first, rows, step_size):
-            row_idx, forget, reset, cand = _gru_preactivations(
+            row_idx, forget, cand = _gru_preactivations(
                 start, rows, other_ptr, other_stride, gate_ptr, gate_stride, cand_ptr,
-                cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, own, k_size, LIBDEVICE, RB, OP,
-                KP)
+                cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, out_ptr, 0, own, k_size, False,
+                LIBDEVICE, RB, OP, KC)
             live, row, col, h, z_q, update, real, n_applied, step = _gru_elements(
                 row_idx, forget, cand, rows, own, h_ptr, h_stride, mask_ptr, stored, n_min,
                 HAS_MASK, LIBDEVICE, R, OP, BLOCK)
@@ -148,16 +175,12 @@ if triton is not None:
                 tl.store(pushed_ptr, tl.load(pushed_ptr) + (top - start_top))
 
     @triton.jit
-    def _store_tape(row, forget, reset, cand, rows, own, k_size, logits_ptr, cand_out_ptr,
-                    OP: tl.constexpr, KP: tl.constexpr):
-        """The tape's logits (rows, own + k_size) and candidate (rows, own), contiguous."""
-        col = tl.arange(0, OP)[None, :]
-        k = tl.arange(0, KP)[None, :]
-        r2 = row[:, None]
-        tl.store(logits_ptr + r2 * (own + k_size) + col, forget, mask=(r2 < rows) & (col < own))
-        tl.store(logits_ptr + r2 * (own + k_size) + own + k, reset,
-                 mask=(r2 < rows) & (k < k_size))
-        tl.store(cand_out_ptr + r2 * own + col, cand, mask=(r2 < rows) & (col < own))
+    def _store_tape(row, forget, cand, rows, own, k_size, logits_ptr, cand_out_ptr,
+                    OP: tl.constexpr):
+        """The tape's forget logits (the first own columns of logits (rows, own + k_size); the
+        reset logits are stored as they are made) and candidate (rows, own), contiguous."""
+        _store_rows(logits_ptr, own + k_size, row, rows, own, forget, OP)
+        _store_rows(cand_out_ptr, own, row, rows, own, cand, OP)
 
     @triton.jit(do_not_specialize=["rows", "own", "k_size", "stored", "n_min"])
     def _gru_reverse_kernel(
@@ -167,7 +190,7 @@ if triton is not None:
             counts_ptr, logits_ptr, cand_out_ptr, rows, own, k_size, stored, n_min,
             HAS_MASK: tl.constexpr, TAPE: tl.constexpr, LIBDEVICE: tl.constexpr,
             STAGED: tl.constexpr, R: tl.constexpr, W: tl.constexpr, RB: tl.constexpr,
-            OP: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
+            OP: tl.constexpr, KC: tl.constexpr, BLOCK: tl.constexpr):
         """`_gated_reverse_kernel` with its own products: row blocks last to first (STAGED: one
         per program, then `_refill_rows_kernel`); TAPE: also writes the logits it computed."""
         pid = tl.program_id(0)
@@ -183,10 +206,10 @@ if triton is not None:
                 start = pid * RB
             else:
                 start = (last - 1 - back) * RB
-            row_idx, forget, reset, cand = _gru_preactivations(
+            row_idx, forget, cand = _gru_preactivations(
                 start, rows, other_ptr, other_stride, gate_ptr, gate_stride, cand_ptr,
-                cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, own, k_size, LIBDEVICE, RB, OP,
-                KP)
+                cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, logits_ptr + own,
+                own + k_size, own, k_size, TAPE, LIBDEVICE, RB, OP, KC)
             live, row, col, h_next, z_q, update, real, n_applied, step = _gru_elements(
                 row_idx, forget, cand, rows, own, h_ptr, h_stride, mask_ptr, stored, n_min,
                 HAS_MASK, LIBDEVICE, R, OP, BLOCK)
@@ -199,8 +222,8 @@ if triton is not None:
             tl.store(value_ptr + row * own + col, out.to(tl.float32) * (1.0 / (1 << 23)),
                      mask=live)
             if TAPE:
-                _store_tape(row_idx, forget, reset, cand, rows, own, k_size, logits_ptr,
-                            cand_out_ptr, OP, KP)
+                _store_tape(row_idx, forget, cand, rows, own, k_size, logits_ptr, cand_out_ptr,
+                            OP)
         if not STAGED:
             tl.store(top_ptr, top)
 
@@ -234,20 +257,32 @@ if triton is not None:
     def _gru_tape_kernel(other_ptr, other_stride, gate_ptr, gate_stride, cand_ptr, cand_stride,
                          wg_ptr, wg_stride, wc_ptr, wc_stride, logits_ptr, cand_out_ptr, rows,
                          own, k_size, LIBDEVICE: tl.constexpr, RB: tl.constexpr,
-                         OP: tl.constexpr, KP: tl.constexpr):
+                         OP: tl.constexpr, KC: tl.constexpr):
         """The reverse's tape without the stack: row blocks in parallel, same pre-activations."""
-        row, forget, reset, cand = _gru_preactivations(
+        row, forget, cand = _gru_preactivations(
             tl.program_id(0) * RB, rows, other_ptr, other_stride, gate_ptr, gate_stride, cand_ptr,
-            cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, own, k_size, LIBDEVICE, RB, OP, KP)
-        _store_tape(row, forget, reset, cand, rows, own, k_size, logits_ptr, cand_out_ptr, OP, KP)
+            cand_stride, wg_ptr, wg_stride, wc_ptr, wc_stride, logits_ptr + own, own + k_size,
+            own, k_size, True, LIBDEVICE, RB, OP, KC)
+        _store_tape(row, forget, cand, rows, own, k_size, logits_ptr, cand_out_ptr, OP)
 
     @triton.jit
-    def _gate_grad_product(d_forget, d_reset, wg_ptr, wg_stride, own, k_size, OP: tl.constexpr,
-                           KP: tl.constexpr):
-        """d_logits @ Wg (RB, KP) for the logit gradients split as the forward splits them."""
-        product = _times_weight(d_forget, wg_ptr, wg_stride, own, k_size, OP, KP)
-        return product + _times_weight(d_reset, wg_ptr + own * wg_stride, wg_stride, k_size,
-                                       k_size, KP, KP)
+    def _times_weight_chunks(acc, x_ptr, x_stride, row, rows, x_cols, w_ptr, w_stride, n_size,
+                             KC: tl.constexpr, NP: tl.constexpr):
+        """acc + x[row] @ W, W (x_cols, n_size) not transposed, x read in chunks of KC columns."""
+        for k0 in range(0, x_cols, KC):
+            chunk = _load_rows(x_ptr + k0, x_stride, row, rows, x_cols - k0, KC)
+            acc += _times_weight(chunk, w_ptr + k0 * w_stride, w_stride, x_cols - k0, n_size, KC,
+                                 NP)
+        return acc
+
+    @triton.jit
+    def _gate_grad_chunk(acc, d_forget, d_logits_ptr, d_logits_stride, row, rows, wg_ptr,
+                         wg_stride, own, k_size, c0, OP: tl.constexpr, KC: tl.constexpr):
+        """acc + (d_logits @ Wg)[:, c0 .. c0 + KC]: the forget part from the (RB, OP) block
+        d_forget, then the reset part from d_logits' reset columns in memory."""
+        acc += _times_weight(d_forget, wg_ptr + c0, wg_stride, own, k_size - c0, OP, KC)
+        return _times_weight_chunks(acc, d_logits_ptr + own, d_logits_stride, row, rows, k_size,
+                                    wg_ptr + own * wg_stride + c0, wg_stride, k_size - c0, KC, KC)
 
     @triton.jit(do_not_specialize=["rows", "own", "k_size", "n_min"])
     def _gru_backward_kernel(
@@ -256,15 +291,14 @@ if triton is not None:
             wg_stride, wc_ptr, wc_stride, d_half_ptr, d_logits_ptr, d_logits_stride, d_cand_ptr,
             d_cand_stride, d_other_out_ptr, reset_other_ptr, rows, own, k_size, n_min,
             HAS_MASK: tl.constexpr, LIBDEVICE: tl.constexpr, R: tl.constexpr, RB: tl.constexpr,
-            OP: tl.constexpr, KP: tl.constexpr):
-        """One row block of `_gru_backward_gates_kernel` + d_cand @ Wc +
-        `_gru_backward_reset_kernel` + d_logits @ Wg (no stack: blocks run in parallel)."""
+            OP: tl.constexpr, KC: tl.constexpr):
+        """One row block of `_gru_backward_gates_kernel`, then per KC columns of the other half
+        d_cand @ Wc and `_gru_backward_reset_kernel`, then (all reset logit gradients written)
+        d_other += d_logits @ Wg per KC columns. No stack: row blocks run in parallel."""
         row = tl.program_id(0) * RB + tl.arange(0, RB)
         r2 = row[:, None]
         col = tl.arange(0, OP)[None, :]
-        k = tl.arange(0, KP)[None, :]
         live = (r2 < rows) & (col < own)
-        live_k = (r2 < rows) & (k < k_size)
         grad = _load_rows(grad_ptr, grad_stride, row, rows, own, OP)
         s = _sigmoid(_load_rows(logits_ptr, logits_stride, row, rows, own, OP), LIBDEVICE)
         cand = _tanh(_load_rows(cand_ptr, cand_stride, row, rows, own, OP), LIBDEVICE)
@@ -275,18 +309,25 @@ if triton is not None:
         n, z_q = _gate(s, n_min, R)
         slope = (1.0 - n_min.to(tl.float32) * (1.0 / (1 << R))) * s * (1.0 - s)
         grad_live = tl.where(real, grad, 0.0)
-        tl.store(d_half_ptr + r2 * own + col, tl.where(real, grad * z_q, grad), mask=live)
+        _store_rows(d_half_ptr, own, row, rows, own, tl.where(real, grad * z_q, grad), OP)
         d_cand = grad_live * (1.0 - z_q) * (1.0 - cand * cand)
-        tl.store(d_cand_ptr + r2 * d_cand_stride + col, d_cand, mask=live)
+        _store_rows(d_cand_ptr, d_cand_stride, row, rows, own, d_cand, OP)
         d_forget = grad_live * (prev - cand) * slope
-        tl.store(d_logits_ptr + r2 * d_logits_stride + col, d_forget, mask=live)
-        d_ro = _times_weight(d_cand, wc_ptr, wc_stride, own, k_size, OP, KP)
-        other = _load_rows(other_ptr, other_stride, row, rows, k_size, KP)
-        reset = _sigmoid(_load_rows(logits_ptr + own, logits_stride, row, rows, k_size, KP),
-                         LIBDEVICE)
-        d_reset = d_ro * other * reset * (1.0 - reset)
-        tl.store(d_logits_ptr + r2 * d_logits_stride + own + k, d_reset, mask=live_k)
-        d_other = _load_rows(d_other_ptr, d_other_stride, row, rows, k_size, KP) + d_ro * reset
-        d_other += _gate_grad_product(d_forget, d_reset, wg_ptr, wg_stride, own, k_size, OP, KP)
-        tl.store(d_other_out_ptr + r2 * k_size + k, d_other, mask=live_k)
-        tl.store(reset_other_ptr + r2 * k_size + k, reset * other, mask=live_k)
+        _store_rows(d_logits_ptr, d_logits_stride, row, rows, own, d_forget, OP)
+        for c0 in range(0, k_size, KC):
+            d_ro = _times_weight(d_cand, wc_ptr + c0, wc_stride, own, k_size - c0, OP, KC)
+            other = _load_rows(other_ptr + c0, other_stride, row, rows, k_size - c0, KC)
+            reset = _sigmoid(_load_rows(logits_ptr + own + c0, logits_stride, row, rows,
+                                        k_size - c0, KC), LIBDEVICE)
+            _store_rows(d_logits_ptr + own + c0, d_logits_stride, row, rows, k_size - c0,
+                        d_ro * other * reset * (1.0 - reset), KC)
+            d_other = _load_rows(d_other_ptr + c0, d_other_stride, row, rows, k_size - c0, KC)
+            _store_rows(d_other_out_ptr + c0, k_size, row, rows, k_size - c0,
+                        d_other + d_ro * reset, KC)
+            _store_rows(reset_other_ptr + c0, k_size, row, rows, k_size - c0, reset * other, KC)
+        tl.debug_barrier()  # this program's reset gradients and partial sums, visible to all
+        for c0 in range(0, k_size, KC):
+            partial = _load_rows(d_other_out_ptr + c0, k_size, row, rows, k_size - c0, KC)
+            total = _gate_grad_chunk(partial, d_forget, d_logits_ptr, d_logits_stride, row, rows,
+                                     wg_ptr, wg_stride, own, k_size, c0, OP, KC)
+            _store_rows(d_other_out_ptr + c0, k_size, row, rows, k_size - c0, total, KC)

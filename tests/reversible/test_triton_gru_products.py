@@ -85,52 +85,53 @@ def _backward(cell, tape, grads, mask):
 @triton.jit
 def _gate_product_kernel(other_ptr, other_stride, gate_ptr, gate_stride, wg_ptr, wg_stride,
                          out_ptr, rows, own, k_size, RB: tl.constexpr, OP: tl.constexpr,
-                         KP: tl.constexpr):
+                         KC: tl.constexpr):
     row = tl.program_id(0) * RB + tl.arange(0, RB)
-    other = pj._load_rows(other_ptr, other_stride, row, rows, k_size, KP)
-    forget, reset = pj._gru_gate_logits(other, gate_ptr, gate_stride, row, rows, wg_ptr,
-                                        wg_stride, own, k_size, OP, KP)
-    col, k, r2 = tl.arange(0, OP)[None, :], tl.arange(0, KP)[None, :], row[:, None]
-    tl.store(out_ptr + r2 * (own + k_size) + col, forget, mask=(r2 < rows) & (col < own))
-    tl.store(out_ptr + r2 * (own + k_size) + own + k, reset, mask=(r2 < rows) & (k < k_size))
+    forget = pj._gru_forget_logits(other_ptr, other_stride, gate_ptr, gate_stride, row, rows,
+                                   wg_ptr, wg_stride, own, k_size, KC, OP)
+    pj._store_rows(out_ptr, own + k_size, row, rows, own, forget, OP)
+    for c0 in range(0, k_size, KC):
+        reset = pj._gru_reset_logits(c0, other_ptr, other_stride, gate_ptr, gate_stride, row,
+                                     rows, wg_ptr, wg_stride, own, k_size, KC)
+        pj._store_rows(out_ptr + own + c0, own + k_size, row, rows, k_size - c0, reset, KC)
 
 
 @triton.jit
 def _candidate_product_kernel(ro_ptr, ro_stride, cand_ptr, cand_stride, wc_ptr, wc_stride,
                               out_ptr, rows, own, k_size, RB: tl.constexpr, OP: tl.constexpr,
-                              KP: tl.constexpr):
+                              KC: tl.constexpr):
     row = tl.program_id(0) * RB + tl.arange(0, RB)
-    reset_other = pj._load_rows(ro_ptr, ro_stride, row, rows, k_size, KP)
-    cand = pj._gru_candidate(reset_other, cand_ptr, cand_stride, row, rows, wc_ptr, wc_stride,
-                             own, k_size, OP, KP)
-    col, r2 = tl.arange(0, OP)[None, :], row[:, None]
-    tl.store(out_ptr + r2 * own + col, cand, mask=(r2 < rows) & (col < own))
+    cand = pj._times_weight_t_chunks(pj._load_rows(cand_ptr, cand_stride, row, rows, own, OP),
+                                     ro_ptr, ro_stride, row, rows, k_size, wc_ptr, wc_stride, own,
+                                     KC, OP)
+    pj._store_rows(out_ptr, own, row, rows, own, cand, OP)
 
 
 @triton.jit
 def _d_reset_other_kernel(a_ptr, a_stride, wc_ptr, wc_stride, out_ptr, rows, own, k_size,
-                          RB: tl.constexpr, OP: tl.constexpr, KP: tl.constexpr):
+                          RB: tl.constexpr, OP: tl.constexpr, KC: tl.constexpr):
     row = tl.program_id(0) * RB + tl.arange(0, RB)
     a = pj._load_rows(a_ptr, a_stride, row, rows, own, OP)
-    product = pj._times_weight(a, wc_ptr, wc_stride, own, k_size, OP, KP)
-    k, r2 = tl.arange(0, KP)[None, :], row[:, None]
-    tl.store(out_ptr + r2 * k_size + k, product, mask=(r2 < rows) & (k < k_size))
+    for c0 in range(0, k_size, KC):
+        product = pj._times_weight(a, wc_ptr + c0, wc_stride, own, k_size - c0, OP, KC)
+        pj._store_rows(out_ptr + c0, k_size, row, rows, k_size - c0, product, KC)
 
 
 @triton.jit
 def _gate_grad_kernel(c_ptr, c_stride, dl_ptr, dl_stride, wg_ptr, wg_stride, out_ptr, rows, own,
-                      k_size, RB: tl.constexpr, OP: tl.constexpr, KP: tl.constexpr):
+                      k_size, RB: tl.constexpr, OP: tl.constexpr, KC: tl.constexpr):
     row = tl.program_id(0) * RB + tl.arange(0, RB)
     d_forget = pj._load_rows(dl_ptr, dl_stride, row, rows, own, OP)
-    d_reset = pj._load_rows(dl_ptr + own, dl_stride, row, rows, k_size, KP)
-    total = pj._load_rows(c_ptr, c_stride, row, rows, k_size, KP)
-    total += pj._gate_grad_product(d_forget, d_reset, wg_ptr, wg_stride, own, k_size, OP, KP)
-    k, r2 = tl.arange(0, KP)[None, :], row[:, None]
-    tl.store(out_ptr + r2 * k_size + k, total, mask=(r2 < rows) & (k < k_size))
+    for c0 in range(0, k_size, KC):
+        total = pj._gate_grad_chunk(pj._load_rows(c_ptr + c0, c_stride, row, rows, k_size - c0,
+                                                  KC),
+                                    d_forget, dl_ptr, dl_stride, row, rows, wg_ptr, wg_stride,
+                                    own, k_size, c0, OP, KC)
+        pj._store_rows(out_ptr + c0, k_size, row, rows, k_size - c0, total, KC)
 
 
 def _shape(own, k_size):
-    return dict(RB=products._ROW_BLOCK, OP=products._pad(own), KP=products._pad(k_size))
+    return dict(RB=products._ROW_BLOCK, OP=products._pad(own), KC=products._K_CHUNK)
 
 
 def _kernel_products(cell, monkeypatch):
@@ -183,7 +184,16 @@ def _equal_tensors(ours, theirs):
 @pytest.mark.parametrize("max_forget_bits", [1, 3, None])
 def test_products_in_the_kernels_equal_the_driver_bit_for_bit(max_forget_bits, stored, precision,
                                                               monkeypatch):
-    cell, stack, state, projected, masks = _setup(max_forget_bits)
+    _check_against_driver(max_forget_bits, stored, precision, BATCH, monkeypatch)
+
+
+def test_row_blocks_equal_the_driver_bit_for_bit(monkeypatch):
+    """35 rows: three row blocks (the last partial), walked in order and back."""
+    _check_against_driver(3, STORED, 16, 35, monkeypatch)
+
+
+def _check_against_driver(max_forget_bits, stored, precision, batch, monkeypatch):
+    cell, stack, state, projected, masks = _setup(max_forget_bits, batch=batch)
     assert not masks.all() and masks[0].all()  # some padded rows
     reference = _copy_stack(stack)
     ours, ref = state, state
@@ -206,7 +216,8 @@ def test_products_in_the_kernels_equal_the_driver_bit_for_bit(max_forget_bits, s
             assert int(stack.pushed) == int(reference.pushed)
         assert int(stack.top) > 0
         generator = torch.Generator().manual_seed(5)
-        grads = ref_grads = [torch.randn(v.shape, generator=generator) for v in our_values]
+        grads = ref_grads = [torch.randn(v.shape, generator=generator).to(DEVICE)
+                             for v in our_values]
         for t in reversed(range(projected.shape[0])):
             restored = kept[t] if stored else None
             after = ours
@@ -322,7 +333,8 @@ def test_staged_size_matches_one_program_and_reverses(staged, monkeypatch):
     single = _copy_stack(stack)
     heads = stack.head.clone()
     values = tuple(from_fixed(p) for p in state)
-    with torch.no_grad():
+    monkeypatch.setattr(products, "_K_CHUNK", 64)  # fewer, larger products: the interpreter's
+    with torch.no_grad():  # time goes to their count (the other tests cover partial chunks)
         if not staged:
             monkeypatch.setattr(triton_kernels, "_SINGLE_PROGRAM_LIMIT", 10**9)
         launches = triton_kernels.LAUNCHES[0]
