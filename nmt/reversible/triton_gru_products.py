@@ -6,7 +6,9 @@ and direction is ONE launch (two past triton_kernels._SINGLE_PROGRAM_LIMIT eleme
 staged scheme): the kernels take the x-side pieces of the projected input (biases included, one
 product per chunk of steps, outside) and the recurrent weights, and compute the gate logits, the
 reset product and the candidate pre-activation on row blocks of _ROW_BLOCK rows (IEEE float32
-tl.dot), then the `activate=True` element math of `triton_kernels.gated_forward` (MODE_GRU).
+tl.dot, _K_CHUNK columns of the other half at a time), then the `activate=True` element math of
+`triton_kernels.gated_forward` (MODE_GRU). No aten compute op runs between the launches (outputs
+come from torch.empty; the stack grows only as `WordStack.reserve` says).
 
 Forward, reverse and tape recomputation call one jit function for a row block's pre-activations
 (`_gru_preactivations`) with the same block shapes, so the reverse recomputes the forward's
