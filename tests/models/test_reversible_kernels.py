@@ -35,7 +35,7 @@ CASES = [("revgru", 3, 1, "emb+slice"), ("revgru", 1, 2, "emb+proj"),
          ("revlstm", 2, 1, "emb+slice"), ("revlstm", 5, 2, "emb"), ("revgru", None, 1, "emb+slice")]
 
 
-def _model(cell, k, layers, context, kernels, activate=False):
+def _model(cell, k, layers, context, kernels, activate=False, products=False):
     torch.manual_seed(0)
     cfg = tiny_model_config(
         embedding_dim=12, dropout=0.2, init_uniform=0.3,
@@ -46,7 +46,7 @@ def _model(cell, k, layers, context, kernels, activate=False):
         attention={"context": context, "size": 4 if context != "emb" else None,
                    "precision": 16},
         reversible=ReversibleConfig(chunk_steps="3", kernels=kernels,
-                                    fused_activations=activate))
+                                    fused_activations=activate, fused_products=products))
     model = build_model(cfg, 23, 23)
     model.train()
     return model
@@ -85,21 +85,23 @@ def test_fused_training_step_matches_tensor_path(cell, k, layers, context, make_
     assert len(counted) >= 6 and counted["total_ratio"] > 1
 
 
-@pytest.mark.parametrize("cell,k,layers,context", CASES[:3])
+@pytest.mark.parametrize("products", [False, True], ids=["activations", "products"])
+@pytest.mark.parametrize("cell,k,layers,context", CASES[:4])
 def test_fused_activations_reverse_exactly_with_close_gradients(cell, k, layers, context,
-                                                                make_batch):
+                                                                products, make_batch):
     """With the activations in the kernels (their own sigmoid / tanh: numpy's exp under the
-    interpreter), forward and reverse still agree: the run reverses exactly (backward's end check
-    passes, the buffer is back at its start) and loss and gradients match the tensor path's to
-    float tolerance (losses to 1e-5; gradients to 1e-3 of their largest entry, see below)."""
+    interpreter), and with `products` the recurrent products too (IEEE tl.dot), forward and
+    reverse still agree: the run reverses exactly (backward's end check passes, the buffer is back
+    at its start) and loss and gradients match the tensor path's to float tolerance (losses to
+    1e-5; gradients to 1e-3 of their largest entry, see below)."""
     batch = make_batch(src_lengths=[6, 4, 2], tgt_lengths=[5, 7, 3], seed=2)
     expected = _training_step(torch_model := _model(cell, k, layers, context, "torch"), batch)
-    fused_model = _model(cell, k, layers, context, "triton", activate=True)
+    fused_model = _model(cell, k, layers, context, "triton", activate=True, products=products)
     buffers = []
     original = fused_model.encoder.new_buffer
     fused_model.encoder.new_buffer = lambda *a: buffers.append(original(*a)) or buffers[-1]
     got = _training_step(fused_model, batch)
-    assert buffers[0].activate and buffers[0].is_initial()
+    assert buffers[0].activate and buffers[0].products == products and buffers[0].is_initial()
     torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-6)
     for (name, ours), theirs in zip(fused_model.named_parameters(), torch_model.parameters()):
         if ours.grad is not None:  # relative to the gradient's scale: a last-bit difference of
@@ -109,7 +111,9 @@ def test_fused_activations_reverse_exactly_with_close_gradients(cell, k, layers,
             assert float((ours.grad - theirs.grad).abs().max()) <= 1e-3 * scale + 1e-6, name
 
 
-def test_no_host_synchronisation_inside_a_chunk(make_batch, monkeypatch):
+@pytest.mark.parametrize("cell,products", [("revgru", False), ("revgru", True),
+                                           ("revlstm", True)])
+def test_no_host_synchronisation_inside_a_chunk(cell, products, make_batch, monkeypatch):
     """Every per-step piece of the fused training step, forward and backward, syncs nothing."""
     seen = []
 
@@ -128,7 +132,7 @@ def test_no_host_synchronisation_inside_a_chunk(make_batch, monkeypatch):
     monkeypatch.setattr(sequence.ReversibleRNN, "recompute_tape",
                         watched(sequence.ReversibleRNN.recompute_tape))
     monkeypatch.setattr(backprop, "_backward_step", watched(backprop._backward_step))
-    model = _model("revgru", 3, 2, "emb+slice", "triton")
+    model = _model(cell, 3, 2, "emb+slice", "triton", products=products)
     _training_step(model, make_batch(src_lengths=[6, 4, 2], tgt_lengths=[5, 7, 3], seed=2))
     steps = 6 + 7  # source and target steps, each forward, reversed and backpropagated (the
     assert len(seen) == 3 * steps  # fused path keeps the reversal's tapes: no recompute_tape)
