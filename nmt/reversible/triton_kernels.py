@@ -272,7 +272,22 @@ def lstm_backward(grad_h: Tensor, grad_c: Tensor, gates: Tuple[Tensor, ...], tan
 _POINTER_TYPES = {"h_ptr": "*i64", "out_ptr": "*i64", "restored_ptr": "*i64", "head_ptr": "*i32",
                   "words_ptr": "*i16", "top_ptr": "*i64", "hist_ptr": "*i64",
                   "pushed_ptr": "*i64", "mask_ptr": "*u8", "stage_ptr": "*i16",
-                  "flag_ptr": "*i8", "counts_ptr": "*i64", "error_ptr": "*i32"}
+                  "flag_ptr": "*i8", "counts_ptr": "*i64", "error_ptr": "*i32", "c_ptr": "*i64",
+                  "h_out_ptr": "*i64", "c_out_ptr": "*i64"}
+
+
+def _product_variants() -> list:
+    """(kernel, constexprs, warps) of the fused-products kernels (triton_gru_products.py,
+    triton_lstm_products.py) at halves of 64 units, with the warps their wrappers launch."""
+    from nmt.reversible import triton_gru_products as gru, triton_lstm_products as lstm
+
+    variants = []
+    for kernel, constants in gru.compile_variants(128):
+        variants.append((kernel, constants, gru.launch_warps(constants["OP"])
+                         if "OP" in constants else _GPU_WARPS))
+    for kernel, constants in lstm.compile_variants(64):
+        variants.append((kernel, constants, lstm._warps(constants["CP"])))
+    return variants
 
 
 def compile_for_gpu(arch: int = 90) -> list:
@@ -312,8 +327,10 @@ def compile_for_gpu(arch: int = 90) -> list:
                  (_jit._refill_heads_kernel, dict(R=10, W=16, BLOCKS=64, BLOCK=_GPU_BLOCK))]
     many_warps = (_jit._gated_forward_kernel, _jit._gated_reverse_kernel, _jit._place_words_kernel,
                   _jit._refill_heads_kernel)
+    variants = [(kernel, constants, _GPU_WARPS if kernel in many_warps else None)
+                for kernel, constants in variants] + _product_variants()
     lines = []
-    for kernel, constants in variants:
+    for kernel, constants, warps in variants:
         signature = {}
         for name in kernel.arg_names:
             if name in constants:
@@ -323,8 +340,8 @@ def compile_for_gpu(arch: int = 90) -> list:
             else:
                 signature[name] = "i64" if name in ("capacity", "total") else "i32"
         options = {"enable_fp_fusion": False}
-        if kernel in many_warps:
-            options["num_warps"] = _GPU_WARPS
+        if warps is not None:
+            options["num_warps"] = warps
         compiled = triton.compile(triton.compiler.ASTSource(kernel, signature, constants),
                                   target=target, options=options)
         with tempfile.NamedTemporaryFile("w", suffix=".ptx") as ptx:
