@@ -5,14 +5,16 @@
   word stack (stack_buffer.py). On CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1 (tests).
   With `fused_activations` (the StackBuffer's `activate`) the kernels also apply sigmoid and tanh
   (their own formula, the same in forward, reverse and backward: reversal stays exact, but values
-  are no longer the tensor path's bit for bit) and fewer ops run per step.
+  are no longer the tensor path's bit for bit) and fewer ops run per step. With `fused_products`
+  (the StackBuffer's `products`) the kernels also compute the recurrent products
+  (triton_gru_products.py, triton_lstm_products.py): one launch per half-step and direction.
 - "auto": "triton" on CUDA tensors when Triton is importable, else "torch".
 
 The choice is made when a run's buffer is made (`make_buffer`: a StackBuffer for the fused path)
 and every step follows its buffer: `cell_step`, `cell_reverse`, `cell_tape` and `cell_backward`
 below are what `ReversibleRNN.run_steps` / `reverse_chunks` and backprop.py call per layer and
-step, the one loop pair for both paths. Matrix products and activations stay in torch on both, so
-the fused path gives the tensor path's integers and losses bit for bit, and its gradients to float
+step, the one loop pair for both paths. By default matrix products and activations stay in torch
+on both, so the fused path gives the tensor path's integers and losses bit for bit, and its gradients to float
 rounding (the fused backward folds the same sums in another order). The fused path
 has no autograd graph: it serves reversible training and forward runs without gradient; a
 reference (autograd) run keeps the tensor path.
