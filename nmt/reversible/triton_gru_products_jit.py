@@ -20,8 +20,9 @@ except ImportError:  # nothing to define: triton_kernels.available() is False
 
 
 if triton is not None:
-    from nmt.reversible.triton_jit import (_flag_underflow, _gate, _pop_block, _push_block,
-                                           _rint, _sigmoid, _tanh, _times_weight_t)
+    from nmt.reversible.triton_jit import (_gate, _pop_block, _push_block,
+                                           _refill_block, _rint, _sigmoid, _tanh,
+                                           _times_weight_t)
 
     @triton.jit
     def _times_weight(a, w_ptr, w_stride, k_size, n_size, KP: tl.constexpr, NP: tl.constexpr):
@@ -243,13 +244,7 @@ if triton is not None:
         row = pid * RB + tl.arange(0, RB)[:, None] + 0 * col
         row, col = tl.reshape(row, [BLOCK]), tl.reshape(col, [BLOCK])
         live = (row < rows) & (col < cols)
-        state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
-        refill = (state < (1 << R)) & live
-        slot = base + tl.cumsum(refill.to(tl.int32), 0) - 1
-        _flag_underflow(refill, slot, error_ptr)
-        word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
-        state = tl.where(refill, (state << W) | (word + (1 << (W - 1))), state)
-        tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
+        _refill_block(head_ptr, head_stride, row, col, live, words_ptr, base, error_ptr, R, W)
         if pid == 0:
             tl.store(top_ptr, top - tl.sum(counts, 0))
 

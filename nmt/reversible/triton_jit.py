@@ -141,6 +141,19 @@ if triton is not None:
         return tl.dot(a, w, input_precision="ieee")
 
     @triton.jit
+    def _refill_block(head_ptr, head_stride, row, col, live, words_ptr, base, error_ptr,
+                      R: tl.constexpr, W: tl.constexpr):
+        """The second half of a staged pop: the heads of a 1-D block (row-major) below 2**R take
+        their words back, the block's words lying from `base` up, in element order."""
+        state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
+        refill = (state < (1 << R)) & live
+        slot = base + tl.cumsum(refill.to(tl.int32), 0) - 1
+        _flag_underflow(refill, slot, error_ptr)
+        word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
+        state = tl.where(refill, (state << W) | (word + (1 << (W - 1))), state)
+        tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
+
+    @triton.jit
     def _push_block(h, n_applied, step, offs, live, row, col, head_ptr, head_stride, words_ptr,
                     capacity, top, stage_ptr, flag_ptr, counts_ptr, pid, STAGED: tl.constexpr,
                     R: tl.constexpr, W: tl.constexpr):
@@ -279,14 +292,7 @@ if triton is not None:
         live = offs < rows * cols
         row = offs // cols
         col = offs - row * cols
-        state = tl.load(head_ptr + row * head_stride + col, mask=live, other=1 << R).to(tl.int64)
-        refill = (state < (1 << R)) & live
-        slot = base + tl.cumsum(refill.to(tl.int32), 0) - 1
-        _flag_underflow(refill, slot, error_ptr)
-        word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
-        word += 1 << (W - 1)
-        state = tl.where(refill, (state << W) | word, state)
-        tl.store(head_ptr + row * head_stride + col, state.to(tl.int32), mask=live)
+        _refill_block(head_ptr, head_stride, row, col, live, words_ptr, base, error_ptr, R, W)
         if pid == 0:
             tl.store(top_ptr, top - tl.sum(counts, 0))
 

@@ -10,7 +10,7 @@ from nmt.reversible.triton_jit import tl, triton
 
 if triton is not None:
     from nmt.reversible.triton_jit import (
-        _flag_underflow, _gate, _pop_block, _push_block, _rint, _sigmoid, _tanh, _times_weight_t)
+        _gate, _pop_block, _push_block, _refill_block, _rint, _sigmoid, _tanh, _times_weight_t)
 
     @triton.jit
     def _lstm_logits(piece_ptr, piece_stride, other_ptr, other_stride, w_ptr, w_stride, rb, rows,
@@ -253,14 +253,7 @@ if triton is not None:
         base = top - tl.sum(tl.where(index >= pid, counts, 0), 0)
         r, cc, live, _ = _grid_of(pid, rows, own, counts_ptr, False, RB, CP)
         live_f, r_f, c_f = _flat(live, RB, CP), _flat(r, RB, CP), _flat(cc, RB, CP)
-        state = tl.load(head_ptr + r_f * head_stride + c_f, mask=live_f,
-                        other=1 << R).to(tl.int64)
-        refill = (state < (1 << R)) & live_f
-        slot = base + tl.cumsum(refill.to(tl.int32), 0) - 1
-        _flag_underflow(refill, slot, error_ptr)
-        word = tl.load(words_ptr + slot, mask=refill & (slot >= 0), other=0).to(tl.int64)
-        state = tl.where(refill, (state << W) | (word + (1 << (W - 1))), state)
-        tl.store(head_ptr + r_f * head_stride + c_f, state.to(tl.int32), mask=live_f)
+        _refill_block(head_ptr, head_stride, r_f, c_f, live_f, words_ptr, base, error_ptr, R, W)
         if pid == 0:
             tl.store(top_ptr, top - tl.sum(counts, 0))
 
