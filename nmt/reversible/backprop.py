@@ -272,8 +272,10 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
     first_projected = []
     start, states = chunk.start, chunk.states
     projected = chunk.projected.detach().unbind(1)
+    # fused products: the top layer's first kernel adds top_grads[:, i] (two launches less)
+    in_kernel = top_grads is not None and is_stack_buffer(plan.buffer) and plan.buffer.products
     for i in reversed(range(chunk.stop - start)):
-        if top_grads is not None:
+        if top_grads is not None and not in_kernel:
             top = grads[-1]
             top[0] = top[0] + top_grads[:, i, :first_half]
             top[1] = top[1] + top_grads[:, i, first_half:]
@@ -284,27 +286,30 @@ def _backprop_steps(rnn, plan, chunk, grads: List[List[Tensor]],
             chunk.tapes[i] = None  # one step's tape less held from here on
         grads, d_projected = _backward_step(rnn, tape, grads, plan.step_mask(start + i),
                                             layer_dropout=plan.layer_dropout, buffer=plan.buffer,
-                                            weight_grads=weight_grads, bias_grads=bias_grads)
+                                            weight_grads=weight_grads, bias_grads=bias_grads,
+                                            extra=top_grads[:, i] if in_kernel else None)
         first_projected.append(d_projected)
     return grads, torch.stack(first_projected[::-1], dim=1)
 
 
 def _backward_step(rnn, tape: list, grads: List[List[Tensor]], mask: Optional[Tensor], *,
                    layer_dropout: Optional[Tensor], weight_grads: DeferredWeightGrads,
-                   bias_grads: list, buffer=None):
+                   bias_grads: list, buffer=None, extra: Optional[Tensor] = None):
     """The gradient of one step of the stack, by hand, from its reversal's `tape`.
 
     grads: per layer, d loss / d each float half after the step. Returns the same before the
     step and d loss / d the first layer's projected input (batch, P). Weight gradients are
     recorded in `weight_grads` (one product per chunk later); biases of layers above the first
-    (whose inputs are projected per step) append (bias, gradient) to `bias_grads`."""
+    (whose inputs are projected per step) append (bias, gradient) to `bias_grads`. `extra`:
+    the top layer's readout gradient, added inside its first kernel (`cell_backward`)."""
     grads = [list(layer_grads) for layer_grads in grads]
     first_projected = None
     with torch.no_grad():
         for layer, layer_input, cell_tape in tape:  # top layer first
             cell = rnn.cells[layer]
             grads[layer], d_projected, inputs = cell_backward(cell, cell_tape, grads[layer], mask,
-                                                              buffer=buffer)
+                                                              buffer=buffer, extra=extra)
+            extra = None  # the top layer's only
             pieces = cell.split_projection(d_projected)
             for linear, piece, own_input in zip(cell.input_layers(), pieces, inputs):
                 if layer == 0:  # x columns: by autograd, through the chunk's projection

@@ -260,10 +260,14 @@ def recompute_tape(cell: ReversibleCell, projected: Tensor, before: State, after
 
 
 def backward_step(cell: ReversibleCell, tape: list, grads: Sequence[Tensor],
-                  mask: Optional[Tensor], *, activate: bool = False, products: bool = False
-                  ) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
+                  mask: Optional[Tensor], *, activate: bool = False, products: bool = False,
+                  extra: Optional[Tensor] = None) -> Tuple[List[Tensor], Tensor, List[Tensor]]:
     """The cell's `backward_step` on the fused path (same returns: state gradients, d projected,
-    the inputs of the recurrent products); `activate` as the tape's `reverse` had it."""
+    the inputs of the recurrent products); `activate` as the tape's `reverse` had it. `extra`
+    (batch, H; products only): added to the h gradients by the first entry's launch, which
+    saves the two torch additions per step."""
+    if extra is not None and not products:
+        raise ValueError("backward_step: extra needs the fused products")
     gru = isinstance(cell, RevGRUCell)
     backward_half = _gru_backward_half if gru else _lstm_backward_half
     d = list(grads)
@@ -273,7 +277,8 @@ def backward_step(cell: ReversibleCell, tape: list, grads: Sequence[Tensor],
         for entry in tape:
             if products:
                 _product(cell, "backward_half")(cell, entry, d, inputs, pieces, mask,
-                                                n_min=_n_min(cell))
+                                                n_min=_n_min(cell), extra=extra)
+                extra = None  # the first entry's launch took it in
             else:
                 backward_half(cell, entry, d, inputs, pieces, mask, activate)
     return d, d_projected, inputs

@@ -114,15 +114,19 @@ def cell_tape(cell, projected: Tensor, before, after, *, buffer=None) -> list:
                                 products=buffer.products)
 
 
-def cell_backward(cell, tape: list, grads, mask: Optional[Tensor], *, buffer=None):
+def cell_backward(cell, tape: list, grads, mask: Optional[Tensor], *, buffer=None,
+                  extra: Optional[Tensor] = None):
     """`cell.backward_step` on `buffer`'s path: (state grads before the step, d projected, the
-    inputs of the recurrent products), from a tape of that path."""
+    inputs of the recurrent products), from a tape of that path. `extra` (batch, H), added to
+    the h gradients inside the first kernel: fused products only (ValueError elsewhere)."""
     if not is_stack_buffer(buffer):
+        if extra is not None:
+            raise ValueError("cell_backward: extra needs the fused products")
         return cell.backward_step(tape, grads, mask)
     from nmt.reversible import fused
 
     return fused.backward_step(cell, tape, grads, mask, activate=buffer.activate,
-                               products=buffer.products)
+                               products=buffer.products, extra=extra)
 
 
 def chunk_words(rnn, batch: int, steps: int) -> int:

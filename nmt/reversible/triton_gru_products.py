@@ -160,12 +160,24 @@ def gru_tape_entry(cell, half: int, pieces, other: Tensor, previous: Tensor) -> 
     return (half, other, previous, logits[:, :own], logits[:, own:], cand_out)
 
 
+def extra_views(cell, half: int, extra: Optional[Tensor], like: Tensor):
+    """(own, other) column views of `extra` (rows, H: half 0's columns, then half 1's) for the
+    backward kernel of `half`; (like, like) without extra (HAS_EXTRA off: never read)."""
+    if extra is None:
+        return like, like
+    first = cell.half_sizes[0]
+    halves = (extra[:, :first], extra[:, first:])
+    return halves[half], halves[1 - half]
+
+
 def gru_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
-                      mask: Optional[Tensor], *, n_min: int) -> None:
+                      mask: Optional[Tensor], *, n_min: int, extra: Optional[Tensor] = None
+                      ) -> None:
     """Backpropagate one tape entry in one launch, in place as `fused._gru_backward_half`
     (activate=True): d gate logits into pieces[2 half] (forget, then reset columns), d candidate
     into pieces[2 half + 1], d[half] (before the step), d[1 - half] += the gates' and the
-    candidate's paths, inputs[2 half] = other, inputs[2 half + 1] = r * other."""
+    candidate's paths, inputs[2 half] = other, inputs[2 half + 1] = r * other. `extra`
+    (rows, both halves, as `extra_views`): added to d before, inside the launch."""
     half, other, previous, forget, _, cand = entry
     own, k_size, op, kc, rb, _ = _geometry(cell, half)
     rows = other.shape[0]
@@ -176,12 +188,14 @@ def gru_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
     d_other_out = torch.empty((rows, k_size), dtype=torch.float32, device=other.device)
     reset_other = torch.empty((rows, k_size), dtype=torch.float32, device=other.device)
     mask_t, has_mask = _mask_arg(mask, d_half)
+    extra_own, extra_other = extra_views(cell, half, extra, d_half)
     _launch(_jit._gru_backward_kernel, (triton.cdiv(rows, rb),), grad, _row_stride(grad), forget,
             _row_stride(forget), cand, _row_stride(cand), previous, _row_stride(previous), other,
             _row_stride(other), d_other, _row_stride(d_other), mask_t, wg, wg_stride, wc,
             wc_stride, d_half, d_logits, _row_stride(d_logits), d_cand, _row_stride(d_cand),
-            d_other_out, reset_other, rows, own, k_size, n_min, HAS_MASK=has_mask,
-            R=FORGET_RADIX, RB=rb, OP=op, KC=kc, warps=launch_warps(op))
+            d_other_out, reset_other, extra_own, _row_stride(extra_own), extra_other,
+            _row_stride(extra_other), rows, own, k_size, n_min, HAS_MASK=has_mask,
+            HAS_EXTRA=extra is not None, R=FORGET_RADIX, RB=rb, OP=op, KC=kc, warps=launch_warps(op))
     d[half], d[1 - half] = d_half, d_other_out
     inputs[2 * half], inputs[2 * half + 1] = other, reset_other
 
@@ -201,6 +215,6 @@ def compile_variants(hidden: int = 1024) -> list:
     variants += [
         (_jit._refill_rows_kernel, dict(R=10, W=16, BLOCKS=64, RB=rb, OP=op, BLOCK=rb * op)),
         (_jit._gru_tape_kernel, dict(LIBDEVICE=True, RB=rb, OP=op, KC=kc)),
-        (_jit._gru_backward_kernel, dict(common)),
+        (_jit._gru_backward_kernel, dict(common, HAS_EXTRA=True)),
         (triton_jit._place_words_kernel, dict(COUNT=True, BLOCKS=64, BLOCK=rb * op))]
     return variants

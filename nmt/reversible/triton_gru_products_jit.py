@@ -284,17 +284,22 @@ if triton is not None:
             grad_ptr, grad_stride, logits_ptr, logits_stride, cand_ptr, cand_stride, prev_ptr,
             prev_stride, other_ptr, other_stride, d_other_ptr, d_other_stride, mask_ptr, wg_ptr,
             wg_stride, wc_ptr, wc_stride, d_half_ptr, d_logits_ptr, d_logits_stride, d_cand_ptr,
-            d_cand_stride, d_other_out_ptr, reset_other_ptr, rows, own, k_size, n_min,
-            HAS_MASK: tl.constexpr, LIBDEVICE: tl.constexpr, R: tl.constexpr, RB: tl.constexpr,
-            OP: tl.constexpr, KC: tl.constexpr):
+            d_cand_stride, d_other_out_ptr, reset_other_ptr, extra_own_ptr, extra_own_stride,
+            extra_other_ptr, extra_other_stride, rows, own, k_size, n_min,
+            HAS_MASK: tl.constexpr, HAS_EXTRA: tl.constexpr, LIBDEVICE: tl.constexpr,
+            R: tl.constexpr, RB: tl.constexpr, OP: tl.constexpr, KC: tl.constexpr):
         """One row block of `_gru_backward_gates_kernel`, then per KC columns of the other half
         d_cand @ Wc and `_gru_backward_reset_kernel`, then (all reset logit gradients written)
-        d_other += d_logits @ Wg per KC columns. No stack: row blocks run in parallel."""
+        d_other += d_logits @ Wg per KC columns. No stack: row blocks run in parallel. HAS_EXTRA:
+        grad and d_other get extra_own / extra_other added on load (the readout's gradient of
+        the step, added here rather than by two torch launches)."""
         row = tl.program_id(0) * RB + tl.arange(0, RB)
         r2 = row[:, None]
         col = tl.arange(0, OP)[None, :]
         live = (r2 < rows) & (col < own)
         grad = _load_rows(grad_ptr, grad_stride, row, rows, own, OP)
+        if HAS_EXTRA:
+            grad = grad + _load_rows(extra_own_ptr, extra_own_stride, row, rows, own, OP)
         s = _sigmoid(_load_rows(logits_ptr, logits_stride, row, rows, own, OP), LIBDEVICE)
         cand = _tanh(_load_rows(cand_ptr, cand_stride, row, rows, own, OP), LIBDEVICE)
         prev = _load_rows(prev_ptr, prev_stride, row, rows, own, OP)
@@ -317,6 +322,9 @@ if triton is not None:
             _store_rows(d_logits_ptr + own + c0, d_logits_stride, row, rows, k_size - c0,
                         d_ro * other * reset * (1.0 - reset), KC)
             d_other = _load_rows(d_other_ptr + c0, d_other_stride, row, rows, k_size - c0, KC)
+            if HAS_EXTRA:
+                d_other = d_other + _load_rows(extra_other_ptr + c0, extra_other_stride, row,
+                                               rows, k_size - c0, KC)
             _store_rows(d_other_out_ptr + c0, k_size, row, rows, k_size - c0,
                         d_other + d_ro * reset, KC)
             _store_rows(reset_other_ptr + c0, k_size, row, rows, k_size - c0, reset * other, KC)

@@ -25,6 +25,7 @@ from torch import Tensor
 from nmt.reversible import triton_kernels as _tk
 from nmt.reversible import triton_lstm_products_jit as _jit
 from nmt.reversible.fixed_point import FORGET_RADIX
+from nmt.reversible.triton_gru_products import extra_views
 from nmt.reversible.triton_kernels import WordStack, _launch, _mask_arg, _row_stride
 
 ROWS_PER_BLOCK = 16  # RB: rows per block of the in-kernel products (tl.dot needs >= 16)
@@ -146,10 +147,12 @@ def lstm_tape_entry(cell, half: int, pieces, other: Tensor, previous_h: Tensor,
 
 
 def lstm_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
-                       mask: Optional[Tensor], *, n_min: int) -> None:
+                       mask: Optional[Tensor], *, n_min: int, extra: Optional[Tensor] = None
+                       ) -> None:
     """`fused._lstm_backward_half(..., activate=True)` in one launch: d h and d c before the
     step, the d gate logits written into pieces[half] (f, i, o, p, g), d other += d gates @ Wg
-    (in the kernel), inputs[half] = other."""
+    (in the kernel), inputs[half] = other. `extra` (rows, both h halves, as
+    `triton_gru_products.extra_views`): added to the h gradients before, inside the launch."""
     half, other, previous, previous_cell, cell_after, gates = entry
     c = 2 + half
     own, weight, rows, k_size, rb, cp, kc, blocks, _ = _geometry(cell, half, other)
@@ -162,12 +165,14 @@ def lstm_backward_half(cell, entry: tuple, d: list, inputs: list, pieces,
         raise ValueError("lstm_backward_half: the gates must share one row stride")
     mask_t, has_mask = _mask_arg(mask, grad_h)
     d_gates = pieces[half]
+    extra_own, extra_other = extra_views(cell, half, extra, grad_h)
     _launch(_jit._lstm_backward_products_kernel, (blocks,), grad_h, _row_stride(grad_h), grad_c,
             _row_stride(grad_c), *gates, stride, cell_after, _row_stride(cell_after), previous,
             _row_stride(previous), previous_cell, _row_stride(previous_cell), mask_t, weight,
             _row_stride(weight), d_other, _row_stride(d_other), d_h, d_c, d_gates,
-            _row_stride(d_gates), d_other_out, rows, own, k_size, n_min, HAS_MASK=has_mask,
-            R=FORGET_RADIX, RB=rb, CP=cp, CC=_width(own, CHUNK), KC=kc, warps=_warps(cp))
+            _row_stride(d_gates), d_other_out, extra_own, _row_stride(extra_own), extra_other,
+            _row_stride(extra_other), rows, own, k_size, n_min, HAS_MASK=has_mask,
+            HAS_EXTRA=extra is not None, R=FORGET_RADIX, RB=rb, CP=cp, CC=_width(own, CHUNK), KC=kc, warps=_warps(cp))
     d[half], d[c], d[1 - half] = d_h, d_c, d_other_out
     inputs[half] = other
 
@@ -188,6 +193,6 @@ def compile_variants(cp: int = 128) -> list:
     variants += [
         (_jit._refill_rows_kernel, dict(R=10, W=16, BLOCKS=64, RB=ROWS_PER_BLOCK, CP=cp)),
         (_jit._lstm_tape_kernel, dict(shapes)),
-        (_jit._lstm_backward_products_kernel, dict(HAS_MASK=True, LIBDEVICE=True, R=10,
-                                                   CC=CHUNK, **shapes))]
+        (_jit._lstm_backward_products_kernel, dict(HAS_MASK=True, HAS_EXTRA=True,
+                                                   LIBDEVICE=True, R=10, CC=CHUNK, **shapes))]
     return variants

@@ -273,17 +273,20 @@ if triton is not None:
 
     @triton.jit
     def _d_other(d_other_ptr, d_other_stride, d_ptr, d_stride, w_ptr, w_stride, out_ptr, rb,
-                 rows, own, k_size, RB: tl.constexpr, CC: tl.constexpr, KC: tl.constexpr):
-        """out = d other + d gates @ Wg for rows rb * RB ..., d gates (rows, 5 own) read back
-        from memory in chunks of CC columns (gates f, i, o, p, g in turn), KC output columns at
-        a time (IEEE tl.dot): the one source of the other half's gradient, for the backward
-        kernel and the tests."""
+                 rows, own, k_size, extra_ptr, extra_stride, HAS_EXTRA: tl.constexpr,
+                 RB: tl.constexpr, CC: tl.constexpr, KC: tl.constexpr):
+        """out = d other (+ extra) + d gates @ Wg for rows rb * RB ..., d gates (rows, 5 own)
+        read back from memory in chunks of CC columns (gates f, i, o, p, g in turn), KC output
+        columns at a time (IEEE tl.dot): the one source of the other half's gradient, for the
+        backward kernel and the tests."""
         r = rb * RB + tl.arange(0, RB)[:, None]
         j = tl.arange(0, CC)
         k = tl.arange(0, KC)[None, :]
         for k0 in range(0, k_size, KC):
             live_k = (r < rows) & (k0 + k < k_size)
             acc = tl.load(d_other_ptr + r * d_other_stride + k0 + k, mask=live_k, other=0.0)
+            if HAS_EXTRA:
+                acc = acc + tl.load(extra_ptr + r * extra_stride + k0 + k, mask=live_k, other=0.0)
             for jg in range(0, 5 * tl.cdiv(own, CC)):  # chunks of gates f, i, o, p, g in turn
                 gate = jg // tl.cdiv(own, CC)
                 j0 = (jg - gate * tl.cdiv(own, CC)) * CC
@@ -301,14 +304,20 @@ if triton is not None:
             grad_h_ptr, grad_h_stride, grad_c_ptr, grad_c_stride, sf_ptr, si_ptr, so_ptr, sp_ptr,
             sg_ptr, gate_stride, cell_ptr, cell_stride, prev_ptr, prev_stride, prev_cell_ptr,
             prev_cell_stride, mask_ptr, w_ptr, w_stride, d_other_ptr, d_other_stride, d_h_ptr,
-            d_c_ptr, d_gates_ptr, d_gates_stride, d_other_out_ptr, rows, own, k_size, n_min,
-            HAS_MASK: tl.constexpr, LIBDEVICE: tl.constexpr, R: tl.constexpr, RB: tl.constexpr,
-            CP: tl.constexpr, CC: tl.constexpr, KC: tl.constexpr):
-        """`_lstm_backward_kernel` (ACTIVATE) on row block pid, then d other += d gates @ Wg."""
+            d_c_ptr, d_gates_ptr, d_gates_stride, d_other_out_ptr, extra_own_ptr,
+            extra_own_stride, extra_other_ptr, extra_other_stride, rows, own, k_size, n_min,
+            HAS_MASK: tl.constexpr, HAS_EXTRA: tl.constexpr, LIBDEVICE: tl.constexpr,
+            R: tl.constexpr, RB: tl.constexpr, CP: tl.constexpr, CC: tl.constexpr,
+            KC: tl.constexpr):
+        """`_lstm_backward_kernel` (ACTIVATE) on row block pid, then d other += d gates @ Wg.
+        HAS_EXTRA: the h gradients (own, other) get the readout's gradient added on load."""
         rb = tl.program_id(0)
         r, cc, live, real = _grid_of(rb, rows, own, mask_ptr, HAS_MASK, RB, CP)
         g_off = r * gate_stride + cc
         grad_h = tl.load(grad_h_ptr + r * grad_h_stride + cc, mask=live, other=0.0)
+        if HAS_EXTRA:
+            grad_h = grad_h + tl.load(extra_own_ptr + r * extra_own_stride + cc, mask=live,
+                                      other=0.0)
         grad_c = tl.load(grad_c_ptr + r * grad_c_stride + cc, mask=live, other=0.0)
         sf = _sigmoid(tl.load(sf_ptr + g_off, mask=live, other=0.0), LIBDEVICE)
         inp = _sigmoid(tl.load(si_ptr + g_off, mask=live, other=0.0), LIBDEVICE)
@@ -340,4 +349,5 @@ if triton is not None:
         tl.store(base + 4 * own, d_g, mask=live)
         tl.debug_barrier()  # the d gates stored above are read back (in chunks) below
         _d_other(d_other_ptr, d_other_stride, d_gates_ptr, d_gates_stride, w_ptr, w_stride,
-                 d_other_out_ptr, rb, rows, own, k_size, RB, CC, KC)
+                 d_other_out_ptr, rb, rows, own, k_size, extra_other_ptr, extra_other_stride,
+                 HAS_EXTRA, RB, CC, KC)

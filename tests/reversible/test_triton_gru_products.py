@@ -70,13 +70,14 @@ def _reverse(cell, projected, state, values, stack, mask, restored=None, tape=No
     return tuple(exact), tuple(floats)
 
 
-def _backward(cell, tape, grads, mask):
+def _backward(cell, tape, grads, mask, extra=None):
     d = list(grads)
     inputs = [None] * 4
     d_projected, pieces = fused._d_projected(cell, d[0])
     for entry in tape:
         products.gru_backward_half(cell, entry, d, inputs, pieces, mask,
-                                   n_min=min_forget_numerator(cell.max_forget_bits))
+                                   n_min=min_forget_numerator(cell.max_forget_bits), extra=extra)
+        extra = None
     return d, d_projected, inputs
 
 
@@ -296,6 +297,29 @@ def test_backward_matches_autograd(max_forget_bits):
     for piece, inp, theirs in zip(pieces, inputs, ref[3:]):
         torch.testing.assert_close(piece.t().mm(inp), theirs[:, cell.input_size:], rtol=1e-4,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("max_forget_bits", [1, None])
+def test_extra_added_in_the_kernel_equals_adding_it_before(max_forget_bits):
+    """The readout's gradient, added by the first backward launch (a strided (rows, H) view,
+    as backprop passes top_grads[:, i]), gives the bits of adding it to d with torch first."""
+    cell, stack, state, projected, masks = _setup(max_forget_bits, random_heads=False)
+    mask = masks[-1]
+    assert not mask.all()
+    generator = torch.Generator().manual_seed(5)
+    grads = [torch.randn(part.shape, generator=generator).to(DEVICE) for part in state]
+    extra = torch.randn(BATCH, 3, HIDDEN, generator=generator).to(DEVICE)[:, 1]
+    first = cell.half_sizes[0]
+    with torch.no_grad():
+        after = _step(cell, projected[0], state, tuple(from_fixed(p) for p in state), stack,
+                      mask, STORED)
+        tape = []
+        _reverse(cell, projected[0], *after, stack, mask, state[0][:, :STORED], tape)
+        ours = _backward(cell, tape, grads, mask, extra)
+        theirs = _backward(cell, tape, [grads[0] + extra[:, :first], grads[1] + extra[:, first:]],
+                           mask)
+    for a, b in zip(ours[0] + [ours[1]] + ours[2], theirs[0] + [theirs[1]] + theirs[2]):
+        assert torch.equal(a, b)  # the same float32 sums in the same order
 
 
 def test_two_launches_per_layer_step_and_direction_and_no_aten_compute():

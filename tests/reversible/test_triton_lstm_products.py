@@ -39,7 +39,7 @@ def _reference_d_other_kernel(acc_ptr, acc_stride, d_ptr, d_stride, w_ptr, w_str
                               rows, own, k_size, RB: tl.constexpr, CC: tl.constexpr,
                               KC: tl.constexpr):
     pjit._d_other(acc_ptr, acc_stride, d_ptr, d_stride, w_ptr, w_stride, out_ptr,
-                  tl.program_id(0), rows, own, k_size, RB, CC, KC)
+                  tl.program_id(0), rows, own, k_size, acc_ptr, acc_stride, False, RB, CC, KC)
 
 
 @contextlib.contextmanager
@@ -124,11 +124,13 @@ def product_reverse(cell, projected, state, values, stack, mask, *, restored=Non
     return tuple(exact), tuple(floats)
 
 
-def product_backward(cell, tape, grads, mask):
+def product_backward(cell, tape, grads, mask, extra=None):
     d, inputs = list(grads), [None, None]
     d_projected, pieces = fused._d_projected(cell, d[0])
     for entry in tape:
-        products.lstm_backward_half(cell, entry, d, inputs, pieces, mask, n_min=n_min(cell))
+        products.lstm_backward_half(cell, entry, d, inputs, pieces, mask, n_min=n_min(cell),
+                                    extra=extra)
+        extra = None
     return d, d_projected, inputs
 
 
@@ -253,6 +255,30 @@ def test_backward_matches_autograd(max_forget_bits, chunk, monkeypatch):
     torch.testing.assert_close(d_projected, d_projected_ref, rtol=1e-4, atol=1e-6)
     for piece, inp, theirs in zip(cell.split_projection(d_projected), inputs, hidden_ref):
         torch.testing.assert_close(piece.t().mm(inp), theirs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_forget_bits", [1, None])
+def test_extra_added_in_the_kernel_equals_adding_it_before(max_forget_bits):
+    """The readout's h gradient, added by the first backward launch (a strided (rows, H) view,
+    as backprop passes top_grads[:, i]), gives the bits of adding it to d h with torch first."""
+    cell, stack, state, projected, masks = setup(max_forget_bits, random_heads=False)
+    mask = masks[1]
+    assert not mask.all()
+    generator = torch.Generator().manual_seed(5)
+    grads = [torch.randn(part.shape, generator=generator).to(DEVICE) for part in state]
+    extra = torch.randn(BATCH, 3, HIDDEN, generator=generator).to(DEVICE)[:, 1]
+    first = cell.half_sizes[0]
+    with torch.no_grad():
+        values = tuple(from_fixed(part) for part in state)
+        after = product_step(cell, projected[0], state, values, stack, mask, stored=4)
+        tape = []
+        product_reverse(cell, projected[0], *after, stack, mask, restored=state[0][:, :4],
+                        tape=tape)
+        ours = product_backward(cell, tape, grads, mask, extra)
+        added = [grads[0] + extra[:, :first], grads[1] + extra[:, first:], *grads[2:]]
+        theirs = product_backward(cell, tape, added, mask)
+    for a, b in zip(ours[0] + [ours[1]] + ours[2], theirs[0] + [theirs[1]] + theirs[2]):
+        assert torch.equal(a, b)  # the same float32 sums in the same order
 
 
 def test_one_launch_per_half_step_and_direction_and_no_aten_compute():
