@@ -20,9 +20,9 @@ except ImportError:  # nothing to define: triton_kernels.available() is False
 
 
 if triton is not None:
-    from nmt.reversible.triton_jit import (_gate, _pop_block, _push_block,
-                                           _refill_block, _rint, _sigmoid, _tanh,
-                                           _times_weight_t)
+    from nmt.reversible.triton_arith import (_gate, _pop_block, _push_block,
+                                             _refill_block, _rint, _sigmoid, _tanh,
+                                             _times_weight_t)
 
     @triton.jit
     def _times_weight(a, w_ptr, w_stride, k_size, n_size, KP: tl.constexpr, NP: tl.constexpr):

@@ -6,10 +6,10 @@ recomputation see the same floats bit for bit. The buffer arithmetic is triton_j
 (`_push_block`, `_pop_block`, `_gate`, ...). Empty when Triton is not importable."""
 from __future__ import annotations
 
-from nmt.reversible.triton_jit import tl, triton
+from nmt.reversible.triton_arith import tl, triton
 
 if triton is not None:
-    from nmt.reversible.triton_jit import (
+    from nmt.reversible.triton_arith import (
         _gate, _pop_block, _push_block, _refill_block, _rint, _sigmoid, _tanh, _times_weight_t)
 
     @triton.jit

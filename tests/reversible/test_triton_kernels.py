@@ -12,7 +12,7 @@ from reversible.triton_setup import (BATCH, CELLS, DEVICE, R, RUNNABLE, STORED, 
                                      InformationBuffer, assert_same_buffer, setup_cell, fused, tl, triton,
                                      triton_kernels)
 
-from nmt.reversible import triton_jit
+from nmt.reversible import triton_arith
 from nmt.reversible.fixed_point import forget_gate, from_fixed
 
 pytestmark = RUNNABLE
@@ -23,9 +23,9 @@ def _helpers_kernel(a_ptr, n_ptr, y_ptr, q_ptr, r_ptr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     a = tl.load(a_ptr + offs)
     n = tl.load(n_ptr + offs)
-    q = triton_jit._floor_div(a, n)
+    q = triton_arith._floor_div(a, n)
     tl.store(q_ptr + offs, q)
-    tl.store(r_ptr + offs, triton_jit._rint(tl.load(y_ptr + offs)))
+    tl.store(r_ptr + offs, triton_arith._rint(tl.load(y_ptr + offs)))
 
 
 def test_floor_division_and_rounding_handle_negative_values():
