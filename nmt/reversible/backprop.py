@@ -110,12 +110,15 @@ def _forward_pass(rnn, plan, flat_initial: Sequence[Tensor], extras: Sequence[Te
     state = initial
     values = [tuple(from_fixed(part) for part in layer) for layer in state]  # then the steps'
     with torch.no_grad():
-        for step in rnn.run_steps(plan, state, values, extras=extras if read else None):
+        for step in rnn.run_steps(plan, state, values, extras=extras if read else None,
+                                  mask_stored=False):  # padding zeroed once, below
             state, values = step.state, step.values
             if stored is not None:
                 stored[:, step.t] = step.stored.to(stored.dtype)
             if step.readout is not None:
                 losses.append(step.readout)
+        if stored is not None:
+            stored.masked_fill_(~plan.mask.unsqueeze(-1), 0)
     plan.buffer.compact()
     return initial, state, stored, torch.stack(losses).sum() if read else None
 
@@ -172,8 +175,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         # stacked input weight (P x input) while the steps stack the next layer's): its inputs'
         # and biases' gradients as autograd computes them, by hand where the projection is plain
         # (else by autograd over the projection rebuilt now); its weights' x columns added by
-        # hand into their running totals, in row blocks (autograd would build a zero-filled full
-        # weight per Linear per chunk)
+        # hand into their running totals (autograd would build a zero-filled full weight each)
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
         by_hand = projection_weights(rnn, chunk)
         chunk_grads = projection_grads(rnn, chunk, d_projected, input_slot + params)
@@ -191,7 +193,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         accumulate(param_grads, chunk_grads[len(input_slot):], foreign=[d_projected])
         if by_hand:
             add_projection_grads(rnn, chunk, d_projected, param_grads, params)
-        add_weight_grads(param_grads, params, weight_grads, bias_grads)
+        add_weight_grads(param_grads, params, weight_grads, bias_grads, d_projected)
         # this chunk's graph, states and gradients go before the next chunk is reversed
         del chunk, chunk_grads, d_projected, weight_grads, bias_grads, input_slot
     if CHECK_END_OF_BACKWARD:
@@ -310,10 +312,11 @@ def _backward_step(rnn, tape: list, grads: List[List[Tensor]], mask: Optional[Te
             grads[layer], d_projected, inputs = cell_backward(cell, cell_tape, grads[layer], mask,
                                                               buffer=buffer, extra=extra)
             extra = None  # the top layer's only
-            pieces = cell.split_projection(d_projected)
+            pieces, offset = cell.split_projection(d_projected), 0
             for linear, piece, own_input in zip(cell.input_layers(), pieces, inputs):
-                if layer == 0:  # x columns: by autograd, through the chunk's projection
-                    weight_grads.record((linear, cell.input_size), own_input, piece)
+                if layer == 0:  # its d: a slice of the chunk's d projected; x columns: elsewhere
+                    weight_grads.record_sliced((linear, cell.input_size), offset, own_input)
+                    offset += linear.out_features
                 else:
                     weight_grads.record((linear, 0), torch.cat([layer_input, own_input], -1), piece)
                     bias_grads.append((linear.bias, piece.sum(0)))

@@ -1,7 +1,6 @@
 """Running gradient totals of a reversible backward: each parameter's (and each whole-sequence
-input's) gradient is one buffer that every chunk adds into in place, in row blocks, so no
-full-size term per chunk ever lives beside it (the product's row blocks are the rows of the whole
-product: the same values as autograd's)."""
+input's) gradient is one buffer that every chunk adds into in place (products by addmm_, which
+accumulates into the total), so no full-size term per chunk ever lives beside it."""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -11,7 +10,6 @@ from torch import Tensor
 
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.gated import float32_math
-from nmt.reversible.readout import SINK_BLOCK_BYTES
 
 
 def grads_of(outputs, out_grads, wrt, skip=frozenset()):
@@ -56,12 +54,9 @@ def _owned(g: Tensor, seen: dict) -> bool:
 
 
 def _add_rows(total: Tensor, grad: Tensor, x: Tensor) -> None:
-    """total += grad.t() @ x, a block of output rows at a time (no full-size term beside the
-    running total). Row blocks of grad.t() @ x are the rows of the whole product (each element
-    the same reduction), as in WeightGradSink."""
-    rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
-    for first in range(0, total.shape[0], rows):
-        total[first: first + rows].add_(grad[:, first: first + rows].t().mm(x))  # (no copy_)
+    """total += grad.t() @ x as one accumulating product (addmm_, BLAS's beta = 1): no
+    product-size term beside the running total, and one op instead of a product and a sum."""
+    total.addmm_(grad.t(), x)
 
 
 def _running_total(param_grads: List[Optional[Tensor]], i: int, weight: Tensor) -> Tensor:
@@ -112,8 +107,8 @@ def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor]):
 def add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Optional[Tensor]],
                           params: List[Tensor]) -> None:
     """Add the gradient of the x columns of the first layer's input Linears (the chunk's
-    `project_input`: x @ cat(W[:, :input]).t()) into their running totals, per Linear and in row
-    blocks: autograd's product for that weight, d.t() @ x, cut into its rows."""
+    `project_input`: x @ cat(W[:, :input]).t()) into their running totals, per Linear:
+    autograd's product for that weight, d.t() @ x, accumulated into its total."""
     cell = rnn.cells[0]
     index = {id(param): i for i, param in enumerate(params)}
     with float32_math(d_projected.device):
@@ -129,11 +124,13 @@ def add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Opti
 
 
 def add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],
-                      weight_grads: DeferredWeightGrads, bias_grads: list) -> None:
-    """Add the chunk's recorded weight gradients into the columns they belong to, in row blocks
-    (no full-size product beside the running total), and the per-step bias gradients."""
+                      weight_grads: DeferredWeightGrads, bias_grads: list,
+                      d_projected: Optional[Tensor] = None) -> None:
+    """Add the chunk's recorded weight gradients into the columns they belong to (accumulated:
+    no full-size product beside the running total), and the per-step bias gradients.
+    d_projected: the chunk's first-layer d projected (batch, C, P), for `record_sliced`."""
     index = {id(param): i for i, param in enumerate(params)}
-    for layer, first, inputs, grad in weight_grads.pairs():
+    for layer, first, inputs, grad in weight_grads.pairs(d_projected):
         total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
         _add_rows(total[:, first:], grad, inputs)
     for bias, grad in bias_grads:

@@ -52,15 +52,12 @@ class PendingValueError(RuntimeError):
     """A value a reversible run computes during backward was read before backward ran."""
 
 
-SINK_BLOCK_BYTES = 4 << 20  # a weight-gradient block added into its running total at a time
-
-
 class WeightGradSink:
     """Running totals of the weight gradients of linear layers a chunked readout runs through
-    `sink_linear`: each chunk's gradient is added into one buffer per weight, a block of output
-    rows at a time, instead of materialising it whole beside the running total. Row blocks of
-    grad.t() @ x are the rows of the whole product (each element the same reduction), so the
-    totals equal adding whole per-chunk products (checked bit for bit on CPU by the tests)."""
+    `sink_linear`: each chunk's gradient is accumulated into one buffer per weight by one
+    addmm_ (BLAS's beta = 1), never materialised beside the running total. The totals equal
+    adding whole per-chunk products to float rounding (the product's partial sums may fold into
+    the total in another order)."""
 
     def __init__(self, params: Sequence[Tensor]):
         self.totals = {id(param): None for param in params}
@@ -70,9 +67,7 @@ class WeightGradSink:
         if total is None:  # the first chunk's product becomes the total
             self.totals[id(weight)] = grad.t().mm(x)
             return
-        rows = max(1, SINK_BLOCK_BYTES // max(1, x.shape[1] * x.element_size()))
-        for first in range(0, total.shape[0], rows):
-            total[first: first + rows].add_(grad[:, first: first + rows].t().mm(x))
+        total.addmm_(grad.t(), x)  # BLAS accumulates into the total: no product-size term
 
     def total(self, param: Tensor) -> Optional[Tensor]:
         return self.totals.get(id(param))
@@ -81,9 +76,9 @@ class WeightGradSink:
 class TensorGradSink:
     """Running totals of the gradients that a chunked readout sends, through `sink_bmm`, into
     whole-sequence tensors it reads every chunk (the attention keys and values): each chunk's
-    term is added into one buffer per tensor, a block of batch rows at a time, instead of
-    materialising the whole term beside the running total. The blocks are computed by the same
-    product as autograd's bmm backward, so the totals equal adding whole per-chunk terms."""
+    term is accumulated into one buffer per tensor by one baddbmm_, never materialised beside
+    the running total: autograd's bmm backward product, its sums folded into the total (equal
+    to adding whole per-chunk terms to float rounding)."""
 
     def __init__(self, tensors: Sequence[Tensor]):
         self.totals = {id(tensor): None for tensor in tensors}
@@ -99,11 +94,10 @@ class TensorGradSink:
             term = term.transpose(1, 2) if transposed else term
             self.totals[id(tensor)] = term if term.is_contiguous() else term.clone()
             return
-        row = max(1, total[0].numel() * total.element_size())
-        rows = max(1, SINK_BLOCK_BYTES // row)
-        for first in range(0, total.shape[0], rows):
-            term = left[first: first + rows].bmm(right[first: first + rows])
-            total[first: first + rows].add_(term.transpose(1, 2) if transposed else term)
+        if transposed:  # total += (left @ right)^T = right^T @ left^T
+            total.baddbmm_(right.transpose(1, 2), left.transpose(1, 2))
+        else:
+            total.baddbmm_(left, right)
 
     def total(self, tensor: Tensor) -> Optional[Tensor]:
         return self.totals.get(id(tensor))

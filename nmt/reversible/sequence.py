@@ -1,7 +1,7 @@
 """A multi-layer reversible RNN over whole sequences, in two named memory modes (plan.py).
 
-- `MemoryMode.REFERENCE`: plain autograd over the fixed-point steps; stores every activation.
-  The correctness reference.
+- `MemoryMode.REFERENCE`: plain autograd over the fixed-point steps; stores every activation
+  (the correctness reference).
 - `MemoryMode.REVERSIBLE`: an autograd Function that keeps only the final state, the information
   buffer and the attention storage; backward reverses the sequence step by step (top layer first
   inside each step), re-runs each step's gradient and backpropagates it (see `backprop.py`).
@@ -72,8 +72,7 @@ class ReversibleRNN(StateLayout, nn.Module):
         self.kernels = check_kernels(kernels)
         self.fused_activations, self.fused_products = fused_activations, fused_products
         check_chunking(chunk_steps, chunk_bytes, readout_steps)
-        self.chunk_steps, self.chunk_bytes = chunk_steps, chunk_bytes
-        self.readout_steps = readout_steps
+        self.chunk_steps, self.chunk_bytes, self.readout_steps = chunk_steps, chunk_bytes, readout_steps
         if cell not in CELLS:
             raise ValueError(f"cell {cell!r} is not one of {', '.join(CELLS)}")
         if num_layers < 1:
@@ -119,13 +118,15 @@ class ReversibleRNN(StateLayout, nn.Module):
     def step(self, x: Optional[Tensor], state: List[State], values: List[Values],
              buffer: Optional[InformationBuffer], mask: Optional[Tensor], *,
              next_state: Optional[List[State]] = None, tag: str = "",
-             layer_dropout: Optional[Tensor] = None, projected: Optional[Tensor] = None):
+             layer_dropout: Optional[Tensor] = None, projected: Optional[Tensor] = None,
+             mask_stored: bool = True):
         """All layers at one step; returns (state, values, stored_t or None).
 
         x: the first layer's input (batch, input), or None when `projected` gives its
         `cells[0].project_input(x)` (computed for a chunk of steps at once).
         mask: (batch,) bool, True on real rows; None when every row is real.
-        layer_dropout: (layers - 1, batch, H) masks multiplied into the input of layers 1.. ."""
+        layer_dropout: (layers - 1, batch, H) masks multiplied into the input of layers 1.. .
+        mask_stored=False: padding rows of stored_t not zeroed (the caller zeroes them later)."""
         new_state, new_values = [], []
         layer_input = x
         for layer, cell in enumerate(self.cells):
@@ -143,7 +144,8 @@ class ReversibleRNN(StateLayout, nn.Module):
             new_values.append(floats)
             if not top:
                 layer_input = torch.cat(floats[:2], dim=-1)
-        return new_state, new_values, self.stored_value(new_values[-1], mask)
+        return new_state, new_values, self.stored_value(new_values[-1],
+                                                        mask if mask_stored else None)
 
     def stored_value(self, top_values: Values, mask: Optional[Tensor]) -> Optional[Tensor]:
         """What the storage keeps of the top layer's new state (batch, units), zero on padding."""
@@ -219,7 +221,8 @@ class ReversibleRNN(StateLayout, nn.Module):
     # -- the time loop: one forward iterator, one reverse iterator --------------------------------
 
     def run_steps(self, plan: Plan, state: List[State], values: List[Values], *,
-                  extras: Optional[Sequence[Tensor]] = None) -> Iterator[StepResult]:
+                  extras: Optional[Sequence[Tensor]] = None,
+                  mask_stored: bool = True) -> Iterator[StepResult]:
         """Run every step of `plan`, chunk by chunk, yielding after each (see StepResult).
 
         The first layer's input projections of a chunk are one product. With `extras` (a
@@ -236,7 +239,8 @@ class ReversibleRNN(StateLayout, nn.Module):
                 state, values, stored = self.step(None, state, values, plan.buffer,
                                                   plan.step_mask(t), tag=plan.tag,
                                                   layer_dropout=plan.layer_dropout,
-                                                  projected=projected[i])
+                                                  projected=projected[i],
+                                                  mask_stored=mask_stored)
                 total = None
                 if reading:
                     tops.append(torch.cat(values[-1][:2], dim=-1))
@@ -386,10 +390,8 @@ class ReversibleRNN(StateLayout, nn.Module):
         x: (batch, input); buffer: typically keep_words=False (rows reorder with
         buffer.reorder). Returns (state, top h (batch, H) float, stored (batch, units) or None):
         the arithmetic of the same step inside a full run, except that the input projection is
-        one step's matrix product rather than a chunk's; BLAS computes the rows of both alike on
-        one CPU thread (then the results are bit-identical), elsewhere they may differ in the
-        last bit of a pre-activation.
-        """
+        one step's matrix product rather than a chunk's (bit-identical on one CPU thread, else
+        possibly not in the last bit of a pre-activation)."""
         with torch.no_grad():
             values = [tuple(from_fixed(part) for part in layer) for layer in state]
             state, values, stored = self.step(x, state, values, buffer, mask, tag=tag)
