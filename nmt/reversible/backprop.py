@@ -51,6 +51,7 @@ from nmt.reversible.grad_totals import (accumulate, add_embedding_grads, add_pro
                                        add_weight_grads, grads_of, projection_grads,
                                        projection_weights, table_weight_index)
 from nmt.reversible.kept import KeptStates
+from nmt.reversible.layout import stacked_tops
 from nmt.reversible.step_kernels import cell_backward, is_stack_buffer
 from nmt.reversible.readout import (PendingTotal, TensorGradSink, WeightGradSink, read_chunk,
                                    tensor_grad_sink, weight_grad_sink)
@@ -230,9 +231,8 @@ def _read_block(rnn, plan, chunk, first: int, last: int, storing: bool, grad_sto
     the attention keys' and values' through the sinks, in blocks), the block's readout onto
     `block_totals`; returns d loss / d those top states (batch, last - first, H) or None."""
     mask, offset = plan.mask, chunk.start
-    tops = from_fixed(torch.cat([torch.stack(
-        [after[-1][half] for after in chunk.states[1 + first - offset: 1 + last - offset]],
-        dim=1) for half in (0, 1)], dim=-1)).requires_grad_()
+    tops = from_fixed(stacked_tops(chunk.states[1 + first - offset: 1 + last - offset]))
+    tops.requires_grad_()
     outputs, out_grads = [], []
     with torch.enable_grad():
         if storing:
@@ -240,7 +240,7 @@ def _read_block(rnn, plan, chunk, first: int, last: int, storing: bool, grad_sto
             out_grads.append(grad_stored[:, first:last])
         if reading:
             with weight_grad_sink(sink), tensor_grad_sink(extra_sink):
-                outputs.append(read_chunk(plan.readout, list(tops.unbind(1)), first, extras))
+                outputs.append(read_chunk(plan.readout, tops, first, extras))
             out_grads.append(grad_total)
             block_totals.append(outputs[-1].detach())
         read_grads = grads_of(outputs, out_grads, [tops] + params + extras)

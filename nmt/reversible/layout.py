@@ -3,9 +3,10 @@ RevLSTM) outside, per-layer halves (h1, h2[, c1, c2]) inside, exact int64 fixed 
 recurrence. A mixin of `ReversibleRNN` (it reads `cells`, `num_layers`, `state_parts`)."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
+from torch import Tensor
 
 from nmt.reversible.cells import State, Values
 from nmt.reversible.fixed_point import to_fixed
@@ -41,3 +42,13 @@ class StateLayout:
         if self.state_parts == 2:
             return h
         return h, torch.stack([torch.cat(layer[2:], dim=-1) for layer in values])
+
+
+def stacked_tops(states: Sequence[List[State]]) -> Tensor:
+    """The top layer's [h1, h2] in each of `states` (per layer halves) as (batch, C, H): one
+    stack when the halves are as wide (step t's halves are then rows 2t and 2t + 1 of it)."""
+    halves = [part for state in states for part in state[-1][:2]]
+    if halves[0].shape == halves[1].shape:
+        stacked = torch.stack(halves, dim=1)  # (batch, 2C, H / 2)
+        return stacked.view(stacked.shape[0], len(states), -1)
+    return torch.cat([torch.stack(halves[half::2], dim=1) for half in (0, 1)], dim=-1)

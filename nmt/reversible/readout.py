@@ -3,22 +3,26 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def read_chunk(readout: Callable, tops: List[Tensor], start: int, extras: Sequence[Tensor]) -> Tensor:
-    """The summed readout of steps start .. start + len(tops) - 1 (tops: h_t (batch, H) each).
+def read_chunk(readout: Callable, tops: Union[List[Tensor], Tensor], start: int,
+               extras: Sequence[Tensor]) -> Tensor:
+    """The summed readout of steps start .. start + C - 1 (tops: C tensors h_t (batch, H), or
+    them stacked (batch, C, H)).
 
     A readout with `reads_chunks = True` takes them at once, readout(h (batch, C, H), start,
     *extras), so attention and output layer run as a few large products; any other is called per
     step, readout(h_t, t, *extras)."""
+    stacked = isinstance(tops, Tensor)
     if getattr(readout, "reads_chunks", False):
-        return readout(torch.stack(tops, dim=1), start, *extras)
-    return torch.stack([readout(h, start + i, *extras) for i, h in enumerate(tops)]).sum()
+        return readout(tops if stacked else torch.stack(tops, dim=1), start, *extras)
+    steps = tops.unbind(1) if stacked else tops
+    return torch.stack([readout(h, start + i, *extras) for i, h in enumerate(steps)]).sum()
 
 
 class PendingTotal:
