@@ -47,9 +47,9 @@ from torch import Tensor
 from nmt.reversible.checks import check_restored
 from nmt.reversible.deferred import DeferredWeightGrads
 from nmt.reversible.fixed_point import from_fixed, to_fixed
-from nmt.reversible.grad_totals import (accumulate, add_embedding_grads, add_projection_grads,
-                                       add_weight_grads, grads_of, projection_grads,
-                                       projection_weights, table_weight_index)
+from nmt.reversible.grad_totals import (BiasTotal, accumulate, add_embedding_grads,
+                                       add_projection_grads, add_weight_grads, grads_of,
+                                       projection_grads, projection_weights, table_weight_index)
 from nmt.reversible.kept import KeptStates
 from nmt.reversible.layout import stacked_tops
 from nmt.reversible.step_kernels import cell_backward, is_stack_buffer
@@ -151,7 +151,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grad_total = torch.zeros((), device=mask.device)
     storing = stored is not None and grad_stored is not None
     chunk_totals = []  # readout of each chunk, last chunk first
-    sink = WeightGradSink(params)
+    sink, biases = WeightGradSink(params), BiasTotal()
     extra_sink = TensorGradSink([extra for extra in extras if extra.requires_grad])
     grads = [list(layer) for layer in _unflatten(list(grad_values), rnn.state_parts)]
     state = forward.kept.widened_final()
@@ -161,7 +161,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         # the chunk's readout and storage, by autograd on its top states, block by block (the
         # plan's readout blocks, last first: one block's graph at a time)
         block_grads = []
-        for first, last in _readout_blocks(plan, start, stop):
+        for first, last in plan.readout_blocks(start, stop)[::-1]:
             block_grads.append(_read_block(rnn, plan, chunk, first, last, storing, grad_stored,
                                            reading, grad_total, extras, params, sink, extra_sink,
                                            param_grads, extra_grads, chunk_totals))
@@ -179,7 +179,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         # hand into their running totals (autograd would build a zero-filled full weight each)
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
         by_hand = projection_weights(rnn, chunk)
-        chunk_grads = projection_grads(rnn, chunk, d_projected, input_slot + params)
+        chunk_grads = projection_grads(rnn, chunk, d_projected, input_slot + params, biases)
         if chunk_grads is None:
             with torch.enable_grad():
                 chunk = chunk._replace(projected=rnn.cells[0].project_input(chunk.inputs))
@@ -197,6 +197,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         add_weight_grads(param_grads, params, weight_grads, bias_grads, d_projected)
         # this chunk's graph, states and gradients go before the next chunk is reversed
         del chunk, chunk_grads, d_projected, weight_grads, bias_grads, input_slot
+    biases.into(rnn, param_grads, params)
     if CHECK_END_OF_BACKWARD:
         check_restored(state, forward.kept, plan.buffer, forward.mark, tag=plan.tag)
     for i, param in enumerate(params):  # what the readout's sink_linear layers accumulated
@@ -215,12 +216,6 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
                                            [embedded_grad], params), foreign=[embedded_grad])
     total = torch.stack(chunk_totals[::-1]).sum() if reading else None  # forward's order
     return _flatten(grads), input_grad, param_grads, extra_grads, total
-
-
-def _readout_blocks(plan, start: int, stop: int):
-    """[first, last) of the chunk's readout blocks, last block first."""
-    stops = plan.readout_stops(start, stop)
-    return list(zip([start] + stops[:-1], stops))[::-1]
 
 
 def _read_block(rnn, plan, chunk, first: int, last: int, storing: bool, grad_stored, reading: bool,

@@ -73,14 +73,40 @@ def projection_weights(rnn, chunk) -> List[int]:
     return [id(layer.weight) for layer in rnn.cells[0].input_layers() if layer.weight.requires_grad]
 
 
-def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor]):
+class BiasTotal:
+    """The running total of the first layer's input biases' gradients, kept stacked (P,) as
+    d projected sums them over rows: one addition per chunk, not one per Linear; `into` adds
+    each bias's slice into its gradient at the end of the run."""
+
+    def __init__(self):
+        self.total: Optional[Tensor] = None
+
+    def add(self, d_flat: Tensor) -> None:
+        with torch.no_grad():
+            sums = d_flat.sum(0, keepdim=True).view(-1)  # as autograd's sum_to of addmm's
+        self.total = sums if self.total is None else self.total.add_(sums)
+
+    def into(self, rnn, param_grads: List[Optional[Tensor]], params: List[Tensor]) -> None:
+        if self.total is None:
+            return
+        layers = rnn.cells[0].input_layers()
+        index = {id(param): i for i, param in enumerate(params)}
+        pieces = self.total.split([layer.out_features for layer in layers])
+        for layer, piece in zip(layers, pieces):
+            i = index.get(id(layer.bias))
+            if i is not None and layer.bias.requires_grad:
+                param_grads[i] = piece if param_grads[i] is None else param_grads[i].add_(piece)
+
+
+def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor], biases: BiasTotal):
     """What autograd returns over the chunk's first-layer projection `project_input(x)` =
     x @ cat(W[:, :input]).t() + cat(b), given d_projected (batch, C, P), for `wrt` (the chunk's
-    x_leaf first if it has one, then parameters), besides the weights (`add_projection_grads`):
-    d x = d_projected @ cat(W[:, :input]) (then by autograd through x's own graph to x_leaf) and
-    each bias's slice of d_projected summed over rows: autograd's products and sums, done by
-    hand so that no graph holds the stacked weight through the chunk's steps. None where the
-    projection is not that (no inputs, inputs not float32, a Linear without bias)."""
+    x_leaf first if it has one, then parameters), besides the weights (`add_projection_grads`)
+    and biases (added into `biases`: their slices of d_projected summed over rows): d x =
+    d_projected @ cat(W[:, :input]) (then by autograd through x's own graph to x_leaf),
+    autograd's products and sums, done by hand so that no graph holds the stacked weight
+    through the chunk's steps. None where the projection is not that (no inputs, inputs not
+    float32, a Linear without bias)."""
     cell, x = rnn.cells[0], chunk.inputs
     layers = cell.input_layers()
     if x is None or x.dtype != torch.float32 or any(layer.bias is None for layer in layers):
@@ -93,14 +119,9 @@ def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor]):
             d_x = d_flat.mm(weight).view(x.shape)
             del weight
         result[0] = d_x if x is chunk.x_leaf else grads_of([x], [d_x], [chunk.x_leaf])[0]
-    index = {id(tensor): i for i, tensor in enumerate(wrt)}
+    index = {id(tensor) for tensor in wrt}
     if any(id(layer.bias) in index and layer.bias.requires_grad for layer in layers):
-        with torch.no_grad():
-            biases = d_flat.sum(0, keepdim=True).view(-1)  # as autograd's sum_to of addmm's
-            pieces = biases.split([layer.out_features for layer in layers])
-        for layer, piece in zip(layers, pieces):
-            if id(layer.bias) in index and layer.bias.requires_grad:
-                result[index[id(layer.bias)]] = piece
+        biases.add(d_flat)
     return result
 
 

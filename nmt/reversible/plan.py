@@ -141,6 +141,11 @@ class Plan:
         size = self.readout_steps or (stop - start)
         return [min(first + size, stop) for first in range(start, stop, size)]
 
+    def readout_blocks(self, start: int, stop: int) -> List[Tuple[int, int]]:
+        """[first, last) of the chunk [start, stop)'s readout blocks, in forward order."""
+        stops = self.readout_stops(start, stop)
+        return list(zip([start] + stops[:-1], stops))
+
 
 @dataclass
 class SequenceOutput:
