@@ -35,7 +35,8 @@ def label_smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, *,
 
 def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, *,
                                    smoothing: float = 0.0,
-                                   consume: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                                   consume: bool = False,
+                                   fused: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same as `label_smoothed_nll(log_softmax(logits.float()), targets)`, with a fused backward.
 
     logits (tokens, vocab), targets (tokens,) -> (loss sum, nll sum detached). The output layer
@@ -48,10 +49,18 @@ def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, 
     at a time, so one (tokens, vocab) tensor lives instead of two (logits and log-probs), and the
     backward writes the gradient over it too. The values are those of one log_softmax (it is
     row-wise). Ignored for a leaf or non-float32 logits.
+
+    fused=True: float32 logits go through one Triton kernel (nmt/models/triton_loss.py: 2
+    launches forward, 1 backward; consume then writes the gradient over the logits in forward).
+    The caller checks Triton can run on the logits' device; other dtypes take the path above.
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
     consume = consume and logits.dtype == torch.float32 and not logits.is_leaf
+    if fused and logits.dtype == torch.float32:
+        from nmt.models import triton_loss
+
+        return triton_loss.smoothed_nll(logits, targets, smoothing, consume=consume)
     return _SmoothedNLL.apply(logits, targets, smoothing, consume)
 
 
