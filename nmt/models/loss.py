@@ -52,7 +52,8 @@ def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, 
 
     fused=True: float32 logits go through one Triton kernel (nmt/models/triton_loss.py: 2
     launches forward, 1 backward; consume then writes the gradient over the logits in forward).
-    The caller checks Triton can run on the logits' device; other dtypes take the path above.
+    The caller checks Triton can run on the logits' device; other dtypes, or no Triton, take
+    the path above.
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
@@ -60,7 +61,8 @@ def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, 
     if fused and logits.dtype == torch.float32:
         from nmt.models import triton_loss
 
-        return triton_loss.smoothed_nll(logits, targets, smoothing, consume=consume)
+        if triton_loss.available():
+            return triton_loss.smoothed_nll(logits, targets, smoothing, consume=consume)
     return _SmoothedNLL.apply(logits, targets, smoothing, consume)
 
 

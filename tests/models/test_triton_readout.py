@@ -106,6 +106,15 @@ def test_fused_loss_falls_back_for_other_dtypes_and_takes_empty_blocks():
     assert float(loss.detach()) == 0.0 and float(nll) == 0.0
 
 
+def test_fused_loss_without_triton_is_the_torch_loss(monkeypatch):
+    x, weight, targets = _case(seed=4)
+    logits = x @ weight.t()
+    expected = label_smoothed_nll_from_logits(logits, targets, smoothing=0.1)
+    monkeypatch.setattr(triton_loss, "triton", None)  # as if Triton were not installed
+    got = label_smoothed_nll_from_logits(logits, targets, smoothing=0.1, fused=True)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
 def test_a_second_backward_through_the_fused_loss_fails_loudly():
     logits = torch.randn(5, 300, requires_grad=True)
     loss, _ = label_smoothed_nll_from_logits(logits, torch.tensor([1, 2, 3, 4, 5]),
