@@ -39,7 +39,8 @@ def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, 
                                    fused: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same as `label_smoothed_nll(log_softmax(logits.float()), targets)`, with a fused backward.
 
-    logits (tokens, vocab), targets (tokens,) -> (loss sum, nll sum detached). The output layer
+    logits (tokens, vocab), targets (tokens,) (or any shape of `tokens` elements, in row-major
+    order) -> (loss sum, nll sum detached). The output layer
     dominates a training step, and composing log_softmax, gather, sum and select in autograd
     builds and adds several (tokens, vocab) gradients (two zero fills, a scatter, a copy). The
     gradient is simply real * (softmax - q), written into one tensor.
@@ -63,7 +64,7 @@ def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, 
 
         if triton_loss.available():
             return triton_loss.smoothed_nll(logits, targets, smoothing, consume=consume)
-    return _SmoothedNLL.apply(logits, targets, smoothing, consume)
+    return _SmoothedNLL.apply(logits, targets.reshape(-1), smoothing, consume)
 
 
 SOFTMAX_BLOCK_BYTES = 4 << 20  # rows per in-place log_softmax block: at most this many bytes

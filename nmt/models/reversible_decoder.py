@@ -127,12 +127,14 @@ class StepDropout:
 
 class StepLoss(nn.Module):
     """The readout of one batch: label-smoothed loss of a chunk of steps, summed over their real
-    tokens (padding rows skip the output layer). Also sums the plain NLL on the side.
+    tokens (padding rows skip the output layer, except with `fused`). Also sums the plain NLL on
+    the side.
 
     Built per batch (holds that batch's targets and masks); its parameters are the readout's.
     Reads whole chunks (`reads_chunks`): attention, combine and output layer of C steps are one
-    batched product each, as in the plain decoder. fused: the loss in one Triton kernel
-    (label_smoothed_nll_from_logits(fused=True); the run takes the Triton kernels).
+    batched product each, as in the plain decoder. fused (the run takes the Triton kernels): the
+    loss in one Triton kernel (label_smoothed_nll_from_logits(fused=True)) over every row, which
+    zeroes padding rows itself: selecting the real rows would cost a host sync per block.
     """
 
     reads_chunks = True
@@ -160,15 +162,20 @@ class StepLoss(nn.Module):
     def forward(self, h: Tensor, start: int, keys: Tensor, values: Tensor) -> Tensor:
         """h (batch, C, H): the top states of steps start .. start + C - 1 -> summed loss."""
         targets = self.tgt_out[:, start: start + h.shape[1]]
-        real = targets != PAD_ID
         dropout = self.dropout
         if isinstance(dropout, StepDropout):
             dropout = dropout.masks(start, h.shape[1])
         attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, dropout)
-        # (real tokens, vocab): this chunk only; in reversible backward the output layer's weight
+        if self.fused:  # every row: the kernel gives PAD rows no loss and no gradient, and no
+            # row selection means no host sync and no index / index_put pair
+            attentional = attentional.reshape(-1, attentional.shape[-1])
+        else:  # the real rows only
+            real = targets != PAD_ID
+            attentional, targets = attentional[real], targets[real]
+        # (rows, vocab): this chunk only; in reversible backward the output layer's weight
         # gradient is added into one running total in blocks (nmt.reversible.readout.sink_linear)
-        logits = sink_linear(attentional[real], self.readout.output)
-        loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
+        logits = sink_linear(attentional, self.readout.output)
+        loss, nll = label_smoothed_nll_from_logits(logits, targets,
                                                    smoothing=self.label_smoothing, consume=True,
                                                    fused=self.fused)
         self._nll[start] = nll.detach()

@@ -39,14 +39,15 @@ def available() -> bool:
 
 if triton is not None:
     @triton.jit
-    def _smoothed_nll_kernel(x_ptr, x_stride, g_ptr, g_stride, t_ptr, out_ptr, rows, vocab,
-                             confidence, smoothing, share, PAD: tl.constexpr,
-                             BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
-        """Rows of logits x -> out[r] = (loss term, nll term); g = real * (softmax - q)."""
+    def _smoothed_nll_kernel(x_ptr, x_stride, g_ptr, g_stride, t_ptr, t_cols, t_stride0,
+                             t_stride1, out_ptr, rows, vocab, confidence, smoothing, share,
+                             PAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+        """Rows of logits x -> out[r] = (loss term, nll term); g = real * (softmax - q). Row r's
+        target: targets[r // t_cols, r % t_cols] of a strided 2-D tensor."""
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         live_r = r < rows
         rr = tl.minimum(r, rows - 1)  # rows past the end read the last one: no NaN lanes
-        t = tl.load(t_ptr + rr)
+        t = tl.load(t_ptr + (rr // t_cols) * t_stride0 + (rr % t_cols) * t_stride1)
         real = live_r & (t != PAD)
         m = tl.full((BLOCK_R,), float("-inf"), tl.float32)
         s = tl.zeros((BLOCK_R,), tl.float32)
@@ -109,18 +110,23 @@ def _interpreting() -> bool:
 def smoothed_nll_terms(logits: Tensor, targets: Tensor, smoothing: float, grad: Tensor
                        ) -> Tensor:
     """One launch: (rows, 2) per-row (loss, nll) terms of float32 `logits` (rows, vocab) (unit
-    column stride) and `targets` (rows,); writes real * (softmax - q) into `grad` (rows, vocab),
-    which may be `logits` itself."""
+    column stride) and `targets` (rows,), or (n, m) with n * m = rows in row-major order (a
+    strided slice: no copy); writes real * (softmax - q) into `grad` (rows, vocab), which may be
+    `logits` itself."""
     rows, vocab = logits.shape
     if logits.stride(1) != 1 or grad.stride(1) != 1:
         raise ValueError("smoothed_nll_terms: logits and grad need unit column stride")
+    targets = targets.unsqueeze(1) if targets.dim() == 1 else targets
+    if targets.dim() != 2 or targets.numel() != rows:
+        raise ValueError(f"smoothed_nll_terms: {tuple(targets.shape)} targets for {rows} rows")
     terms = torch.empty((rows, 2), dtype=torch.float32, device=logits.device)
     if rows == 0:
         return terms
     block_r, block_v = _INTERPRETER_TILE if _interpreting() else _GPU_TILE
     block_v = min(block_v, triton.next_power_of_2(vocab))
     _launch(_smoothed_nll_kernel, (triton.cdiv(rows, block_r),), logits, logits.stride(0),
-            grad, grad.stride(0), targets.contiguous(), terms, rows, vocab, 1.0 - smoothing,
+            grad, grad.stride(0), targets, targets.shape[1], *targets.stride(), terms, rows,
+            vocab, 1.0 - smoothing,
             smoothing, smoothing / max(1, vocab - 1), PAD=PAD_ID, BLOCK_R=block_r,
             BLOCK_V=block_v, warps=8)
     return terms

@@ -76,6 +76,19 @@ def test_fused_loss_matches_the_composed_loss_and_autograd(smoothing, consume):
     assert float(got_logits_grad[[0, 5, ROWS - 1]].abs().max()) == 0.0  # PAD rows: no gradient
 
 
+def test_fused_loss_reads_targets_from_a_strided_slice():
+    """StepLoss passes a (batch, steps) slice of the targets, rows in row-major order."""
+    x, weight, targets = _case(seed=5, rows=36)
+    logits = x @ weight.t()
+    table = torch.full((12, 7), PAD_ID, dtype=torch.long)
+    table[:, 2:5] = targets.view(12, 3)  # a non-contiguous (12, 3) slice
+    expected = label_smoothed_nll_from_logits(logits.clone(), targets, smoothing=0.1, fused=True)
+    got = label_smoothed_nll_from_logits(logits.clone(), table[:, 2:5], smoothing=0.1, fused=True)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    with pytest.raises(ValueError, match="targets for 36 rows"):
+        label_smoothed_nll_from_logits(logits, table[:, 2:6], smoothing=0.1, fused=True)
+
+
 def test_fused_loss_is_bit_identical_run_to_run():
     x, weight, targets = _case(seed=1, rows=70, vocab=1001)
     first, second = (_fused(x, weight, targets, 0.1, consume=True) for _ in range(2))
