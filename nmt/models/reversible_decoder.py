@@ -179,7 +179,7 @@ class StepLoss(nn.Module):
                                                    smoothing=self.label_smoothing, consume=True,
                                                    fused=self.fused)
         self._nll[start] = nll.detach()
-        self.nll.copy_(torch.stack([self._nll[t] for t in sorted(self._nll)]).sum())
+        torch.sum(torch.stack([self._nll[t] for t in sorted(self._nll)]), 0, out=self.nll)
         return loss
 
 
