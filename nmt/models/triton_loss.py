@@ -126,9 +126,8 @@ def smoothed_nll_terms(logits: Tensor, targets: Tensor, smoothing: float, grad: 
     block_v = min(block_v, triton.next_power_of_2(vocab))
     _launch(_smoothed_nll_kernel, (triton.cdiv(rows, block_r),), logits, logits.stride(0),
             grad, grad.stride(0), targets, targets.shape[1], *targets.stride(), terms, rows,
-            vocab, 1.0 - smoothing,
-            smoothing, smoothing / max(1, vocab - 1), PAD=PAD_ID, BLOCK_R=block_r,
-            BLOCK_V=block_v, warps=8)
+            vocab, 1.0 - smoothing, smoothing, smoothing / max(1, vocab - 1), PAD=PAD_ID,
+            BLOCK_R=block_r, BLOCK_V=block_v, warps=8)
     return terms
 
 

@@ -1,11 +1,13 @@
 """The decoder readout's Triton kernels (nmt/models/triton_loss.py), under TRITON_INTERPRET=1 on
-CPU tensors: the fused label-smoothed loss against the composed torch loss and plain autograd
-(values, gradient, consume, determinism, launches), the block dropout masks (values, rate,
-independence of blocking and seed), and a whole reversible training step with both against the
-tensor path."""
+CPU tensors (the kernel tests also compiled on CUDA tensors with REVNMT_TRITON_TEST_DEVICE=cuda,
+recipes/triton_gpu_check.sh): the fused label-smoothed loss against the composed torch loss and
+plain autograd (values, gradient, consume, determinism, launches), the block dropout masks
+(values, rate, independence of blocking and seed), and a whole reversible training step with
+both against the tensor path."""
 import os
 
-if os.environ.get("REVNMT_TRITON_TEST_DEVICE", "cpu") == "cpu":
+DEVICE_NAME = os.environ.get("REVNMT_TRITON_TEST_DEVICE", "cpu")
+if DEVICE_NAME == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 import pytest  # noqa: E402
@@ -22,19 +24,23 @@ from nmt.models.reversible_decoder import StepDropout  # noqa: E402
 from nmt.reversible import triton_kernels  # noqa: E402
 from nmt.reversible.launch_count import OpCounter  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not triton_kernels.interpreting(),
-                                reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+DEVICE = torch.device(DEVICE_NAME)
+pytestmark = pytest.mark.skipif(
+    not (triton_kernels.interpreting() if DEVICE.type == "cpu" else torch.cuda.is_available()),
+    reason="Triton needs TRITON_INTERPRET=1 for CPU tensors, or a GPU")
+ON_CPU = pytest.mark.skipif(DEVICE.type != "cpu", reason="the model tests run on CPU tensors")
 
-ROWS, VOCAB = 37, 517  # not multiples of the tiles (16 rows, 512 columns here)
+ROWS, VOCAB = 37, 517  # not multiples of the tiles' rows and columns
 
 
 def _case(seed=0, rows=ROWS, vocab=VOCAB):
     generator = torch.Generator().manual_seed(seed)
-    x, weight = torch.randn(rows, 16, generator=generator), torch.randn(vocab, 16, generator=generator)
+    x = torch.randn(rows, 16, generator=generator)
+    weight = torch.randn(vocab, 16, generator=generator)
     targets = torch.randint(1, vocab, (rows,), generator=generator)
     targets[[0, 5, rows - 1]] = PAD_ID  # padding targets contribute nothing
     targets[7] = vocab - 1  # a target in the last, partial column tile
-    return x, weight, targets
+    return x.to(DEVICE), weight.to(DEVICE), targets.to(DEVICE)
 
 
 def _reference(x, weight, targets, smoothing):
@@ -58,9 +64,14 @@ def _fused(x, weight, targets, smoothing, consume):
     return loss.detach(), nll, logits.grad, w.grad, overwritten
 
 
+@pytest.mark.parametrize("tile", [None, (4, 128)], ids=["one-column-tile", "five-column-tiles"])
 @pytest.mark.parametrize("consume", [False, True])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_fused_loss_matches_the_composed_loss_and_autograd(smoothing, consume):
+def test_fused_loss_matches_the_composed_loss_and_autograd(smoothing, consume, tile,
+                                                           monkeypatch):
+    if tile is not None:  # the online max / sum-exp across column tiles
+        monkeypatch.setattr(triton_loss, "_INTERPRETER_TILE", tile)
+        monkeypatch.setattr(triton_loss, "_GPU_TILE", tile)
     x, weight, targets = _case()
     loss, nll, logits_grad, w_grad = _reference(x, weight, targets, smoothing)
     got_loss, got_nll, got_logits_grad, got_w_grad, overwritten = _fused(x, weight, targets,
@@ -80,7 +91,7 @@ def test_fused_loss_reads_targets_from_a_strided_slice():
     """StepLoss passes a (batch, steps) slice of the targets, rows in row-major order."""
     x, weight, targets = _case(seed=5, rows=36)
     logits = x @ weight.t()
-    table = torch.full((12, 7), PAD_ID, dtype=torch.long)
+    table = torch.full((12, 7), PAD_ID, dtype=torch.long, device=DEVICE)
     table[:, 2:5] = targets.view(12, 3)  # a non-contiguous (12, 3) slice
     expected = label_smoothed_nll_from_logits(logits.clone(), targets, smoothing=0.1, fused=True)
     got = label_smoothed_nll_from_logits(logits.clone(), table[:, 2:5], smoothing=0.1, fused=True)
@@ -114,7 +125,7 @@ def test_fused_loss_falls_back_for_other_dtypes_and_takes_empty_blocks():
     loss, _ = label_smoothed_nll_from_logits(logits, targets, smoothing=0.1, fused=True)
     loss.backward()
     assert logits.grad.dtype == torch.bfloat16
-    empty = torch.zeros(0, VOCAB, requires_grad=True)  # a block without real rows
+    empty = torch.zeros(0, VOCAB, device=DEVICE, requires_grad=True)  # a block without real rows
     loss, nll = label_smoothed_nll_from_logits(empty, targets[:0], smoothing=0.1, fused=True)
     assert float(loss.detach()) == 0.0 and float(nll) == 0.0
 
@@ -129,9 +140,9 @@ def test_fused_loss_without_triton_is_the_torch_loss(monkeypatch):
 
 
 def test_a_second_backward_through_the_fused_loss_fails_loudly():
-    logits = torch.randn(5, 300, requires_grad=True)
-    loss, _ = label_smoothed_nll_from_logits(logits, torch.tensor([1, 2, 3, 4, 5]),
-                                             smoothing=0.1, fused=True)
+    logits = torch.randn(5, 300, device=DEVICE, requires_grad=True)
+    targets = torch.tensor([1, 2, 3, 4, 5], device=DEVICE)
+    loss, _ = label_smoothed_nll_from_logits(logits, targets, smoothing=0.1, fused=True)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()  # the backward scaled its saved gradient in place
@@ -143,7 +154,7 @@ SEED, BATCH, SIZE, KEEP = 2**61 + 12345, 9, 301, 0.7
 
 
 def test_masks_are_zero_or_one_over_keep_at_rate_keep():
-    masks = triton_loss.step_masks(SEED, 3, 4, BATCH, SIZE, KEEP, "cpu")
+    masks = triton_loss.step_masks(SEED, 3, 4, BATCH, SIZE, KEEP, DEVICE)
     assert masks.shape == (BATCH, 4, SIZE) and masks.dtype == torch.float32
     assert set(masks.unique().tolist()) == {0.0, torch.tensor(1 / KEEP).item()}
     assert abs(float((masks > 0).float().mean()) - KEEP) < 0.01  # 10836 draws: sd 0.0044
@@ -152,26 +163,26 @@ def test_masks_are_zero_or_one_over_keep_at_rate_keep():
 
 
 def test_a_steps_mask_does_not_depend_on_its_block_but_on_the_seed():
-    alone = triton_loss.step_masks(SEED, 5, 1, BATCH, SIZE, KEEP, "cpu")
-    block = triton_loss.step_masks(SEED, 2, 6, BATCH, SIZE, KEEP, "cpu")
+    alone = triton_loss.step_masks(SEED, 5, 1, BATCH, SIZE, KEEP, DEVICE)
+    block = triton_loss.step_masks(SEED, 2, 6, BATCH, SIZE, KEEP, DEVICE)
     assert torch.equal(alone[:, 0], block[:, 3])
-    other = triton_loss.step_masks(SEED + 1, 5, 1, BATCH, SIZE, KEEP, "cpu")
+    other = triton_loss.step_masks(SEED + 1, 5, 1, BATCH, SIZE, KEEP, DEVICE)
     assert float((other != alone).float().mean()) > 0.2
 
 
 def test_step_dropout_takes_the_kernel_only_when_fused():
     torch.manual_seed(0)
-    fused = StepDropout(0.3, BATCH, SIZE, torch.device("cpu"), fused=True)
+    fused = StepDropout(0.3, BATCH, SIZE, DEVICE, fused=True)
     torch.manual_seed(0)
-    plain = StepDropout(0.3, BATCH, SIZE, torch.device("cpu"))
+    plain = StepDropout(0.3, BATCH, SIZE, DEVICE)
     counter, before = OpCounter(), triton_kernels.LAUNCHES[0]
     with counter:
         masks = fused.masks(2, 4)
     assert triton_kernels.LAUNCHES[0] - before == 1 and counter.compute == 0
     assert torch.equal(masks[:, 1:3], fused.masks(3, 2))
-    expected = torch.empty(BATCH, 4, SIZE)  # the torch path: one generator per step, as before
+    expected = torch.empty(BATCH, 4, SIZE, device=DEVICE)  # the torch path: a generator per step
     for i in range(4):
-        generator = torch.Generator().manual_seed(plain.seed + 2 + i)
+        generator = torch.Generator(device=DEVICE).manual_seed(plain.seed + 2 + i)
         expected[:, i].bernoulli_(0.7, generator=generator)
     assert torch.equal(plain.masks(2, 4), expected / 0.7)
 
@@ -200,6 +211,7 @@ def _training_step(model, batch):
     return output
 
 
+@ON_CPU
 @pytest.mark.parametrize("readout_steps", [None, 2])
 def test_training_step_with_the_fused_readout_matches_the_tensor_path(readout_steps, make_batch,
                                                                       monkeypatch):
@@ -221,6 +233,7 @@ def test_training_step_with_the_fused_readout_matches_the_tensor_path(readout_st
             torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@ON_CPU
 def test_training_step_draws_output_masks_by_kernel_and_reverses(make_batch):
     batch = make_batch(src_lengths=[6, 4, 2], tgt_lengths=[5, 7, 3], seed=2, vocab=301)
     model = _model("triton", 0.3)
