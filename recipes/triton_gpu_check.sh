@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The fused Triton path on a GPU, in one short run (budget: well under 10 minutes, most of it
 # kernel compilation): exactness on CUDA tensors (the interpreter tests, compiled, the readout's
-# loss and dropout kernels among them; plus the
-# GPU-only check that activations inside the kernels equal torch's), then time per time step of
-# one reversible layer's training step against the tensor path and cuDNN, and whole training
-# steps with fused products against cuDNN (needs the Multi30K data at MULTI30K_DIR).
+# loss and dropout kernels among them; plus the GPU-only check that activations inside the
+# kernels equal torch's), then time per time step of one reversible layer's training step
+# against the tensor path and cuDNN, and whole training steps with fused products against cuDNN
+# (needs the Multi30K data at MULTI30K_DIR).
 #   bash recipes/triton_gpu_check.sh [OUT_DIR]
 set -u
 out=${1:-${OUT:-.}}
