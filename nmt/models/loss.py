@@ -35,10 +35,12 @@ def label_smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, *,
 
 def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, *,
                                    smoothing: float = 0.0,
-                                   consume: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                                   consume: bool = False,
+                                   fused: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same as `label_smoothed_nll(log_softmax(logits.float()), targets)`, with a fused backward.
 
-    logits (tokens, vocab), targets (tokens,) -> (loss sum, nll sum detached). The output layer
+    logits (tokens, vocab), targets (tokens,) (or any shape of `tokens` elements, in row-major
+    order) -> (loss sum, nll sum detached). The output layer
     dominates a training step, and composing log_softmax, gather, sum and select in autograd
     builds and adds several (tokens, vocab) gradients (two zero fills, a scatter, a copy). The
     gradient is simply real * (softmax - q), written into one tensor.
@@ -48,11 +50,21 @@ def label_smoothed_nll_from_logits(logits: torch.Tensor, targets: torch.Tensor, 
     at a time, so one (tokens, vocab) tensor lives instead of two (logits and log-probs), and the
     backward writes the gradient over it too. The values are those of one log_softmax (it is
     row-wise). Ignored for a leaf or non-float32 logits.
+
+    fused=True: float32 logits go through one Triton kernel (nmt/models/triton_loss.py: 2
+    launches forward, 1 backward; consume then writes the gradient over the logits in forward).
+    The caller checks Triton can run on the logits' device; other dtypes, or no Triton, take
+    the path above.
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
     consume = consume and logits.dtype == torch.float32 and not logits.is_leaf
-    return _SmoothedNLL.apply(logits, targets, smoothing, consume)
+    if fused and logits.dtype == torch.float32:
+        from nmt.models import triton_loss
+
+        if triton_loss.available():
+            return triton_loss.smoothed_nll(logits, targets, smoothing, consume=consume)
+    return _SmoothedNLL.apply(logits, targets.reshape(-1), smoothing, consume)
 
 
 SOFTMAX_BLOCK_BYTES = 4 << 20  # rows per in-place log_softmax block: at most this many bytes

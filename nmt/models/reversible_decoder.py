@@ -37,6 +37,7 @@ from nmt.models.reversible_encoder import ReversibleEncoderOutput, ReversiblePar
 from nmt.reversible import InformationBuffer, MemoryMode, ReversibleRNN, count_memory
 from nmt.reversible.plan import DEFAULT_CHUNK_STEPS
 from nmt.reversible.readout import PendingTotal, sink_linear
+from nmt.reversible.step_kernels import is_stack_buffer
 
 DECODER_TAG = "decoder"
 
@@ -100,14 +101,22 @@ class Readout(nn.Module):
 class StepDropout:
     """Dropout masks for a_t drawn per step (as a plain decoder's), yet the same whichever order
     the steps are read in (in forward by plain autograd, chunk by chunk in backward by the
-    reversible run): step t's mask comes from a generator seeded with the batch's seed + t."""
+    reversible run): step t's mask comes from a generator seeded with the batch's seed + t.
+    fused: the masks of a block of steps come from one Triton launch instead (counter-based
+    randomness keyed by seed, t, row and unit; nmt/models/triton_loss.py), other bits."""
 
-    def __init__(self, probability: float, batch: int, size: int, device: torch.device):
+    def __init__(self, probability: float, batch: int, size: int, device: torch.device, *,
+                 fused: bool = False):
         self.keep, self.shape, self.device = 1.0 - probability, (batch, size), device
         self.seed = int(torch.randint(0, 2**62, ()))  # from the global generator: reproducible
+        self.fused = fused
 
     def masks(self, start: int, steps: int) -> Tensor:
         """(batch, steps, size) masks of steps start .. start + steps - 1."""
+        if self.fused:
+            from nmt.models.triton_loss import step_masks
+
+            return step_masks(self.seed, start, steps, *self.shape, self.keep, self.device)
         masks = torch.empty(self.shape[0], steps, self.shape[1], device=self.device)
         for i in range(steps):
             generator = torch.Generator(device=self.device)
@@ -118,19 +127,23 @@ class StepDropout:
 
 class StepLoss(nn.Module):
     """The readout of one batch: label-smoothed loss of a chunk of steps, summed over their real
-    tokens (padding rows skip the output layer). Also sums the plain NLL on the side.
+    tokens (padding rows skip the output layer, except with `fused`). Also sums the plain NLL on
+    the side.
 
     Built per batch (holds that batch's targets and masks); its parameters are the readout's.
     Reads whole chunks (`reads_chunks`): attention, combine and output layer of C steps are one
-    batched product each, as in the plain decoder.
+    batched product each, as in the plain decoder. fused (the run takes the Triton kernels): the
+    loss in one Triton kernel (label_smoothed_nll_from_logits(fused=True)) over every row, which
+    zeroes padding rows itself: selecting the real rows would cost a host sync per block.
     """
 
     reads_chunks = True
 
     def __init__(self, readout: Readout, tgt_out: Tensor, src_mask: Tensor, *,
-                 label_smoothing: float, dropout: Union[Tensor, StepDropout, None]):
+                 label_smoothing: float, dropout: Union[Tensor, StepDropout, None],
+                 fused: bool = False):
         super().__init__()
-        self.readout = readout
+        self.readout, self.fused = readout, fused
         self.tgt_out, self.src_mask, self.dropout = tgt_out, src_mask, dropout
         self.label_smoothing = label_smoothing
         self._nll = {}  # first step of a chunk -> NLL of its tokens; summed in step order
@@ -149,18 +162,24 @@ class StepLoss(nn.Module):
     def forward(self, h: Tensor, start: int, keys: Tensor, values: Tensor) -> Tensor:
         """h (batch, C, H): the top states of steps start .. start + C - 1 -> summed loss."""
         targets = self.tgt_out[:, start: start + h.shape[1]]
-        real = targets != PAD_ID
         dropout = self.dropout
         if isinstance(dropout, StepDropout):
             dropout = dropout.masks(start, h.shape[1])
         attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, dropout)
-        # (real tokens, vocab): this chunk only; in reversible backward the output layer's weight
+        if self.fused:  # every row: the kernel gives PAD rows no loss and no gradient, and no
+            # row selection means no host sync and no index / index_put pair
+            attentional = attentional.reshape(-1, attentional.shape[-1])
+        else:  # the real rows only
+            real = targets != PAD_ID
+            attentional, targets = attentional[real], targets[real]
+        # (rows, vocab): this chunk only; in reversible backward the output layer's weight
         # gradient is added into one running total in blocks (nmt.reversible.readout.sink_linear)
-        logits = sink_linear(attentional[real], self.readout.output)
-        loss, nll = label_smoothed_nll_from_logits(logits, targets[real],
-                                                   smoothing=self.label_smoothing, consume=True)
+        logits = sink_linear(attentional, self.readout.output)
+        loss, nll = label_smoothed_nll_from_logits(logits, targets,
+                                                   smoothing=self.label_smoothing, consume=True,
+                                                   fused=self.fused)
         self._nll[start] = nll.detach()
-        self.nll.copy_(torch.stack([self._nll[t] for t in sorted(self._nll)]).sum())
+        torch.sum(torch.stack([self._nll[t] for t in sorted(self._nll)]), 0, out=self.nll)
         return loss
 
 
@@ -175,7 +194,14 @@ class ReversibleDecoder(ReversiblePart):
         dropout: locked dropout on the embeddings and between layers; output_dropout: locked
             dropout on a_t, or per step with per_step_dropout. tie_embeddings: output layer
             shares the embedding matrix.
+
+    `fused_readout` (attribute, default True): where the run takes the Triton kernels, the loss
+    and per-step output dropout masks of each readout block run as Triton kernels too
+    (nmt/models/triton_loss.py: losses to float rounding, other mask bits than the tensor
+    path's); False keeps the torch readout (tests of the recurrence's exactness).
     """
+
+    fused_readout = True
 
     TAG = DECODER_TAG
 
@@ -250,13 +276,16 @@ class ReversibleDecoder(ReversiblePart):
         batch = tgt_in.shape[0]
         tgt_mask = tgt_out != PAD_ID
         options = self.run_options(tgt_in)
+        # the run takes the Triton kernels when its (the encoder's) buffer is a word stack
+        fused = self.fused_readout and is_stack_buffer(encoder_output.buffer)
         if self.per_step_dropout and self.training and self.output_dropout > 0:
-            output_mask = StepDropout(self.output_dropout, batch, self.hidden, tgt_in.device)
+            output_mask = StepDropout(self.output_dropout, batch, self.hidden, tgt_in.device,
+                                      fused=fused)
         else:
             output_mask = locked_mask(batch, self.hidden, self.output_dropout, like=tgt_in,
                                       training=self.training)
         step_loss = StepLoss(self.readout, tgt_out, encoder_output.mask,
-                             label_smoothing=label_smoothing, dropout=output_mask)
+                             label_smoothing=label_smoothing, dropout=output_mask, fused=fused)
         buffer = encoder_output.buffer
         if mode is None or not (torch.is_grad_enabled() and buffer.keep_words):
             mode = (MemoryMode.REVERSIBLE if torch.is_grad_enabled() and buffer.keep_words
