@@ -29,7 +29,7 @@ from typing import List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from nmt.models.attention import LuongAttention
+from nmt.models.attention import LuongAttention, score_bias
 from nmt.models.embeddings import PAD_ID, Embeddings, rename_embedding_keys, tie_output
 from nmt.models.loss import label_smoothed_nll_from_logits
 from nmt.models.memory import ModelMemory
@@ -80,12 +80,13 @@ class Readout(nn.Module):
         self.output = nn.Linear(hidden, vocab_size)
 
     def attentional(self, h: Tensor, keys: Tensor, values: Tensor, src_mask: Tensor,
-                    dropout: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                    dropout: Optional[Tensor] = None, *, score_bias: Optional[Tensor] = None
+                    ) -> Tuple[Tensor, Tensor]:
         """h (batch, H), or (batch, C, H) for C steps -> a_t of the same shape and the attention
         weights (batch[, C], src_len). dropout: a (batch, H) mask, the same for every step, or
-        (batch, C, H), one per step."""
+        (batch, C, H), one per step. score_bias: attention.score_bias(src_mask), if made."""
         queries = h if h.dim() == 3 else h.unsqueeze(1)
-        context, weights = self.attention(queries, keys, values, mask=src_mask)
+        context, weights = self.attention(queries, keys, values, mask=src_mask, bias=score_bias)
         combined = torch.cat([context, queries], dim=-1)
         # one 2-D product, as self.combine(combined) runs it; in reversible backward its weight
         # gradient is added into a running total in blocks (nmt.reversible.readout.sink_linear)
@@ -145,6 +146,7 @@ class StepLoss(nn.Module):
         super().__init__()
         self.readout, self.fused = readout, fused
         self.tgt_out, self.src_mask, self.dropout = tgt_out, src_mask, dropout
+        self.score_bias = score_bias(src_mask)  # once per batch, not per readout block
         self.label_smoothing = label_smoothing
         self._nll = {}  # first step of a chunk -> NLL of its tokens; summed in step order
         # their sum, updated in place: in training it is complete once backward has read every chunk
@@ -165,7 +167,8 @@ class StepLoss(nn.Module):
         dropout = self.dropout
         if isinstance(dropout, StepDropout):
             dropout = dropout.masks(start, h.shape[1])
-        attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, dropout)
+        attentional, _ = self.readout.attentional(h, keys, values, self.src_mask, dropout,
+                                                  score_bias=self.score_bias)
         if self.fused:  # every row: the kernel gives PAD rows no loss and no gradient, and no
             # row selection means no host sync and no index / index_put pair
             attentional = attentional.reshape(-1, attentional.shape[-1])

@@ -1,6 +1,6 @@
 import torch
 
-from nmt.models.attention import LuongAttention
+from nmt.models.attention import LuongAttention, score_bias
 from nmt.models.encoders import length_mask
 
 
@@ -63,3 +63,22 @@ def test_single_step_equals_sequence_form():
     contexts, weights = attention(queries, keys, values, mask=mask)
     context, weight = attention.step(queries[:, 1], keys, values, mask=mask)
     assert torch.allclose(context, contexts[:, 1]) and torch.allclose(weight, weights[:, 1])
+
+
+def test_score_bias_gives_the_masked_weights_and_gradients_bit_for_bit():
+    torch.manual_seed(4)
+    attention = LuongAttention(6, 5)
+    queries = torch.randn(3, 4, 6, requires_grad=True)
+    values = torch.randn(3, 7, 5, requires_grad=True)
+    keys = attention.project_keys(values)
+    mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [4], [1]])
+    results = []
+    for bias in (None, score_bias(mask)):
+        context, weights = attention(queries, keys, values, mask=mask, bias=bias)
+        grads = torch.autograd.grad([context, weights], [queries, values],
+                                    [torch.ones_like(context), torch.randn(weights.shape,
+                                     generator=torch.Generator().manual_seed(5))])
+        results.append((context, weights) + grads)
+    for plain, biased in zip(*results):
+        assert torch.equal(plain, biased)
+    assert (results[1][1][~mask.unsqueeze(1).expand(-1, 4, -1)] == 0).all()
