@@ -70,10 +70,10 @@ def test_score_bias_gives_the_masked_weights_and_gradients_bit_for_bit():
     attention = LuongAttention(6, 5)
     queries = torch.randn(3, 4, 6, requires_grad=True)
     values = torch.randn(3, 7, 5, requires_grad=True)
-    keys = attention.project_keys(values)
     mask = torch.arange(7).unsqueeze(0) < torch.tensor([[7], [4], [1]])
     results = []
     for bias in (None, score_bias(mask)):
+        keys = attention.project_keys(values)
         context, weights = attention(queries, keys, values, mask=mask, bias=bias)
         grads = torch.autograd.grad([context, weights], [queries, values],
                                     [torch.ones_like(context), torch.randn(weights.shape,
