@@ -315,7 +315,7 @@ class RevLSTMCell(ReversibleCell):
                    with_slope: bool = False, kept: Optional[Tensor] = None) -> _LSTMGates:
         """Gate function of one half, shared by forward, reverse and backward. kept (batch,
         5 own), e.g. projected[half] once read: receives the activations [f, i, o, p, g] (the
-        same values: sigmoid / tanh written in place) for `kept_entry`."""
+        same values: sigmoid / tanh written in place) for `kept_tapes`."""
         own = self.half_sizes[half]
         with float32_math(other.device):
             gates = self.own_product(self.gates[half], projected[half], other)
@@ -395,5 +395,6 @@ class RevLSTMCell(ReversibleCell):
                 d[1 - half] = d[1 - half] + d_gates.mm(self.hidden_weight(self.gates[half]))
                 pieces[half], inputs[half] = d_gates, other
         return d, torch.cat(pieces, dim=-1), inputs
+
 
 CELLS = {"revgru": RevGRUCell, "revlstm": RevLSTMCell}
