@@ -272,6 +272,49 @@ void revnmt_lstm_backward(int64_t rows, int64_t cols, const uint8_t *restrict re
     }
 }
 
+/* revnmt_lstm_backward from a kept tape: the activations [f, i, o, p, g] (row stride
+ * act_stride), f and p quantised as revnmt_quantize (q: its a, b, scale, n_min, n_max,
+ * inv_scale) and the int64 states h, c before the step as revnmt_from_fixed: the same values. */
+void revnmt_lstm_backward_kept(int64_t rows, int64_t cols, const uint8_t *restrict real,
+                               const float *restrict grad_h, const float *restrict grad_c_in,
+                               const float *restrict acts, int64_t act_stride,
+                               const int64_t *restrict h, const int64_t *restrict c,
+                               const float *restrict tanh_cell, const float *restrict q,
+                               float *restrict d_h, float *restrict d_c, float *restrict d_gates) {
+    const float a = q[0], b = q[1], scale = q[2], n_min = q[3], n_max = q[4], inv = q[5];
+    for (int64_t i = 0; i < rows; i++) {
+        int live = real ? real[i] != 0 : 1;
+        const float *sf = acts + i * act_stride, *si = sf + cols, *so = si + cols,
+                    *sp = so + cols, *sg = sp + cols;
+        float *df = d_gates + i * 5 * cols, *di = df + cols, *dO = di + cols, *dp = dO + cols,
+              *dg = dp + cols;
+        for (int64_t j = 0; j < cols; j++) {
+            int64_t k = i * cols + j;
+            float fs = sf[j], ps = sp[j];
+            float fn = rintf((a * fs + b) * scale), pn = rintf((a * ps + b) * scale);
+            fn = fn < n_min ? n_min : fn;
+            fn = fn > n_max ? n_max : fn;
+            pn = pn < n_min ? n_min : pn;
+            pn = pn > n_max ? n_max : pn;
+            float f_q = fn * inv, p_q = pn * inv;
+            float f_slope = (a * fs) * (1.0f - fs), p_slope = (a * ps) * (1.0f - ps);
+            float previous = (float)h[k] * (1.0f / HIDDEN_SCALE);
+            float previous_cell = (float)c[k] * (1.0f / HIDDEN_SCALE);
+            float gh = grad_h[k], live_h = live ? gh : 0.0f;
+            float t = tanh_cell[k], o = so[j], in = si[j], g = sg[j];
+            d_h[k] = live ? gh * p_q : gh;
+            float through = (live_h * o) * (1.0f - t * t);
+            float gc = grad_c_in[k] + through, live_c = live ? gc : 0.0f;
+            d_c[k] = live ? gc * f_q : gc;
+            df[j] = (live_c * previous_cell) * f_slope;
+            di[j] = ((live_c * g) * in) * (1.0f - in);
+            dO[j] = ((live_h * t) * o) * (1.0f - o);
+            dp[j] = (live_h * previous) * p_slope;
+            dg[j] = (live_c * in) * (1.0f - g * g);
+        }
+    }
+}
+
 /* fixed_point.from_fixed: the float32 value h / 2**23 of `count` contiguous int64 (the int64 is
  * rounded to float32, then scaled by an exact power of two, as the tensor code's product). */
 void revnmt_from_fixed(const int64_t *restrict h, int64_t count, float *restrict out) {

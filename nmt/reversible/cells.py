@@ -27,7 +27,8 @@ from nmt.reversible import native_steps
 from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.fixed_point import check_max_forget_bits, forget_gate, from_fixed
 from nmt.reversible.gated import (  # noqa: F401 (round_to_storage, STORAGE_PRECISIONS: re-exported)
-    STORAGE_PRECISIONS, on_real, real_rows, float32_math, gated_step, round_to_storage, undo_step,
+    STORAGE_PRECISIONS, on_real, real_rows, float32_math, gated_step, lstm_gate_grads,
+    lstm_kept_grads, reverse_keeping, round_to_storage, undo_step,
 )
 
 State = Tuple[Tensor, ...]  # int64 fixed-point halves, each (batch, half)
@@ -136,6 +137,10 @@ class ReversibleCell(nn.Module):
                     tape.append(entry)
                     restored_h2 = entry[2]  # the restored float h_i
         return tuple(exact)
+
+    def keeping(self, buffer):
+        """A reversal (as `cell_reverse`) that leaves backward its tapes on `buffer`, or None."""
+        return None
 
     def recompute_tape(self, projected: Tensor, before: State, after: State) -> list:
         """The tape `reverse` records for the step from `before` to `after` (exact states),
@@ -307,17 +312,20 @@ class RevLSTMCell(ReversibleCell):
         return list(self.gates)
 
     def half_gates(self, half: int, projected: Tuple[Tensor, ...], other: Tensor, *,
-                   with_slope: bool = False) -> _LSTMGates:
-        """Gate function of one half, shared by forward, reverse and backward."""
+                   with_slope: bool = False, kept: Optional[Tensor] = None) -> _LSTMGates:
+        """Gate function of one half, shared by forward, reverse and backward. kept (batch,
+        5 own), e.g. projected[half] once read: receives the activations [f, i, o, p, g] (the
+        same values: sigmoid / tanh written in place) for `kept_tapes`."""
         own = self.half_sizes[half]
         with float32_math(other.device):
             gates = self.own_product(self.gates[half], projected[half], other)
             forget, inp, out, keep, cand = gates.split_with_sizes([own] * 5, -1)
-            f = forget_gate(forget, self.max_forget_bits, with_slope=with_slope)
-            p = forget_gate(keep, self.max_forget_bits, with_slope=with_slope)
-            inp, cand = torch.sigmoid(inp), torch.tanh(cand)
-            return _LSTMGates(f[0], f[1], inp * cand, torch.sigmoid(out), p[0], p[1], inp, cand,
-                              f[2] if with_slope else None, p[2] if with_slope else None)
+            into = [None] * 5 if kept is None else kept.split_with_sizes([own] * 5, -1)
+            f = forget_gate(forget, self.max_forget_bits, with_slope=with_slope, out=into[0])
+            p = forget_gate(keep, self.max_forget_bits, with_slope=with_slope, out=into[3])
+            inp, cand = torch.sigmoid(inp, out=into[1]), torch.tanh(cand, out=into[4])
+            return _LSTMGates(f[0], f[1], inp * cand, torch.sigmoid(out, out=into[2]), p[0], p[1],
+                              inp, cand, f[2] if with_slope else None, p[2] if with_slope else None)
 
     @staticmethod
     def hidden_update(out_gate: Tensor, tanh_cell: Tensor) -> Tensor:
@@ -338,9 +346,11 @@ class RevLSTMCell(ReversibleCell):
             next_exact=None if next_state is None else next_state[half],
             stored_units=stored_units, precision=precision, tag=tag)
 
-    def undo_half(self, half, pieces, other, exact, buffer, mask, *, restored, recording):
+    def undo_half(self, half, pieces, other, exact, buffer, mask, *, restored, recording,
+                  keep=False):
         c = 2 + half
-        g = self.half_gates(half, pieces, other, with_slope=recording)
+        g = self.half_gates(half, pieces, other, with_slope=recording,
+                            kept=pieces[half] if keep else None)
         tanh_cell = torch.tanh(from_fixed(exact[c]))
         exact[half] = undo_step(exact[half], g.n_p, self.hidden_update(g.out_gate, tanh_cell),
                                 buffer=buffer, mask=mask, restored=restored)
@@ -348,6 +358,16 @@ class RevLSTMCell(ReversibleCell):
         if not recording:
             return None
         return half, other, from_fixed(exact[half]), from_fixed(exact[c]), tanh_cell, g
+
+    def keeping(self, buffer):
+        return reverse_keeping if isinstance(buffer, InformationBuffer) else None  # tensor path
+
+    def kept_tapes(self, projected: Tensor, states: list) -> list:
+        """Per step of a chunk reversed by `reverse_keeping`, its tape: per half (half 2 first),
+        (half, its activations, the exact states before and after the step)."""
+        return [[(0, None, [(half, piece, states[i][0], states[i + 1][0]) for half, piece in
+                            reversed(list(enumerate(self.split_projection(projected[:, i]))))])]
+                for i in range(projected.shape[1])]
 
     def tape_entry(self, half, pieces, other, before, after):
         c = 2 + half
@@ -360,32 +380,18 @@ class RevLSTMCell(ReversibleCell):
         dc' += o (1 - tanh(c')^2) dh', dh = p_q dh', dp_q = h dh', do = tanh(c') dh',
         dc = f_q dc', df_q = c dc', di = g dc', dg = i dc'; the gates read h_j."""
         d = list(grads)
-        real = real_rows(mask)
         pieces: List[Optional[Tensor]] = [None] * 2
         inputs: List[Optional[Tensor]] = [None] * 2
         with torch.no_grad():
-            for half, other, previous, previous_cell, tanh_cell, g in tape:  # half 2 first
-                c = 2 + half
-                fused = native_steps.lstm_backward(d[half], d[c], mask, previous, previous_cell,
-                                                   tanh_cell, g)  # the same values, in one pass
-                if fused is not None:
-                    d[half], d[c], d_gates = fused
-                    d[1 - half] = d[1 - half] + d_gates.mm(self.hidden_weight(self.gates[half]))
-                    pieces[half], inputs[half] = d_gates, other
-                    continue
-                grad_h = d[half]
-                live_h = on_real(real, grad_h, 0.0)
-                d[half] = on_real(real, grad_h * g.p_q, grad_h)
-                grad_c = d[c] + live_h * g.out_gate * (1.0 - tanh_cell * tanh_cell)
-                live_c = on_real(real, grad_c, 0.0)
-                d[c] = on_real(real, grad_c * g.f_q, grad_c)
-                d_gates = live_c.new_empty(live_c.shape[0], 5 * live_c.shape[1])
-                d_f, d_i, d_o, d_p, d_g = d_gates.split(live_c.shape[1], dim=-1)  # no cat
-                torch.mul(live_c * previous_cell, g.f_slope, out=d_f)
-                torch.mul(live_c * g.candidate * g.inp, 1.0 - g.inp, out=d_i)
-                torch.mul(live_h * tanh_cell * g.out_gate, 1.0 - g.out_gate, out=d_o)
-                torch.mul(live_h * previous, g.p_slope, out=d_p)
-                torch.mul(live_c * g.inp, 1.0 - g.candidate * g.candidate, out=d_g)
+            for entry in tape:  # half 2 first
+                half, c = entry[0], 2 + entry[0]
+                if len(entry) == 4:  # a kept_tape's: (half, activations, before, after)
+                    other, d[half], d[c], d_gates = lstm_kept_grads(
+                        half, *entry[1:], d[half], d[c], mask, self.max_forget_bits)
+                else:
+                    other, previous, previous_cell, tanh_cell, g = entry[1:]
+                    d[half], d[c], d_gates = lstm_gate_grads(d[half], d[c], mask, previous,
+                                                             previous_cell, tanh_cell, g)
                 d[1 - half] = d[1 - half] + d_gates.mm(self.hidden_weight(self.gates[half]))
                 pieces[half], inputs[half] = d_gates, other
         return d, torch.cat(pieces, dim=-1), inputs

@@ -85,17 +85,25 @@ def straight_through(surrogate: Tensor, exact: Tensor) -> Tensor:
 
 
 def forget_gate(logits: Tensor, max_forget_bits: Optional[int],
-                forget_radix: int = FORGET_RADIX, *, with_slope: bool = False):
+                forget_radix: int = FORGET_RADIX, *, with_slope: bool = False,
+                out: Optional[Tensor] = None):
     """A state-multiplying gate limited to [2**-k, 1] and quantised to n / 2**R.
 
     z = (1 - 2**-k) * sigmoid(logits) + 2**-k, n = clamp(round(z * 2**R), n_min, 2**R).
     Returns (z_q, n): z_q has the values n / 2**R (float32) and z's gradient; n is int64.
     with_slope: also dz/dlogits (what a hand-written backward multiplies z_q's gradient by).
+    out: where sigmoid(logits) goes (a tape's kept activations; see `quantized_gate`).
     """
+    return quantized_gate(torch.sigmoid(logits, out=out), max_forget_bits, forget_radix,
+                          with_slope=with_slope)
+
+
+def quantized_gate(sigmoid: Tensor, max_forget_bits: Optional[int],
+                   forget_radix: int = FORGET_RADIX, *, with_slope: bool = False):
+    """`forget_gate` from sigmoid(logits): the same values (backward quantises kept sigmoids)."""
     n_min = _min_numerator(type(max_forget_bits), max_forget_bits, forget_radix)
     scale = float(2**forget_radix)
     floor = n_min / scale
-    sigmoid = torch.sigmoid(logits)
     fused = native_steps.quantize(sigmoid, n_min=n_min, forget_radix=forget_radix,
                                   with_slope=with_slope)  # the same values in one C pass
     if fused is not None:

@@ -6,6 +6,7 @@ buffer, and float32 gate arithmetic whatever autocast says (so reverse recompute
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 from typing import Optional, Tuple
 
 import torch
@@ -13,8 +14,8 @@ from torch import Tensor
 
 from nmt.reversible import native_steps
 from nmt.reversible.buffer import InformationBuffer
-from nmt.reversible.fixed_point import (FORGET_RADIX, from_fixed, scaled_update, straight_through,
-                                        to_fixed)
+from nmt.reversible.fixed_point import (FORGET_RADIX, from_fixed, quantized_gate, scaled_update,
+                                        straight_through, to_fixed)
 
 _IDENTITY_GATE = 2**FORGET_RADIX  # n / 2**R == 1: the buffer leaves the element alone
 STORAGE_PRECISIONS = (32, 16)
@@ -116,3 +117,60 @@ def undo_step(h_next: Tensor, n: Tensor, update: Tensor, *, buffer: InformationB
     if stored_units:
         h[:, :stored_units] = on_real(real, restored, h_next[:, :stored_units])
     return h
+
+
+def lstm_gate_grads(grad_h: Tensor, grad_c: Tensor, mask: Optional[Tensor], previous: Tensor,
+                    previous_cell: Tensor, tanh_cell: Tensor, g) -> Tuple[Tensor, Tensor, Tensor]:
+    """RevLSTMCell.backward_step's elementwise part for one half: (d h, d c, d gates (batch,
+    5 units) as [f, i, o, p, g]) before the step, from its gates `g` (_LSTMGates)."""
+    fused = native_steps.lstm_backward(grad_h, grad_c, mask, previous, previous_cell, tanh_cell,
+                                       g)  # the same values, in one pass
+    if fused is not None:
+        return fused
+    real = real_rows(mask)
+    live_h = on_real(real, grad_h, 0.0)
+    d_h = on_real(real, grad_h * g.p_q, grad_h)
+    grad_c = grad_c + live_h * g.out_gate * (1.0 - tanh_cell * tanh_cell)
+    live_c = on_real(real, grad_c, 0.0)
+    d_c = on_real(real, grad_c * g.f_q, grad_c)
+    d_gates = live_c.new_empty(live_c.shape[0], 5 * live_c.shape[1])
+    d_f, d_i, d_o, d_p, d_g = d_gates.split(live_c.shape[1], dim=-1)  # no cat
+    torch.mul(live_c * previous_cell, g.f_slope, out=d_f)
+    torch.mul(live_c * g.candidate * g.inp, 1.0 - g.inp, out=d_i)
+    torch.mul(live_h * tanh_cell * g.out_gate, 1.0 - g.out_gate, out=d_o)
+    torch.mul(live_h * previous, g.p_slope, out=d_p)
+    torch.mul(live_c * g.inp, 1.0 - g.candidate * g.candidate, out=d_g)
+    return d_h, d_c, d_gates
+
+
+def lstm_kept_grads(half: int, kept: Tensor, before, after, grad_h: Tensor, grad_c: Tensor,
+                    mask: Optional[Tensor], max_forget_bits: Optional[int]):
+    """`lstm_gate_grads` from a RevLSTMCell.kept_tape entry (the activations [f, i, o, p, g] the
+    reversal left, the exact states): (the gates' input h_j, d h, d c, d gates), the values a
+    recomputed tape gives, bit for bit (f, p quantised from their kept sigmoids)."""
+    c = 2 + half
+    other = from_fixed(after[0] if half == 1 else before[1])
+    tanh_cell = torch.tanh(from_fixed(after[c]))
+    fused = native_steps.lstm_backward_kept(grad_h, grad_c, mask, kept, before[half], before[c],
+                                            tanh_cell, max_forget_bits)
+    if fused is not None:
+        return (other, *fused)
+    f, i, o, p, g = kept.split_with_sizes([kept.shape[1] // 5] * 5, -1)
+    f_q, _, f_slope = quantized_gate(f, max_forget_bits, with_slope=True)
+    p_q, _, p_slope = quantized_gate(p, max_forget_bits, with_slope=True)
+    gates = SimpleNamespace(f_q=f_q, p_q=p_q, out_gate=o, inp=i, candidate=g, f_slope=f_slope,
+                            p_slope=p_slope)
+    return (other, *lstm_gate_grads(grad_h, grad_c, mask, from_fixed(before[half]),
+                                    from_fixed(before[c]), tanh_cell, gates))
+
+
+def reverse_keeping(cell, projected: Tensor, state, buffer: InformationBuffer,
+                    mask: Optional[Tensor], *, restored: Optional[Tensor] = None, tape=None):
+    """RevLSTMCell.reverse leaving each half's gate activations in its columns of `projected`
+    (read by then): backward's tapes (`kept_tapes`) for no memory more, no gates recomputed."""
+    exact, pieces = list(state), cell.split_projection(projected)
+    with torch.no_grad():
+        for half in (1, 0):
+            cell.undo_half(half, pieces, from_fixed(exact[1 - half]), exact, buffer, mask,
+                           restored=None if half else restored, recording=False, keep=True)
+    return tuple(exact)

@@ -59,6 +59,10 @@ class Kernels:
         self.lstm_backward = library.revnmt_lstm_backward
         self.lstm_backward.restype = None
         self.lstm_backward.argtypes = [int64, int64, *[pointer] * 16]
+        self.lstm_backward_kept = library.revnmt_lstm_backward_kept
+        self.lstm_backward_kept.restype = None
+        self.lstm_backward_kept.argtypes = [int64, int64, pointer, pointer, pointer, pointer, int64,
+                                            *[pointer] * 7]
         self.from_fixed = library.revnmt_from_fixed
         self.from_fixed.restype = None
         self.from_fixed.argtypes = [pointer, int64, pointer]

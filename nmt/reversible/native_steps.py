@@ -167,6 +167,34 @@ def lstm_backward(grad_h: Tensor, grad_c: Tensor, mask: Optional[Tensor], previo
     return d_h, d_c, d_gates
 
 
+def lstm_backward_kept(grad_h: Tensor, grad_c: Tensor, mask: Optional[Tensor], kept: Tensor,
+                       h: Tensor, c: Tensor, tanh_cell: Tensor, max_forget_bits: Optional[int]
+                       ) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """lstm_backward from a kept tape's activations (batch, 5 units; rows may be strided) and
+    the int64 states h, c before the step (quantisation and from_fixed as `quantize` and
+    `from_fixed`: the same values), or None (tensor code)."""
+    library = kernels()
+    if (library is None or grad_h.dim() != 2 or kept.dim() != 2 or kept.stride(1) != 1
+            or kept.dtype != torch.float32 or kept.shape != (grad_h.shape[0], 5 * grad_h.shape[1])
+            or not _floats(grad_h.shape, grad_h, grad_c, tanh_cell) or not _plain(kept, h, c)
+            or any(t.shape != grad_h.shape or t.dtype != torch.int64 for t in (h, c))):
+        return None
+    from nmt.reversible.fixed_point import FORGET_RADIX, min_forget_numerator
+
+    n_min, scale = min_forget_numerator(max_forget_bits), float(2**FORGET_RADIX)
+    q = torch.tensor([1.0 - n_min / scale, n_min / scale, scale, float(n_min), scale, 1.0 / scale])
+    grad_h, grad_c, h, c, tanh_cell = (t.contiguous() for t in (grad_h, grad_c, h, c, tanh_cell))
+    rows, cols = grad_h.shape
+    real, real_ptr = _rows(mask, rows)
+    d_h, d_c = torch.empty_like(grad_h), torch.empty_like(grad_h)
+    d_gates = torch.empty(rows, 5 * cols)
+    library.lstm_backward_kept(rows, cols, real_ptr, grad_h.data_ptr(), grad_c.data_ptr(),
+                               kept.data_ptr(), kept.stride(0), h.data_ptr(), c.data_ptr(),
+                               tanh_cell.data_ptr(), q.data_ptr(), d_h.data_ptr(), d_c.data_ptr(),
+                               d_gates.data_ptr())
+    return d_h, d_c, d_gates
+
+
 def _floats(shape, *tensors: Optional[Tensor]) -> bool:
     """float32 CPU tensors of `shape` outside any gradient graph."""
     for t in tensors:

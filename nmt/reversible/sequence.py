@@ -173,7 +173,7 @@ class ReversibleRNN(StateLayout, nn.Module):
                      mask: Optional[Tensor], *, restored: Optional[Tensor] = None,
                      layer_dropout: Optional[Tensor] = None,
                      projected: Optional[Tensor] = None,
-                     tape: Optional[list] = None) -> List[State]:
+                     tape: Optional[list] = None, keep=None) -> List[State]:
         """Undo `step` exactly, top layer first; `restored` (batch, k) int64: the previous slice.
         x / projected: as for `step` (the same values it was given). With a `tape` (list), also
         records per layer, top first, (layer, its input or None for layer 0, the cell's tape)
@@ -191,7 +191,7 @@ class ReversibleRNN(StateLayout, nn.Module):
                 else:
                     layer_projected = self.cells[0].project_input(x) if projected is None else projected
                 cell_tape = None if tape is None else []
-                previous[layer] = cell_reverse(
+                previous[layer] = (keep or cell_reverse)(
                     self.cells[layer], layer_projected, state[layer], buffer, mask,
                     restored=restored if top else None, tape=cell_tape)
                 if tape is not None:
@@ -259,6 +259,7 @@ class ReversibleRNN(StateLayout, nn.Module):
         needs; grad: the chunk's inputs `x` with a graph back to a grad leaf `x_leaf` (the
         same values; the projection is values only: backward rebuilds its graph from `x`). A
         failing step raises ReversalError naming the run and step."""
+        keep = grad and not tapes and self.num_layers == 1 and self.cells[0].keeping(plan.buffer)
         for start, stop in reversed(plan.chunks()):
             with torch.set_grad_enabled(grad):
                 x, x_leaf = plan.inputs.chunk(start, stop, leaf=grad)
@@ -272,7 +273,7 @@ class ReversibleRNN(StateLayout, nn.Module):
                     tape = [] if tapes else None
                     try:
                         state = self.reverse_step(
-                            None, state, plan.buffer, plan.step_mask(t),
+                            None, state, plan.buffer, plan.step_mask(t), keep=keep,
                             restored=restored_slice(self.stored_slice, t, start, kept,
                                                     initial_state),
                             layer_dropout=plan.layer_dropout, projected=steps[t - start], tape=tape)
@@ -284,8 +285,10 @@ class ReversibleRNN(StateLayout, nn.Module):
                     states.append(state)
                     chunk_tapes.append(tape)
             # handed over, not kept here: the caller may drop the chunk's graph while it works
+            chunk_tapes = (self.cells[0].kept_tapes(projected, states[::-1]) if keep  # (gate
+                           else chunk_tapes[::-1])  # activations the reversal left in projected)
             chunk = [ReversedChunk(start, stop, states[::-1],
-                                   chunk_tapes[::-1] if tapes else None, projected, x_leaf, x)]
+                                   chunk_tapes if tapes or keep else None, projected, x_leaf, x)]
             del projected, x_leaf, x, steps, kept, states, chunk_tapes
             yield chunk.pop()
 
