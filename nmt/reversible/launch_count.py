@@ -49,9 +49,18 @@ class OpCounter(TorchDispatchMode):
             self.metadata += 1
         else:
             self.compute += 1
-        if name in _SYNC or _device_to_host(name, args, kwargs):
+        if name in _SYNC or _device_to_host(name, args, kwargs) or _mask_index(name, args):
             self.sync.append(str(func))
         return func(*args, **kwargs)
+
+
+def _mask_index(name: str, args) -> bool:
+    """Indexing by a boolean mask (x[mask]): its output size is the mask's count, which the host
+    must read (a nonzero inside the op, not dispatched on its own)."""
+    if name not in ("index", "index_put", "index_put_", "_index_put_impl_") or len(args) < 2:
+        return False
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+               for i in args[1] or ())
 
 
 def _device_to_host(name: str, args, kwargs) -> bool:

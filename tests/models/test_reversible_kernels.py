@@ -9,8 +9,9 @@ fused Triton kernels (under TRITON_INTERPRET=1 on CPU tensors) against the tenso
 - The shared buffer is a StackBuffer, back at its initial state after backward (backprop's
   end-of-backward check ran on it).
 - No host synchronisation inside a chunk: every per-step piece of the model's one loop pair
-  (ReversibleRNN.step, reverse_step, recompute_tape if called, backprop._backward_step) runs under an
-  OpCounter and issues no .item(), nonzero, masked_select or device-to-host copy.
+  (ReversibleRNN.step, reverse_step, recompute_tape if called, backprop._backward_step) and, with
+  fused products and the Triton readout, each readout block (StepLoss) runs under an OpCounter
+  and issues no .item(), nonzero, masked_select, boolean index or device-to-host copy.
 """
 import os
 
@@ -20,7 +21,7 @@ import torch
 from conftest import tiny_model_config
 from nmt.config import ReversibleConfig
 from nmt.errors import ConfigError
-from nmt.models import build_model
+from nmt.models import build_model, reversible_decoder
 from nmt.reversible import backprop, sequence
 from nmt.reversible.launch_count import OpCounter
 from nmt.reversible.stack_buffer import StackBuffer
@@ -134,9 +135,14 @@ def test_no_host_synchronisation_inside_a_chunk(cell, products, make_batch, monk
                         watched(sequence.ReversibleRNN.recompute_tape))
     monkeypatch.setattr(backprop, "_backward_step", watched(backprop._backward_step))
     model = _model(cell, 3, 2, "emb+slice", "triton", products=products)
+    if products:  # and the readout's blocks, with its Triton loss (no row selection)
+        model.decoder.fused_readout = True
+        monkeypatch.setattr(reversible_decoder.StepLoss, "forward",
+                            watched(reversible_decoder.StepLoss.forward))
     _training_step(model, make_batch(src_lengths=[6, 4, 2], tgt_lengths=[5, 7, 3], seed=2))
     steps = 6 + 7  # source and target steps, each forward, reversed and backpropagated (the
-    assert len(seen) == 3 * steps  # fused path keeps the reversal's tapes: no recompute_tape)
+    blocks = 3 if products else 0  # fused path keeps the reversal's tapes: no recompute_tape)
+    assert len(seen) == 3 * steps + blocks  # target chunks of 3 steps, read in backward
     assert [sync for sync in seen if sync] == []
 
 
@@ -147,7 +153,9 @@ def test_the_detector_sees_a_sync(monkeypatch):
         mask = torch.ones(3, dtype=torch.bool)
         int(mask.sum())
         torch.masked_select(torch.arange(3), mask)
-    assert len(counter.sync) == 2
+        torch.arange(3)[mask]  # a boolean index: its size is read on the host
+        torch.arange(3)[torch.tensor([0, 2])]  # integer indices are not
+    assert len(counter.sync) == 3
 
 
 def test_kernels_setting_is_checked(make_batch, monkeypatch):
