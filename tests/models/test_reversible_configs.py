@@ -1,4 +1,5 @@
 """The Multi30K grid configs (the paper's Table 3 rows) build the models they name."""
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,19 @@ def test_char_config_is_a_long_sequence_recipe_outside_the_grid(monkeypatch):
     model = build_model(config.model, config.data.tokenizer.vocab_size,
                         config.data.tokenizer.vocab_size)
     assert isinstance(model.encoder, ReversibleEncoder) and model.encoder.context_size == 320
+
+
+@pytest.mark.parametrize("cell", ["revgru", "revlstm"])
+def test_gpu_configs_are_the_grid_configs_on_the_fused_path(cell, monkeypatch):
+    monkeypatch.setenv("MULTI30K_DIR", "data/multi30k")
+    path = GRID / "gpu" / f"{cell}-emb20h.yaml"
+    assert path not in set(GRID.glob("*.yaml"))  # not in recipes/multi30k/grid.sh's list
+    config, grid = load_config(path), load_config(GRID / f"{cell}-emb20h.yaml")
+    reversible = config.model.reversible
+    assert (reversible.kernels, reversible.fused_products) == ("auto", True)
+    assert (str(reversible.chunk_steps), reversible.readout_steps) == ("8", 4)
+    assert config.data == grid.data and config.train == grid.train
+    assert config.decode == grid.decode
+    assert replace(config.model, reversible=grid.model.reversible) == grid.model
+    model = build_model(config.model, 64, 64)
+    assert model.encoder.rnn.fused_products and model.decoder.rnn.readout_steps == 4
