@@ -103,11 +103,11 @@ def _forward_pass(rnn, plan, flat_initial: Sequence[Tensor], extras: Sequence[Te
     """The recurrence without a graph; returns (initial exact state, final exact state, storage
     or None, readout total or None when not `read`)."""
     initial = _unflatten([to_fixed(part) for part in flat_initial], rnn.state_parts)
-    stored = None
+    stored, kept = None, []  # the storage; a chunk's stored values, copied in at its end
     if rnn.storage is not None:
-        stored = torch.zeros(plan.mask.shape[0], plan.steps, rnn.storage.units,
+        stored = torch.empty(plan.mask.shape[0], plan.steps, rnn.storage.units,
                              dtype=rnn.storage.dtype, device=plan.mask.device)
-    losses = []
+    ends, losses = {stop for _, stop in plan.chunks()}, []
     state = initial
     values = [tuple(from_fixed(part) for part in layer) for layer in state]  # then the steps'
     with torch.no_grad():
@@ -115,7 +115,10 @@ def _forward_pass(rnn, plan, flat_initial: Sequence[Tensor], extras: Sequence[Te
                                   mask_stored=False):  # padding zeroed once, below
             state, values = step.state, step.values
             if stored is not None:
-                stored[:, step.t] = step.stored.to(stored.dtype)
+                kept.append(step.stored)
+                if step.t + 1 in ends:  # one stack and copy (dtype included) per chunk
+                    stored[:, step.t + 1 - len(kept): step.t + 1] = torch.stack(kept, dim=1)
+                    kept = []
             if step.readout is not None:
                 losses.append(step.readout)
         if stored is not None:
