@@ -182,11 +182,9 @@ def add_embedding_grads(embedding, ids: Tensor, embedded_grad: Tensor, total: Te
     autograd runs (`embedding_dense_backward`) over the chunk's distinct ids (each row the same
     sum, in the same order, as in a whole-table call), then added into its row."""
     with torch.no_grad():
-        rows, local = torch.unique(ids.reshape(-1), return_inverse=True)
-        padding = -1  # the padding row gets nothing (its local index among the rows)
-        if embedding.padding_idx is not None:
-            found = (rows == embedding.padding_idx).nonzero()
-            padding = int(found[0, 0]) if found.numel() else -1
-        block = torch.ops.aten.embedding_dense_backward(
-            embedded_grad, local.view_as(ids), rows.numel(), padding, False)
+        rows, local = torch.unique(ids, return_inverse=True)  # local: ids' shape
+        block = torch.ops.aten.embedding_dense_backward(embedded_grad, local, rows.numel(), -1,
+                                                        False)
+        if embedding.padding_idx is not None:  # the padding row gets nothing
+            block.masked_fill_((rows == embedding.padding_idx).unsqueeze(1), 0)
         total.index_add_(0, rows, block)

@@ -24,7 +24,7 @@ _METADATA = {
     "alias", "as_strided", "detach", "empty", "empty_like", "empty_strided", "expand",
     "new_empty", "new_empty_strided", "permute", "reshape", "select", "slice", "split",
     "split_with_sizes", "squeeze", "t", "transpose", "unbind", "unsqueeze", "view",
-    "_reshape_alias", "unsafe_split", "unsafe_split_with_sizes",
+    "_reshape_alias", "_unsafe_view", "unsafe_split", "unsafe_split_with_sizes",
 }
 _SYNC = {"_local_scalar_dense", "item", "is_nonzero", "nonzero", "masked_select", "equal",
          "masked_scatter", "masked_scatter_", "unique", "_unique2"}
