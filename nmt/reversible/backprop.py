@@ -124,6 +124,7 @@ def _forward_pass(rnn, plan, flat_initial: Sequence[Tensor], extras: Sequence[Te
         if stored is not None:
             stored.masked_fill_(~plan.mask.unsqueeze(-1), 0)
     plan.buffer.compact()
+    plan.stacked_input = None  # (made again by the reverse pass)
     return initial, state, stored, torch.stack(losses).sum() if read else None
 
 
@@ -175,14 +176,14 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         grads, d_projected = _backprop_steps(rnn, plan, chunk, grads, top_grads,
                                              weight_grads, bias_grads)
         del top_grads
-        # the first layer's input projection of the chunk (values: its graph would hold the
-        # stacked input weight (P x input) while the steps stack the next layer's): its inputs'
-        # and biases' gradients as autograd computes them, by hand where the projection is plain
-        # (else by autograd over the projection rebuilt now); its weights' x columns added by
-        # hand into their running totals (autograd would build a zero-filled full weight each)
+        # the first layer's input projection of the chunk (values: no graph holds the stacked
+        # input weight): its inputs' and biases' gradients as autograd computes them, by hand
+        # where the projection is plain (else by autograd over the projection rebuilt now); its
+        # weights' x columns by hand into their totals (autograd: a zero-filled weight each)
         input_slot = [chunk.x_leaf] if chunk.x_leaf is not None else []
         by_hand = projection_weights(rnn, chunk)
-        chunk_grads = projection_grads(rnn, chunk, d_projected, input_slot + params, biases)
+        chunk_grads = projection_grads(rnn, chunk, d_projected, input_slot + params, biases,
+                                       stacked=plan.stacked_input)
         if chunk_grads is None:
             with torch.enable_grad():
                 chunk = chunk._replace(projected=rnn.cells[0].project_input(chunk.inputs))
@@ -201,6 +202,7 @@ def _reverse_pass(rnn, plan, forward: _Forward, stored: Optional[Tensor],
         # this chunk's graph, states and gradients go before the next chunk is reversed
         del chunk, chunk_grads, d_projected, weight_grads, bias_grads, input_slot
     biases.into(rnn, param_grads, params)
+    plan.stacked_input = None
     if CHECK_END_OF_BACKWARD:
         check_restored(state, forward.kept, plan.buffer, forward.mark, tag=plan.tag)
     for i, param in enumerate(params):  # what the readout's sink_linear layers accumulated

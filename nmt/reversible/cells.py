@@ -10,10 +10,9 @@ Every gate reads [x, h_j] through one Linear; its x columns do not depend on the
 add only the h_j part. Forward, reverse and the gradient re-run all take the same projected values,
 which keeps them bit-identical.
 
-A state is a tuple of int64 fixed-point tensors, (h1, h2) or (h1, h2, c1, c2), each
-(batch, half) with halves of ceil(H/2) and floor(H/2) units. Beside the exact path, `step` carries
-float32 views of the state with gradients (straight through the rounding), which is what the
-sequence runner differentiates.
+A state is a tuple of int64 fixed-point tensors, (h1, h2) or (h1, h2, c1, c2), each (batch, half)
+with halves of ceil(H/2) and floor(H/2) units. Beside the exact path, `step` carries float32 views
+of the state with gradients (straight through the rounding) for the sequence runner.
 """
 from __future__ import annotations
 
@@ -61,14 +60,11 @@ class ReversibleCell(nn.Module):
         """The Linears over [x, h_j], in the order of `project_input`'s output columns."""
         raise NotImplementedError
 
-    def project_input(self, x: Tensor) -> Tensor:
-        """x (..., input) -> the x share of every gate pre-activation, biases included (..., P).
-
-        One matrix product for any number of steps; the steps add W_h h_j (see `own_product`)."""
-        layers = self.input_layers()
+    def project_input(self, x: Tensor, stacked: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+        """x (..., input) -> the x share of every gate pre-activation, biases included (..., P):
+        one product for any number of steps (stacked: `stacked_input()`, if made already)."""
         with float32_math(x.device):
-            weight = torch.cat([layer.weight[:, : self.input_size] for layer in layers])
-            bias = torch.cat([layer.bias for layer in layers])
+            weight, bias = self.stacked_input() if stacked is None else stacked  # (P, input), (P,)
             flat = x.float().reshape(-1, x.shape[-1])  # one 2-D product, whatever x's layout
             return F.linear(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
@@ -88,6 +84,10 @@ class ReversibleCell(nn.Module):
     def input_weight(self) -> Tensor:
         """The x columns of every Linear of `input_layers`, stacked: (P, input_size)."""
         return torch.cat([layer.weight[:, : self.input_size] for layer in self.input_layers()])
+
+    def stacked_input(self) -> Tuple[Tensor, Tensor]:
+        """`input_weight()` and the biases stacked alike: what `project_input` multiplies by."""
+        return self.input_weight(), torch.cat([layer.bias for layer in self.input_layers()])
 
     def forward(self, x: Tensor, state: State, buffer: InformationBuffer, mask: Optional[Tensor],
                 *, stored_units: int = 0, precision: int = 32, tag: str = "") -> State:

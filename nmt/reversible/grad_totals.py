@@ -3,7 +3,7 @@ input's) gradient is one buffer that every chunk adds into in place (products by
 accumulates into the total), so no full-size term per chunk ever lives beside it."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -98,7 +98,8 @@ class BiasTotal:
                 param_grads[i] = piece if param_grads[i] is None else param_grads[i].add_(piece)
 
 
-def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor], biases: BiasTotal):
+def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor], biases: BiasTotal, *,
+                     stacked: Optional[Tuple[Tensor, Tensor]] = None):
     """What autograd returns over the chunk's first-layer projection `project_input(x)` =
     x @ cat(W[:, :input]).t() + cat(b), given d_projected (batch, C, P), for `wrt` (the chunk's
     x_leaf first if it has one, then parameters), besides the weights (`add_projection_grads`)
@@ -106,7 +107,7 @@ def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor], biases:
     d_projected @ cat(W[:, :input]) (then by autograd through x's own graph to x_leaf),
     autograd's products and sums, done by hand so that no graph holds the stacked weight
     through the chunk's steps. None where the projection is not that (no inputs, inputs not
-    float32, a Linear without bias)."""
+    float32, a Linear without bias). stacked: the cell's `stacked_input()`, if made already."""
     cell, x = rnn.cells[0], chunk.inputs
     layers = cell.input_layers()
     if x is None or x.dtype != torch.float32 or any(layer.bias is None for layer in layers):
@@ -115,7 +116,7 @@ def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor], biases:
     d_flat = d_projected.reshape(-1, d_projected.shape[-1])
     if chunk.x_leaf is not None and chunk.x_leaf.requires_grad:
         with torch.no_grad(), float32_math(x.device):
-            weight = torch.cat([layer.weight[:, : cell.input_size] for layer in layers])
+            weight = cell.input_weight() if stacked is None else stacked[0]
             d_x = d_flat.mm(weight).view(x.shape)
             del weight
         result[0] = d_x if x is chunk.x_leaf else grads_of([x], [d_x], [chunk.x_leaf])[0]

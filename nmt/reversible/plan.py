@@ -15,6 +15,7 @@ from nmt.reversible.buffer import InformationBuffer
 from nmt.reversible.cells import State, Values
 from nmt.reversible.fixed_point import to_fixed
 from nmt.reversible.readout import PendingTotal
+from nmt.reversible.stack_buffer import is_stack_buffer
 
 DEFAULT_CHUNK_STEPS = 4
 InitialState = Union[Tensor, Tuple[Tensor, Tensor]]  # (layers, batch, H); (h, c) for RevLSTM
@@ -114,6 +115,7 @@ class Plan:
     parameters: List[Tensor] = field(default_factory=list)
     full_steps: int = field(init=False)
     step_masks: Tensor = field(init=False)  # (T, batch): each step's mask contiguous
+    stacked_input: Optional[Tuple[Tensor, Tensor]] = field(default=None, init=False)  # `project`
 
     def __post_init__(self):
         self.full_steps = _leading_full_steps(self.mask)
@@ -127,6 +129,16 @@ class Plan:
         """The mask of step t for the cells, or None where every row is real (then the cells
         skip their padding selects, which on a CPU cost as much as the arithmetic they guard)."""
         return None if t < self.full_steps else self.step_masks[t]
+
+    def project(self, cell, x: Tensor) -> Tensor:
+        """cell.project_input(x) for a chunk; on the fused path (a StackBuffer, no graph) with the
+        cell's stacked input weight made once per pass (backprop drops it after each), not per
+        chunk: fewer launches, for one stacked weight live through the pass."""
+        if not is_stack_buffer(self.buffer) or torch.is_grad_enabled():
+            return cell.project_input(x)
+        if self.stacked_input is None:
+            self.stacked_input = cell.stacked_input()
+        return cell.project_input(x, stacked=self.stacked_input)
 
     def chunks(self) -> List[Tuple[int, int]]:
         """[start, stop) ranges of at most `chunk_steps` steps, in forward order. Every mode and

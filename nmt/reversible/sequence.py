@@ -165,9 +165,8 @@ class ReversibleRNN(StateLayout, nn.Module):
         else:
             with float32_math(top.device):
                 value = rounded_projection(self.projection(top), self.storage.precision)
-        if mask is None:  # every row real
-            return value
-        return torch.where(mask.unsqueeze(-1), value, torch.zeros((), device=value.device))
+        return value if mask is None else torch.where(  # (None: every row real)
+            mask.unsqueeze(-1), value, torch.zeros((), device=value.device))
 
     def reverse_step(self, x: Optional[Tensor], state: List[State], buffer: InformationBuffer,
                      mask: Optional[Tensor], *, restored: Optional[Tensor] = None,
@@ -233,7 +232,7 @@ class ReversibleRNN(StateLayout, nn.Module):
             if is_stack_buffer(plan.buffer):  # room for the chunk's words: no read inside it
                 plan.buffer.prepare(chunk_words(self, plan.mask.shape[0], stop - start))
             x, _ = plan.inputs.chunk(start, stop)
-            projected = self.cells[0].project_input(x).unbind(1)
+            projected = plan.project(self.cells[0], x).unbind(1)
             tops, stops = [], plan.readout_stops(start, stop)
             for i, t in enumerate(range(start, stop)):
                 state, values, stored = self.step(None, state, values, plan.buffer,
@@ -263,10 +262,9 @@ class ReversibleRNN(StateLayout, nn.Module):
         for start, stop in reversed(plan.chunks()):
             with torch.set_grad_enabled(grad):
                 x, x_leaf = plan.inputs.chunk(start, stop, leaf=grad)
-            with torch.no_grad():  # values: a graph would hold the stacked input weight
-                projected = self.cells[0].project_input(x)  # (batch, C, P)
             states, chunk_tapes = [state], []
-            with torch.no_grad():
+            with torch.no_grad():  # values: a graph would hold the stacked input weight
+                projected = plan.project(self.cells[0], x)  # (batch, C, P)
                 steps = projected.unbind(1)
                 kept = stored_slices(self.stored_slice, start, stop, stored)
                 for t in reversed(range(start, stop)):
