@@ -130,12 +130,17 @@ def add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Opti
                           params: List[Tensor]) -> None:
     """Add the gradient of the x columns of the first layer's input Linears (the chunk's
     `project_input`: x @ cat(W[:, :input]).t()) into their running totals, per Linear:
-    autograd's product for that weight, d.t() @ x, accumulated into its total."""
+    autograd's product for that weight, d.t() @ x, accumulated into its total; one product for
+    all of them where their totals are row blocks of one buffer (`_stacked_total`)."""
     cell = rnn.cells[0]
     index = {id(param): i for i, param in enumerate(params)}
     with float32_math(d_projected.device):
         flat = chunk.inputs.detach().float().reshape(-1, cell.input_size)
         d_flat = d_projected.reshape(-1, d_projected.shape[-1])
+        stacked = _stacked_total(param_grads, index, cell.input_layers())
+        if stacked is not None:
+            _add_rows(stacked[:, : cell.input_size], d_flat, flat)
+            return
         first = 0
         for layer in cell.input_layers():
             width = layer.out_features
@@ -143,6 +148,27 @@ def add_projection_grads(rnn, chunk, d_projected: Tensor, param_grads: List[Opti
                 total = _running_total(param_grads, index[id(layer.weight)], layer.weight)
                 _add_rows(total[:, : cell.input_size], d_flat[:, first: first + width], flat)
             first += width
+
+
+def _stacked_total(param_grads: List[Optional[Tensor]], index: dict, layers) -> Optional[Tensor]:
+    """One (P, width) buffer whose row blocks, in `layers` order, are the layers' weight-gradient
+    totals (made on first use, when they all need one and are as wide), or None."""
+    if any(not layer.weight.requires_grad or id(layer.weight) not in index for layer in layers):
+        return None
+    slots = [index[id(layer.weight)] for layer in layers]
+    totals = [param_grads[i] for i in slots]
+    if all(total is None for total in totals):
+        if len({layer.weight.shape[1] for layer in layers}) != 1:
+            return None
+        stacked = layers[0].weight.new_zeros(sum(layer.out_features for layer in layers),
+                                             layers[0].weight.shape[1])
+        for i, piece in zip(slots, stacked.split([layer.out_features for layer in layers])):
+            param_grads[i] = piece
+        return stacked
+    base = totals[0]._base if totals[0] is not None else None
+    if base is None or any(total is None or total._base is not base for total in totals):
+        return None
+    return base
 
 
 def add_weight_grads(param_grads: List[Optional[Tensor]], params: List[Tensor],

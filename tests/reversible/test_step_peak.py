@@ -12,6 +12,7 @@ from nmt.memory_peak import LiveBytes
 from nmt.models.build import build_model
 from nmt.models.reversible_encoder import context_dropout
 from nmt.reversible.grad_totals import add_embedding_grads
+from nmt.reversible.launch_count import OpCounter
 
 VOCAB = 40
 
@@ -136,3 +137,32 @@ def test_one_stacked_input_weight_live_at_a_time():
     with _MostLive(shape) as live:
         model.training_loss(_batch(3, 9)).loss.backward()
     assert live.most == 1
+
+
+@pytest.mark.parametrize("cell", ["revgru", "revlstm"])
+def test_input_weight_x_columns_are_one_product_into_one_stacked_total(cell):
+    from types import SimpleNamespace
+    from nmt.reversible.grad_totals import add_projection_grads
+    from nmt.reversible.sequence import ReversibleRNN
+    torch.manual_seed(5)
+    rnn = ReversibleRNN(cell, 6, 10)
+    layers, params = rnn.cells[0].input_layers(), list(rnn.parameters())
+    chunks = [(torch.randn(3, 4, 6), torch.randn(3, 4, sum(l.out_features for l in layers)))
+              for _ in range(2)]
+    param_grads = [None] * len(params)
+    for x, d in chunks:
+        counter = OpCounter()
+        with counter:
+            add_projection_grads(rnn, SimpleNamespace(inputs=x), d, param_grads, params)
+        assert counter.ops["aten.addmm_.default"] == 1  # for every Linear at once
+    totals = [param_grads[[id(p) for p in params].index(id(layer.weight))] for layer in layers]
+    base = totals[0]._base
+    assert base is not None and all(total._base is base for total in totals)
+    first = 0
+    for layer, total in zip(layers, totals):  # autograd's d.t() @ x per Linear, summed
+        width = layer.out_features
+        expected = sum(d.reshape(-1, d.shape[-1])[:, first: first + width].t()
+                       @ x.reshape(-1, 6) for x, d in chunks)
+        torch.testing.assert_close(total[:, :6], expected, rtol=1e-6, atol=1e-6)
+        assert torch.equal(total[:, 6:], torch.zeros_like(total[:, 6:]))
+        first += width
