@@ -120,8 +120,8 @@ def projection_grads(rnn, chunk, d_projected: Tensor, wrt: List[Tensor], biases:
             d_x = d_flat.mm(weight).view(x.shape)
             del weight
         result[0] = d_x if x is chunk.x_leaf else grads_of([x], [d_x], [chunk.x_leaf])[0]
-    index = {id(tensor) for tensor in wrt}
-    if any(id(layer.bias) in index and layer.bias.requires_grad for layer in layers):
+    wanted = {id(tensor) for tensor in wrt}
+    if any(id(layer.bias) in wanted and layer.bias.requires_grad for layer in layers):
         biases.add(d_flat)
     return result
 

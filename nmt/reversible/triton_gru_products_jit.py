@@ -11,12 +11,7 @@ on the block flattened row-major, so the words land in the order of the element-
 Empty when Triton is not importable."""
 from __future__ import annotations
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # nothing to define: triton_kernels.available() is False
-    triton = None
-    tl = None
+from nmt.reversible.triton_arith import tl, triton  # (None without Triton)
 
 
 if triton is not None:

@@ -5,12 +5,7 @@ helpers they share with the fused-products kernels are in triton_arith.py). Laun
 Empty when Triton is not importable."""
 from __future__ import annotations
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # nothing to define: triton_kernels.available() is False
-    triton = None
-    tl = None
+from nmt.reversible.triton_arith import tl, triton  # (None without Triton)
 
 
 if triton is not None:
